@@ -1,0 +1,658 @@
+//! Configuration: defaults, then an optional `signpost.toml`, then environment
+//! variables, then command-line flags; validated once at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// A configuration error: names the key and says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (or `signpost.toml` key) at fault.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: key.to_string(), message: message.into() }
+    }
+}
+
+/// Every setting with its environment variable, its `signpost.toml` key and what it does.
+/// `--help` prints this table, so it is the one place a setting is documented.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    ("SIGNPOST_LISTEN", "listen", "address to listen on [default: 127.0.0.1:8080]"),
+    ("SIGNPOST_DATA_DIR", "data_dir", "directory for SQLite files, local objects and keys [default: ./data]"),
+    ("SIGNPOST_PUBLIC_URL", "public_url", "public base URL of short links and signed URLs [default: http://<listen>]"),
+    ("DATABASE_URL", "database_url", "sqlite://DIR (one file per service in DIR) or postgres://USER@HOST/DB (the owner connection that runs migrations) [default: sqlite://<data_dir>]"),
+    ("SIGNPOST_DATABASE_APP_URL", "database_app_url", "PostgreSQL: connection for the application role; unset = DATABASE_URL with SET ROLE to the app role"),
+    ("SIGNPOST_DATABASE_APP_ROLE", "database_app_role", "PostgreSQL: role the application runs as; owns nothing, no BYPASSRLS [default: signpost_app]"),
+    ("SIGNPOST_DATABASE_OWNER_ROLE", "database_owner_role", "PostgreSQL: role that owns schemas and tables [default: signpost_owner]"),
+    ("SIGNPOST_DATABASE_MAX_CONNECTIONS", "database_max_connections", "pool size per service [default: 8]"),
+    ("REDIS_URL", "redis_url", "redis://HOST:PORT/DB for cache, rate limits and sessions; unset = in-process"),
+    ("SIGNPOST_REDIS_PREFIX", "redis_prefix", "prefix of every Redis key [default: signpost:]"),
+    ("NATS_URL", "nats_url", "nats://HOST:PORT for the event bus (JetStream); unset = in-process"),
+    ("SIGNPOST_NATS_STREAM", "nats_stream", "JetStream stream name; also the subject prefix [default: SIGNPOST]"),
+    ("STORAGE_URL", "storage_url", "file://DIR or s3://BUCKET?endpoint=URL&region=R [default: file://<data_dir>/objects]"),
+    ("AWS_ACCESS_KEY_ID", "s3_access_key_id", "S3 access key (with STORAGE_URL=s3://…)"),
+    ("AWS_SECRET_ACCESS_KEY", "s3_secret_access_key", "S3 secret key (with STORAGE_URL=s3://…)"),
+    ("SIGNPOST_STORAGE_SIGNING_KEY", "storage_signing_key", "HMAC key of local signed URLs (≥ 32 bytes); unset = generated once into the data dir"),
+    ("JWT_SECRET_KEY", "jwt_secret_key", "HS256 key for access tokens (≥ 32 bytes); unset = Ed25519 keys"),
+    ("SIGNPOST_LOG", "log", "log filter, e.g. info or signpost=debug [default: info; RUST_LOG also works]"),
+    ("SIGNPOST_LOG_FORMAT", "log_format", "json, pretty or auto (pretty on a terminal) [default: auto]"),
+    ("SIGNPOST_SHUTDOWN_TIMEOUT", "shutdown_timeout", "seconds to finish in-flight work after SIGTERM [default: 8]"),
+    ("SIGNPOST_BODY_LIMIT", "body_limit", "largest request body in bytes [default: 1048576]"),
+];
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    /// One SQLite file per service schema in `dir`.
+    Sqlite {
+        /// Directory of the files.
+        dir: PathBuf,
+    },
+    /// PostgreSQL, one schema per service, row-level security.
+    Postgres {
+        /// Owner connection: runs migrations, creates roles and schemas.
+        url: Secret<String>,
+        /// Application connection; `None` = `url` with `SET ROLE app_role`.
+        app_url: Option<Secret<String>>,
+        /// The role queries run as.
+        app_role: String,
+        /// The role that owns every schema object.
+        owner_role: String,
+        /// Pool size per service.
+        max_connections: u32,
+    },
+}
+
+/// Object storage backend.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// A local directory; signed URLs are served by Signpost itself.
+    Local {
+        /// Root directory.
+        dir: PathBuf,
+    },
+    /// An S3-compatible service.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Endpoint URL; `None` = AWS.
+        endpoint: Option<String>,
+        /// Region [default: us-east-1].
+        region: String,
+        /// Access key.
+        access_key_id: Option<Secret<String>>,
+        /// Secret key.
+        secret_access_key: Option<Secret<String>>,
+    },
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://…`.
+    pub url: Secret<String>,
+    /// Prefix of every key.
+    pub prefix: String,
+}
+
+/// NATS connection.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// `nats://…`.
+    pub url: Secret<String>,
+    /// Stream name and subject prefix.
+    pub stream: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Public base URL, without a trailing slash.
+    pub public_url: String,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Redis; `None` = in-process cache and limiter.
+    pub redis: Option<RedisConfig>,
+    /// NATS; `None` = in-process bus.
+    pub nats: Option<NatsConfig>,
+    /// Object storage.
+    pub storage: StorageConfig,
+    /// Key of local signed URLs; `None` = generated into the data dir.
+    pub storage_signing_key: Option<Secret<String>>,
+    /// HS256 key; `None` = Ed25519.
+    pub jwt_secret_key: Option<Secret<String>>,
+    /// Log filter.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Graceful-shutdown deadline.
+    pub shutdown_timeout: Duration,
+    /// Largest request body.
+    pub body_limit: usize,
+}
+
+/// The unvalidated layer: every key optional, as read from a file or the environment.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    public_url: Option<String>,
+    database_url: Option<String>,
+    database_app_url: Option<String>,
+    database_app_role: Option<String>,
+    database_owner_role: Option<String>,
+    database_max_connections: Option<TomlScalar>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    nats_url: Option<String>,
+    nats_stream: Option<String>,
+    storage_url: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    storage_signing_key: Option<String>,
+    jwt_secret_key: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+    shutdown_timeout: Option<TomlScalar>,
+    body_limit: Option<TomlScalar>,
+}
+
+/// A number written either as a TOML integer or as a string (as environment variables are).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TomlScalar {
+    Int(i64),
+    Str(String),
+}
+
+impl TomlScalar {
+    fn text(&self) -> String {
+        match self {
+            Self::Int(i) => i.to_string(),
+            Self::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<String>,
+}
+
+/// What loading found worth a warning (logged once telemetry is up).
+#[derive(Debug, Default, Clone)]
+pub struct Warnings(pub Vec<String>);
+
+impl Config {
+    /// Loads from the process environment and an optional file.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<(Self, Warnings), ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &env, overrides)
+    }
+
+    /// Loads from a given environment map (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<(Self, Warnings), ConfigError> {
+        let mut raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<Raw>(&text).map_err(|e| {
+                    ConfigError::new(&path.display().to_string(), e.message().to_string())
+                })?
+            }
+            None => Raw::default(),
+        };
+        let mut warnings = Warnings::default();
+        raw.overlay_env(env, &mut warnings);
+        if let Some(v) = &overrides.listen {
+            raw.listen = Some(v.clone());
+        }
+        if let Some(v) = &overrides.data_dir {
+            raw.data_dir = Some(v.clone());
+        }
+        raw.validate().map(|c| (c, warnings))
+    }
+
+    /// Whether every backend is in-process or local (the `signpost up` defaults).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.database, DatabaseConfig::Sqlite { .. })
+            && self.redis.is_none()
+            && self.nats.is_none()
+            && matches!(self.storage, StorageConfig::Local { .. })
+    }
+}
+
+impl Raw {
+    fn overlay_env(&mut self, env: &BTreeMap<String, String>, warnings: &mut Warnings) {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        macro_rules! take {
+            ($field:ident, $key:literal) => {
+                if let Some(v) = get($key) {
+                    self.$field = Some(v);
+                }
+            };
+            ($field:ident, $key:literal, scalar) => {
+                if let Some(v) = get($key) {
+                    self.$field = Some(TomlScalar::Str(v));
+                }
+            };
+        }
+        take!(listen, "SIGNPOST_LISTEN");
+        take!(data_dir, "SIGNPOST_DATA_DIR");
+        take!(public_url, "SIGNPOST_PUBLIC_URL");
+        take!(database_url, "DATABASE_URL");
+        take!(database_app_url, "SIGNPOST_DATABASE_APP_URL");
+        take!(database_app_role, "SIGNPOST_DATABASE_APP_ROLE");
+        take!(database_owner_role, "SIGNPOST_DATABASE_OWNER_ROLE");
+        take!(database_max_connections, "SIGNPOST_DATABASE_MAX_CONNECTIONS", scalar);
+        take!(redis_url, "REDIS_URL");
+        take!(redis_prefix, "SIGNPOST_REDIS_PREFIX");
+        take!(nats_url, "NATS_URL");
+        take!(nats_stream, "SIGNPOST_NATS_STREAM");
+        take!(storage_url, "STORAGE_URL");
+        take!(s3_access_key_id, "AWS_ACCESS_KEY_ID");
+        take!(s3_secret_access_key, "AWS_SECRET_ACCESS_KEY");
+        take!(storage_signing_key, "SIGNPOST_STORAGE_SIGNING_KEY");
+        take!(jwt_secret_key, "JWT_SECRET_KEY");
+        if let Some(v) = get("RUST_LOG") {
+            self.log = Some(v);
+        }
+        take!(log, "SIGNPOST_LOG");
+        take!(log_format, "SIGNPOST_LOG_FORMAT");
+        take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
+        take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
+        for key in env.keys().filter(|k| k.starts_with("SIGNPOST_")) {
+            // SIGNPOST_TEST_* belong to the test kit, not to the server.
+            if !key.starts_with("SIGNPOST_TEST_") && !SETTINGS.iter().any(|(k, _, _)| k == key) {
+                warnings.0.push(format!("unknown environment variable {key} is ignored"));
+            }
+        }
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:8080".to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new("SIGNPOST_LISTEN", format!("{listen_text:?} is not an address like 127.0.0.1:8080"))
+        })?;
+        let data_dir = PathBuf::from(self.data_dir.unwrap_or_else(|| "./data".to_string()));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("SIGNPOST_DATA_DIR", "must not be empty"));
+        }
+        let public_url = match self.public_url {
+            Some(u) => {
+                let u = u.trim_end_matches('/').to_string();
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                    return Err(ConfigError::new(
+                        "SIGNPOST_PUBLIC_URL",
+                        format!("{u:?} is not an http(s) URL"),
+                    ));
+                }
+                u
+            }
+            None => format!("http://{listen}"),
+        };
+        let max_connections = parse_num(
+            "SIGNPOST_DATABASE_MAX_CONNECTIONS",
+            self.database_max_connections.as_ref(),
+            8u32,
+            1..=1000,
+        )?;
+        let database = match self.database_url {
+            None => DatabaseConfig::Sqlite { dir: data_dir.clone() },
+            Some(url) => match scheme(&url) {
+                Some("sqlite") => {
+                    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                    let path = path.split('?').next().unwrap_or_default();
+                    if path.is_empty() {
+                        return Err(ConfigError::new("DATABASE_URL", "sqlite:// needs a directory, e.g. sqlite://./data"));
+                    }
+                    DatabaseConfig::Sqlite { dir: PathBuf::from(path) }
+                }
+                Some("postgres" | "postgresql") => DatabaseConfig::Postgres {
+                    url: Secret::new(url),
+                    app_url: self.database_app_url.map(Secret::new),
+                    app_role: ident("SIGNPOST_DATABASE_APP_ROLE", self.database_app_role, "signpost_app")?,
+                    owner_role: ident(
+                        "SIGNPOST_DATABASE_OWNER_ROLE",
+                        self.database_owner_role,
+                        "signpost_owner",
+                    )?,
+                    max_connections,
+                },
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "DATABASE_URL",
+                        format!("unsupported scheme {other:?} (expected sqlite or postgres)"),
+                    ));
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        "DATABASE_URL",
+                        "not a URL (expected sqlite://DIR or postgres://USER@HOST/DB)",
+                    ));
+                }
+            },
+        };
+        let redis = match self.redis_url {
+            None => None,
+            Some(url) => match scheme(&url) {
+                Some("redis" | "rediss") => Some(RedisConfig {
+                    url: Secret::new(url),
+                    prefix: self.redis_prefix.unwrap_or_else(|| "signpost:".to_string()),
+                }),
+                other => {
+                    return Err(ConfigError::new(
+                        "REDIS_URL",
+                        format!("unsupported scheme {:?} (expected redis)", other.unwrap_or(&url)),
+                    ));
+                }
+            },
+        };
+        let nats = match self.nats_url {
+            None => None,
+            Some(url) => match scheme(&url) {
+                Some("nats") => {
+                    let stream = self.nats_stream.unwrap_or_else(|| "SIGNPOST".to_string());
+                    if stream.is_empty()
+                        || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
+                        return Err(ConfigError::new(
+                            "SIGNPOST_NATS_STREAM",
+                            "use letters, digits, '_' and '-' only",
+                        ));
+                    }
+                    Some(NatsConfig { url: Secret::new(url), stream })
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        "NATS_URL",
+                        format!("unsupported scheme {:?} (expected nats)", other.unwrap_or(&url)),
+                    ));
+                }
+            },
+        };
+        let storage = match self.storage_url {
+            None => StorageConfig::Local { dir: data_dir.join("objects") },
+            Some(url) => parse_storage(&url, self.s3_access_key_id, self.s3_secret_access_key)?,
+        };
+        let storage_signing_key = secret_key("SIGNPOST_STORAGE_SIGNING_KEY", self.storage_signing_key)?;
+        let jwt_secret_key = secret_key("JWT_SECRET_KEY", self.jwt_secret_key)?;
+        let log_format = match self.log_format.as_deref().unwrap_or("auto") {
+            "auto" => LogFormat::Auto,
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                return Err(ConfigError::new(
+                    "SIGNPOST_LOG_FORMAT",
+                    format!("{other:?} is not one of json, pretty, auto"),
+                ));
+            }
+        };
+        let log = self.log.unwrap_or_else(|| "info".to_string());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(ConfigError::new("SIGNPOST_LOG", format!("{log:?} is not a log filter")));
+        }
+        let shutdown_timeout = Duration::from_secs(parse_num(
+            "SIGNPOST_SHUTDOWN_TIMEOUT",
+            self.shutdown_timeout.as_ref(),
+            8u64,
+            0..=3600,
+        )?);
+        let body_limit = parse_num(
+            "SIGNPOST_BODY_LIMIT",
+            self.body_limit.as_ref(),
+            1024 * 1024usize,
+            1..=1024 * 1024 * 1024,
+        )?;
+        Ok(Config {
+            listen,
+            data_dir,
+            public_url,
+            database,
+            redis,
+            nats,
+            storage,
+            storage_signing_key,
+            jwt_secret_key,
+            log,
+            log_format,
+            shutdown_timeout,
+            body_limit,
+        })
+    }
+}
+
+fn scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let ok = !scheme.is_empty()
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.');
+    ok.then_some(scheme)
+}
+
+fn parse_num<T>(key: &str, value: Option<&TomlScalar>, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(value) = value else { return Ok(default) };
+    let text = value.text();
+    let n: T = text
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(key, format!("{text:?} is not a number")))?;
+    if !range.contains(&n) {
+        return Err(ConfigError::new(
+            key,
+            format!("{n} is out of range ({}..={})", range.start(), range.end()),
+        ));
+    }
+    Ok(n)
+}
+
+fn ident(key: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+    let v = value.unwrap_or_else(|| default.to_string());
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(v) } else { Err(ConfigError::new(key, format!("{v:?} is not a lower-case SQL identifier"))) }
+}
+
+fn secret_key(key: &str, value: Option<String>) -> Result<Option<Secret<String>>, ConfigError> {
+    match value {
+        Some(v) if v.len() < 32 => Err(ConfigError::new(key, "must be at least 32 bytes")),
+        other => Ok(other.map(Secret::new)),
+    }
+}
+
+fn parse_storage(
+    url: &str,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+) -> Result<StorageConfig, ConfigError> {
+    const KEY: &str = "STORAGE_URL";
+    match scheme(url) {
+        Some("file") => {
+            let path = url.trim_start_matches("file:").trim_start_matches("//");
+            if path.is_empty() {
+                return Err(ConfigError::new(KEY, "file:// needs a directory, e.g. file:///var/lib/signpost/objects"));
+            }
+            Ok(StorageConfig::Local { dir: PathBuf::from(path) })
+        }
+        Some("s3") => {
+            let rest = &url["s3://".len().min(url.len())..];
+            let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let bucket = bucket.trim_end_matches('/');
+            if bucket.is_empty() || bucket.contains('/') {
+                return Err(ConfigError::new(KEY, "expected s3://BUCKET?endpoint=URL&region=REGION"));
+            }
+            let mut endpoint = None;
+            let mut region = "us-east-1".to_string();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                match k {
+                    "endpoint" => endpoint = Some(percent_decode(v)),
+                    "region" => region = percent_decode(v),
+                    other => {
+                        return Err(ConfigError::new(
+                            KEY,
+                            format!("unknown parameter {other:?} (expected endpoint or region)"),
+                        ));
+                    }
+                }
+            }
+            if let Some(e) = &endpoint {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return Err(ConfigError::new(KEY, format!("endpoint {e:?} is not an http(s) URL")));
+                }
+            }
+            Ok(StorageConfig::S3 {
+                bucket: bucket.to_string(),
+                endpoint,
+                region,
+                access_key_id: access_key_id.map(Secret::new),
+                secret_access_key: secret_access_key.map(Secret::new),
+            })
+        }
+        Some(other) => Err(ConfigError::new(KEY, format!("unsupported scheme {other:?} (expected file or s3)"))),
+        None => Err(ConfigError::new(KEY, "not a URL (expected file://DIR or s3://BUCKET)")),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_from(None, &env, &Overrides::default()).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = load(&[]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert!(c.is_embedded());
+    }
+
+    #[test]
+    fn unsupported_database_scheme_names_key_and_expectation() {
+        let e = load(&[("DATABASE_URL", "foo://x")]).err();
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some(r#"DATABASE_URL: unsupported scheme "foo" (expected sqlite or postgres)"#)
+        );
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused() {
+        let e = load(&[("JWT_SECRET_KEY", "short")]).err();
+        assert_eq!(e.map(|e| e.key).as_deref(), Some("JWT_SECRET_KEY"));
+    }
+
+    #[test]
+    fn s3_url_is_parsed() {
+        let c = load(&[("STORAGE_URL", "s3://media?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1")])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        match c.storage {
+            StorageConfig::S3 { bucket, endpoint, region, .. } => {
+                assert_eq!(bucket, "media");
+                assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+                assert_eq!(region, "eu-west-1");
+            }
+            StorageConfig::Local { .. } => unreachable!("expected s3"),
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://owner:topsecretpw@db/x"),
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef-secret"),
+        ])
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("topsecretpw"));
+        assert!(!dbg.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("sp-cfg-{}", uuid::Uuid::new_v4()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("signpost.toml");
+        let _ = std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nbody_limit = 2048\nredis_url = \"redis://a\"\n");
+        let env = [("REDIS_URL".to_string(), "redis://b".to_string())].into_iter().collect();
+        let flags = Overrides { listen: Some("127.0.0.1:9001".into()), data_dir: None };
+        let (c, _) = Config::load_from(Some(&file), &env, &flags).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.body_limit, 2048);
+        assert_eq!(c.redis.map(|r| r.url.expose().clone()).as_deref(), Some("redis://b"));
+        let _ = std::fs::write(&file, "lisen = \"x\"\n");
+        let e = Config::load_from(Some(&file), &BTreeMap::new(), &Overrides::default()).err();
+        assert!(e.is_some_and(|e| e.message.contains("lisen")));
+    }
+
+    #[test]
+    fn unknown_signpost_variables_are_warned_about() {
+        let env = [("SIGNPOST_LISTN".to_string(), "x".to_string())].into_iter().collect();
+        let (_, w) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(w.0.iter().any(|m| m.contains("SIGNPOST_LISTN")));
+    }
+}

@@ -1,0 +1,263 @@
+//! The data layer: one schema per service on PostgreSQL (row-level security) or
+//! one SQLite file per service; tenant-scoped transactions; migrations.
+//!
+//! A service gets a [`Db`] for its own schema and builds its store from the
+//! backend inside (`Db::Postgres` / `Db::Sqlite`). Every query a service runs
+//! goes through a [`PgTx`] / [`SqliteTx`], which cannot be opened without a
+//! [`TenantId`] and which binds that tenant as `$1` of every statement.
+
+mod migrate;
+mod pg;
+mod sqlite;
+mod tx;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+pub use migrate::{Migration, Migrations};
+pub use pg::{PgBackend, PgDb};
+pub use sqlite::{SqliteBackend, SqliteDb};
+pub use tx::{PgTx, Scoped, SqliteTx};
+
+use crate::problem::Problem;
+
+/// Errors of the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A driver or server error.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A named constraint that maps to a client error (409/422).
+    #[error("constraint {constraint} violated")]
+    Constraint {
+        /// The constraint (or, on SQLite, the column list) that failed.
+        constraint: String,
+        /// What the client sees.
+        problem: Box<Problem>,
+    },
+    /// A statement that does not mention the tenant (a bug, caught before it runs).
+    #[error("statement is not scoped to the tenant (needs tenant_id = $1): {0}")]
+    Unscoped(&'static str),
+    /// Applying migrations failed.
+    #[error("migration {schema}/{version}: {message}")]
+    Migration {
+        /// Service schema.
+        schema: String,
+        /// Migration version.
+        version: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database could not be reached or prepared.
+    #[error("{0}")]
+    Setup(String),
+    /// An event payload could not be serialized.
+    #[error("event payload: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Maps constraint violations to client errors, in one place per call site.
+pub trait DbResultExt<T> {
+    /// A unique violation becomes `problem` (409, usually).
+    fn on_unique(self, problem: impl FnOnce() -> Problem) -> Result<T, DbError>;
+    /// A violation of the named constraint becomes `problem`. On SQLite, whose
+    /// errors carry no constraint name, `name` is matched against the message
+    /// (`UNIQUE constraint failed: links.links.slug`), so pass a name that appears there.
+    fn on_constraint(self, name: &str, problem: impl FnOnce() -> Problem) -> Result<T, DbError>;
+}
+
+impl<T, E: Into<DbError>> DbResultExt<T> for Result<T, E> {
+    fn on_unique(self, problem: impl FnOnce() -> Problem) -> Result<T, DbError> {
+        self.map_err(Into::into).map_err(|e| match e {
+            DbError::Sqlx(sqlx::Error::Database(db)) if db.is_unique_violation() => DbError::Constraint {
+                constraint: db.constraint().unwrap_or_default().to_string(),
+                problem: Box::new(problem()),
+            },
+            other => other,
+        })
+    }
+
+    fn on_constraint(self, name: &str, problem: impl FnOnce() -> Problem) -> Result<T, DbError> {
+        self.map_err(Into::into).map_err(|e| match e {
+            DbError::Sqlx(sqlx::Error::Database(db))
+                if db.constraint() == Some(name) || db.message().contains(name) =>
+            {
+                DbError::Constraint { constraint: name.to_string(), problem: Box::new(problem()) }
+            }
+            other => other,
+        })
+    }
+}
+
+/// Which engine a deployment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// A service's handle on its own schema.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// PostgreSQL schema.
+    Postgres(PgDb),
+    /// SQLite file.
+    Sqlite(SqliteDb),
+}
+
+impl Db {
+    /// The service schema this handle is bound to.
+    pub fn schema(&self) -> &'static str {
+        match self {
+            Self::Postgres(d) => d.schema(),
+            Self::Sqlite(d) => d.schema(),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// What every handle on this schema shares (kernel SQL, relay signal).
+    pub(crate) fn shared(&self) -> &SchemaShared {
+        match self {
+            Self::Postgres(d) => &d.shared,
+            Self::Sqlite(d) => &d.shared,
+        }
+    }
+
+    /// Answers when the database takes a query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self {
+            Self::Postgres(d) => d.ping().await,
+            Self::Sqlite(d) => d.ping().await,
+        }
+    }
+}
+
+/// What every handle on one service schema shares: the schema name, the SQL of
+/// the kernel's own tables in it, and the relay's wake-up signal.
+#[derive(Debug)]
+pub(crate) struct SchemaShared {
+    pub(crate) schema: &'static str,
+    pub(crate) relay: Arc<Notify>,
+    pub(crate) sql: KernelSql,
+}
+
+/// Statements on the kernel's tables (outbox, inbox, dead letters), with the
+/// schema name filled in once.
+#[derive(Debug)]
+pub(crate) struct KernelSql {
+    pub(crate) outbox_insert: String,
+    pub(crate) outbox_pending: String,
+    pub(crate) outbox_delete: String,
+    pub(crate) inbox_insert: String,
+    pub(crate) dead_letter_insert: String,
+}
+
+impl KernelSql {
+    fn new(schema: &str, engine: Engine) -> Self {
+        let outbox_delete = match engine {
+            // Concurrent writers can commit out of seq order: delete exactly what was sent.
+            Engine::Postgres => format!("delete from {schema}.outbox where seq = any($1)"),
+            // One writer: commit order is seq order, so the sent rows are a prefix.
+            Engine::Sqlite => format!("delete from {schema}.outbox where seq <= $1"),
+        };
+        Self {
+            outbox_insert: format!(
+                "insert into {schema}.outbox (event_id, event_type, tenant_id, payload) values ($1, $2, $3, $4)"
+            ),
+            outbox_pending: format!(
+                "select seq, payload from {schema}.outbox order by seq limit $1"
+            ),
+            outbox_delete,
+            inbox_insert: format!(
+                "insert into {schema}.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
+            ),
+            dead_letter_insert: format!(
+                "insert into {schema}.dead_letters (consumer, event_id, tenant_id, event_type, payload, error) values ($1, $2, $3, $4, $5, $6)"
+            ),
+        }
+    }
+}
+
+/// A tenant transaction on either engine, for code that is the same on both
+/// (event consumers, emitting events). Store implementations take the variant
+/// of their engine with [`Tx::postgres`] / [`Tx::sqlite`].
+pub enum Tx {
+    /// PostgreSQL.
+    Postgres(PgTx),
+    /// SQLite.
+    Sqlite(SqliteTx),
+}
+
+impl Tx {
+    /// The tenant.
+    pub fn tenant(&self) -> crate::tenant::TenantId {
+        match self {
+            Self::Postgres(t) => t.tenant(),
+            Self::Sqlite(t) => t.tenant(),
+        }
+    }
+
+    /// The PostgreSQL transaction, if that is the engine.
+    pub fn postgres(&mut self) -> Option<&mut PgTx> {
+        match self {
+            Self::Postgres(t) => Some(t),
+            Self::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite transaction, if that is the engine.
+    pub fn sqlite(&mut self) -> Option<&mut SqliteTx> {
+        match self {
+            Self::Sqlite(t) => Some(t),
+            Self::Postgres(_) => None,
+        }
+    }
+
+    /// Writes an event to the outbox in this transaction.
+    pub async fn emit<T: serde::Serialize>(
+        &mut self,
+        event_type: &str,
+        actor: &str,
+        data: &T,
+    ) -> Result<crate::events::Envelope, DbError> {
+        match self {
+            Self::Postgres(t) => t.emit(event_type, actor, data).await,
+            Self::Sqlite(t) => t.emit(event_type, actor, data).await,
+        }
+    }
+
+    pub(crate) async fn mark_handled(&mut self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, DbError> {
+        match self {
+            Self::Postgres(t) => t.mark_handled(consumer, event_id).await,
+            Self::Sqlite(t) => t.mark_handled(consumer, event_id).await,
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Self::Postgres(t) => t.commit().await,
+            Self::Sqlite(t) => t.commit().await,
+        }
+    }
+}
+
+impl Db {
+    /// A write transaction for `tenant`.
+    pub async fn begin(&self, tenant: crate::tenant::TenantId) -> Result<Tx, DbError> {
+        Ok(match self {
+            Self::Postgres(d) => Tx::Postgres(d.begin(tenant).await?),
+            Self::Sqlite(d) => Tx::Sqlite(d.begin(tenant).await?),
+        })
+    }
+}

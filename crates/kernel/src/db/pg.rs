@@ -1,0 +1,277 @@
+//! PostgreSQL: schema per service, row-level security, an owner role that runs
+//! migrations and an application role that owns nothing.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Executor as _, Row as _};
+use tokio::sync::Notify;
+
+use super::migrate::Migrations;
+use super::tx::PgTx;
+use super::{DbError, Engine, KernelSql, SchemaShared};
+use crate::secret::{Secret, redact_url};
+use crate::tenant::TenantId;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connected PostgreSQL deployment: an owner pool for migrations and the
+/// application pool every service's [`PgDb`] shares.
+#[derive(Clone, Debug)]
+pub struct PgBackend {
+    owner: PgPool,
+    app: PgPool,
+    app_role: String,
+    owner_role: String,
+}
+
+impl PgBackend {
+    /// Connects both pools; `app_url = None` runs the application as `SET ROLE app_role`
+    /// on owner-URL connections. An unreachable server is a one-line error.
+    pub async fn connect(
+        url: &Secret<String>,
+        app_url: Option<&Secret<String>>,
+        app_role: &str,
+        owner_role: &str,
+        max_connections: u32,
+    ) -> Result<Self, DbError> {
+        let owner_opts = options(url)?;
+        let owner = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(owner_opts.clone());
+        // Fail fast and clearly: one real connection now, not on the first request.
+        tokio::time::timeout(CONNECT_TIMEOUT, owner.acquire())
+            .await
+            .map_err(|_| DbError::Setup(format!("cannot reach PostgreSQL at {}: timed out", redact_url(url.expose()))))?
+            .map_err(|e| DbError::Setup(format!("cannot connect to PostgreSQL at {}: {e}", redact_url(url.expose()))))?;
+        let app = match app_url {
+            Some(app_url) => PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .connect_lazy_with(options(app_url)?),
+            None => {
+                let set_role = format!("set role {app_role}");
+                PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .after_connect(move |conn, _| {
+                        let sql = set_role.clone();
+                        Box::pin(async move {
+                            conn.execute(AssertSqlSafe(sql)).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_lazy_with(owner_opts)
+            }
+        };
+        Ok(Self { owner, app, app_role: app_role.to_string(), owner_role: owner_role.to_string() })
+    }
+
+    /// Creates the owner and application roles when missing and makes sure the
+    /// application role can never bypass row-level security.
+    pub async fn ensure_roles(&self) -> Result<(), DbError> {
+        let (owner, app) = (&self.owner_role, &self.app_role);
+        let sql = format!(
+            r#"
+            do $$ begin
+                create role {owner} nologin;
+            exception when duplicate_object or unique_violation then null;
+            end $$;
+            do $$ begin
+                create role {app} nologin;
+            exception when duplicate_object or unique_violation then null;
+            end $$;
+            alter role {app} nosuperuser nobypassrls nocreatedb nocreaterole;
+            alter role {owner} nosuperuser nobypassrls;
+            do $$ begin
+                execute format('grant create on database %I to {owner}', current_database());
+                if not pg_has_role(current_user, '{owner}', 'member') then
+                    execute format('grant {owner} to %I', current_user);
+                end if;
+                if not pg_has_role(current_user, '{app}', 'member') then
+                    execute format('grant {app} to %I', current_user);
+                end if;
+            end $$;
+            "#
+        );
+        // Roles are cluster-wide; parallel first starts race on creating them.
+        let mut conn = self.owner.acquire().await?;
+        conn.execute("select pg_advisory_lock(7261531)").await?;
+        let res = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await;
+        conn.execute("select pg_advisory_unlock(7261531)").await?;
+        res.map_err(|e| DbError::Setup(format!("preparing roles {owner} and {app}: {e}")))?;
+        Ok(())
+    }
+
+    /// Applies what is missing of each service's migrations as the owner role and
+    /// grants the application role what it needs. Returns `schema/version` applied.
+    pub async fn migrate(&self, all: &[Migrations]) -> Result<Vec<String>, DbError> {
+        self.ensure_roles().await?;
+        let mut applied = Vec::new();
+        for m in all {
+            applied.extend(self.migrate_schema(m).await?);
+        }
+        Ok(applied)
+    }
+
+    async fn migrate_schema(&self, m: &Migrations) -> Result<Vec<String>, DbError> {
+        let schema = m.schema;
+        let (owner, app) = (&self.owner_role, &self.app_role);
+        let err = |version: &str, e: sqlx::Error| DbError::Migration {
+            schema: schema.to_string(),
+            version: version.to_string(),
+            message: e.to_string(),
+        };
+        let mut conn = self.owner.acquire().await?;
+        conn.execute(AssertSqlSafe(format!("set role {owner}"))).await?;
+        conn.execute(AssertSqlSafe(format!("select pg_advisory_lock(hashtext('signpost.migrate.{schema}'))")))
+            .await?;
+        let result = async {
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "create schema if not exists {schema} authorization {owner};
+                 create table if not exists {schema}.schema_migrations (
+                     version text primary key, checksum text not null,
+                     applied_at timestamptz not null default now());"
+            )))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| err("schema_migrations", e))?;
+            let done: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+                "select version, checksum from {schema}.schema_migrations"
+            )))
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut applied = Vec::new();
+            for step in m.steps_for(true) {
+                if let Some((_, sum)) = done.iter().find(|(v, _)| *v == step.version) {
+                    if *sum != step.checksum {
+                        return Err(DbError::Migration {
+                            schema: schema.to_string(),
+                            version: step.version,
+                            message: "was edited after it was applied; add a new migration instead".into(),
+                        });
+                    }
+                    continue;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                sqlx::raw_sql(AssertSqlSafe(step.sql.clone()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| err(&step.version, e))?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "insert into {schema}.schema_migrations (version, checksum) values ($1, $2)"
+                )))
+                .bind(&step.version)
+                .bind(&step.checksum)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                applied.push(format!("{schema}/{}", step.version));
+            }
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "grant usage on schema {schema} to {app};
+                 grant select, insert, update, delete on all tables in schema {schema} to {app};
+                 revoke all on {schema}.schema_migrations from {app};
+                 grant usage, select on all sequences in schema {schema} to {app};
+                 grant execute on all functions in schema {schema} to {app};"
+            )))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| err("grants", e))?;
+            Ok(applied)
+        }
+        .await;
+        let _ = conn
+            .execute(AssertSqlSafe(format!("select pg_advisory_unlock(hashtext('signpost.migrate.{schema}'))")))
+            .await;
+        let _ = conn.execute("reset role").await;
+        result
+    }
+
+    /// The handle of one service schema.
+    pub fn db(&self, schema: &'static str) -> PgDb {
+        PgDb {
+            pool: self.app.clone(),
+            shared: Arc::new(SchemaShared {
+                schema,
+                relay: Arc::new(Notify::new()),
+                sql: KernelSql::new(schema, Engine::Postgres),
+            }),
+        }
+    }
+
+    /// The role the application runs as.
+    pub fn app_role(&self) -> &str {
+        &self.app_role
+    }
+
+    /// Closes both pools.
+    pub async fn close(&self) {
+        self.app.close().await;
+        self.owner.close().await;
+    }
+
+    /// The owner pool (migrations, catalog checks in tests).
+    #[cfg(feature = "testing")]
+    pub fn owner_pool(&self) -> &PgPool {
+        &self.owner
+    }
+
+    /// The raw application pool: tests use it to prove what RLS hides.
+    #[cfg(feature = "testing")]
+    pub fn app_pool(&self) -> &PgPool {
+        &self.app
+    }
+}
+
+fn options(url: &Secret<String>) -> Result<PgConnectOptions, DbError> {
+    PgConnectOptions::from_str(url.expose())
+        .map(|o| o.application_name("signpost"))
+        .map_err(|e| DbError::Setup(format!("DATABASE_URL: {e}")))
+}
+
+/// One service's schema on PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PgDb {
+    pool: PgPool,
+    pub(crate) shared: Arc<SchemaShared>,
+}
+
+impl PgDb {
+    /// The schema name.
+    pub fn schema(&self) -> &'static str {
+        self.shared.schema
+    }
+
+    /// A transaction for `tenant`: row-level security sees only that tenant's rows.
+    pub async fn begin(&self, tenant: TenantId) -> Result<PgTx, DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("select set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(PgTx::new(tx, tenant, self.shared.clone()))
+    }
+
+    /// A read-only view for `tenant` (same pool on PostgreSQL).
+    pub async fn read(&self, tenant: TenantId) -> Result<PgTx, DbError> {
+        self.begin(tenant).await
+    }
+
+    /// A transaction in the kernel's system scope (outbox, inbox, dead letters).
+    pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        tx.execute("select set_config('app.scope', 'system', true)").await?;
+        Ok(tx)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), DbError> {
+        let row = sqlx::query("select 1::int4 as one").fetch_one(&self.pool).await?;
+        let _: i32 = row.try_get("one")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! SQLite: one file per service schema, attached as the schema's name on every
+//! pooled connection (so SQL says `links.links` on both engines), WAL, one writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Executor as _};
+use tokio::sync::Notify;
+
+use super::migrate::Migrations;
+use super::tx::SqliteTx;
+use super::{DbError, Engine, KernelSql, SchemaShared};
+use crate::tenant::TenantId;
+
+/// The SQLite deployment: a directory with one file per service.
+#[derive(Clone, Debug)]
+pub struct SqliteBackend {
+    dir: PathBuf,
+}
+
+impl SqliteBackend {
+    /// Creates the directory when missing.
+    pub async fn open(dir: &Path) -> Result<Self, DbError> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| DbError::Setup(format!("cannot create data directory {}: {e}", dir.display())))?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    /// Opens the pools of one service schema (one writer, a few readers).
+    pub async fn db(&self, schema: &'static str) -> Result<SqliteDb, DbError> {
+        let file = self.dir.join(format!("{schema}.db"));
+        let writer = pool(&file, schema, 1, false).await?;
+        let reader = pool(&file, schema, 4, true).await?;
+        Ok(SqliteDb {
+            writer,
+            reader,
+            shared: Arc::new(SchemaShared {
+                schema,
+                relay: Arc::new(Notify::new()),
+                sql: KernelSql::new(schema, Engine::Sqlite),
+            }),
+        })
+    }
+
+    /// Applies what is missing of each service's migrations.
+    pub async fn migrate(&self, all: &[Migrations]) -> Result<Vec<String>, DbError> {
+        let mut applied = Vec::new();
+        for m in all {
+            let db = self.db(m.schema).await?;
+            applied.extend(db.migrate(m).await?);
+            db.close().await;
+        }
+        Ok(applied)
+    }
+}
+
+async fn pool(file: &Path, schema: &'static str, max: u32, read_only: bool) -> Result<SqlitePool, DbError> {
+    // `main` is a private in-memory database; the service file is attached under
+    // the schema's name so that the same `schema.table` text works on both engines.
+    let opts = SqliteConnectOptions::new()
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    let path = file.to_string_lossy().into_owned();
+    let attach = format!("attach database $1 as {schema}");
+    let pragmas = format!(
+        "pragma {schema}.journal_mode = wal; pragma {schema}.synchronous = normal; pragma {schema}.busy_timeout = 10000;"
+    );
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max)
+        .min_connections(if read_only { 0 } else { 1 })
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _| {
+            let (attach, pragmas, path) = (attach.clone(), pragmas.clone(), path.clone());
+            Box::pin(async move {
+                sqlx::query(AssertSqlSafe(attach)).bind(path).execute(&mut *conn).await?;
+                sqlx::raw_sql(AssertSqlSafe(pragmas)).execute(&mut *conn).await?;
+                if read_only {
+                    conn.execute("pragma query_only = on").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(|e| DbError::Setup(format!("cannot open {}: {e}", file.display())))?;
+    Ok(pool)
+}
+
+/// One service's file on SQLite.
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    pub(crate) shared: Arc<SchemaShared>,
+}
+
+impl SqliteDb {
+    /// The schema (attachment) name.
+    pub fn schema(&self) -> &'static str {
+        self.shared.schema
+    }
+
+    /// A write transaction for `tenant` on the single writer (`BEGIN IMMEDIATE`,
+    /// so it never fails halfway on a lock upgrade).
+    pub async fn begin(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
+        let tx = self.writer.begin_with("begin immediate").await?;
+        Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
+    }
+
+    /// A read transaction for `tenant` on a reader connection (a consistent snapshot).
+    pub async fn read(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
+        let tx = self.reader.begin().await?;
+        Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
+    }
+
+    /// A write transaction in the kernel's system scope.
+    pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
+        Ok(self.writer.begin_with("begin immediate").await?)
+    }
+
+    /// A reader connection pool, for the kernel's own reads outside a tenant.
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("select 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn migrate(&self, m: &Migrations) -> Result<Vec<String>, DbError> {
+        let schema = m.schema;
+        let err = |version: &str, e: sqlx::Error| DbError::Migration {
+            schema: schema.to_string(),
+            version: version.to_string(),
+            message: e.to_string(),
+        };
+        let mut conn = self.writer.acquire().await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "create table if not exists {schema}.schema_migrations (
+                 version text primary key, checksum text not null,
+                 applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| err("schema_migrations", e))?;
+        let done: Vec<(String, String)> =
+            sqlx::query_as(AssertSqlSafe(format!("select version, checksum from {schema}.schema_migrations")))
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut applied = Vec::new();
+        for step in m.steps_for(false) {
+            if let Some((_, sum)) = done.iter().find(|(v, _)| *v == step.version) {
+                if *sum != step.checksum {
+                    return Err(DbError::Migration {
+                        schema: schema.to_string(),
+                        version: step.version,
+                        message: "was edited after it was applied; add a new migration instead".into(),
+                    });
+                }
+                continue;
+            }
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, "begin immediate").await?;
+            sqlx::raw_sql(AssertSqlSafe(step.sql.clone()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(&step.version, e))?;
+            sqlx::query(AssertSqlSafe(format!(
+                "insert into {schema}.schema_migrations (version, checksum) values ($1, $2)"
+            )))
+            .bind(&step.version)
+            .bind(&step.checksum)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            applied.push(format!("{schema}/{}", step.version));
+        }
+        Ok(applied)
+    }
+
+    /// Closes both pools (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}

@@ -1,0 +1,183 @@
+//! Tenant-scoped transactions. The only way a service runs SQL: each statement
+//! is built from the transaction, which binds the tenant as `$1`; on PostgreSQL
+//! the transaction has also set `app.tenant_id`, so row-level security agrees.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{AssertSqlSafe, Database, Encode, FromRow, Postgres, Sqlite, Type};
+
+use super::{DbError, SchemaShared};
+use crate::events::Envelope;
+use crate::tenant::TenantId;
+
+/// A statement already bound to a transaction's tenant; bind the rest with `bind`.
+#[must_use = "run it with the transaction's execute/fetch methods"]
+pub struct Scoped<Q> {
+    inner: Result<Q, DbError>,
+}
+
+fn check(sql: &'static str) -> Result<(), DbError> {
+    if sql.contains("tenant_id") && sql.contains("$1") { Ok(()) } else { Err(DbError::Unscoped(sql)) }
+}
+
+macro_rules! tenant_tx {
+    ($(#[$doc:meta])* $Tx:ident, $DB:ty, $tenant:expr, $uuid:expr) => {
+        $(#[$doc])*
+        pub struct $Tx {
+            tx: sqlx::Transaction<'static, $DB>,
+            tenant: TenantId,
+            shared: Arc<SchemaShared>,
+            emitted: bool,
+        }
+
+        impl<'q> Scoped<Query<'q, $DB, <$DB as Database>::Arguments>> {
+            /// Binds the next parameter (`$2`, `$3`, …).
+            pub fn bind<T: 'q + Encode<'q, $DB> + Type<$DB>>(self, value: T) -> Self {
+                Self { inner: self.inner.map(|q| q.bind(value)) }
+            }
+        }
+
+        impl<'q, O> Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>> {
+            /// Binds the next parameter (`$2`, `$3`, …).
+            pub fn bind<T: 'q + Encode<'q, $DB> + Type<$DB>>(self, value: T) -> Self {
+                Self { inner: self.inner.map(|q| q.bind(value)) }
+            }
+        }
+
+        impl<'q, O> Scoped<QueryScalar<'q, $DB, O, <$DB as Database>::Arguments>> {
+            /// Binds the next parameter (`$2`, `$3`, …).
+            pub fn bind<T: 'q + Encode<'q, $DB> + Type<$DB>>(self, value: T) -> Self {
+                Self { inner: self.inner.map(|q| q.bind(value)) }
+            }
+        }
+
+        impl $Tx {
+            pub(crate) fn new(tx: sqlx::Transaction<'static, $DB>, tenant: TenantId, shared: Arc<SchemaShared>) -> Self {
+                Self { tx, tenant, shared, emitted: false }
+            }
+
+            /// The tenant every statement of this transaction is bound to.
+            pub fn tenant(&self) -> TenantId {
+                self.tenant
+            }
+
+            /// A statement whose `$1` is the tenant; it must say `tenant_id`.
+            pub fn query<'q>(&self, sql: &'static str) -> Scoped<Query<'q, $DB, <$DB as Database>::Arguments>> {
+                let tenant = self.tenant;
+                Scoped { inner: check(sql).map(|()| sqlx::query(sql).bind($tenant(tenant))) }
+            }
+
+            /// A statement returning rows of `O`, `$1` bound to the tenant.
+            pub fn query_as<'q, O>(&self, sql: &'static str) -> Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>
+            where
+                O: for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                let tenant = self.tenant;
+                Scoped { inner: check(sql).map(|()| sqlx::query_as(sql).bind($tenant(tenant))) }
+            }
+
+            /// A statement returning one column, `$1` bound to the tenant.
+            pub fn query_scalar<'q, O>(&self, sql: &'static str) -> Scoped<QueryScalar<'q, $DB, O, <$DB as Database>::Arguments>>
+            where
+                (O,): for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                let tenant = self.tenant;
+                Scoped { inner: check(sql).map(|()| sqlx::query_scalar(sql).bind($tenant(tenant))) }
+            }
+
+            /// Runs a statement; returns the rows affected.
+            pub async fn execute<'q>(&mut self, q: Scoped<Query<'q, $DB, <$DB as Database>::Arguments>>) -> Result<u64, DbError> {
+                Ok(q.inner?.execute(&mut *self.tx).await?.rows_affected())
+            }
+
+            /// All rows.
+            pub async fn fetch_all<'q, O>(&mut self, q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<Vec<O>, DbError>
+            where
+                O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                Ok(q.inner?.fetch_all(&mut *self.tx).await?)
+            }
+
+            /// At most one row.
+            pub async fn fetch_optional<'q, O>(&mut self, q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<Option<O>, DbError>
+            where
+                O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                Ok(q.inner?.fetch_optional(&mut *self.tx).await?)
+            }
+
+            /// Exactly one row.
+            pub async fn fetch_one<'q, O>(&mut self, q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<O, DbError>
+            where
+                O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                Ok(q.inner?.fetch_one(&mut *self.tx).await?)
+            }
+
+            /// One value of one row.
+            pub async fn scalar<'q, O>(&mut self, q: Scoped<QueryScalar<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<O, DbError>
+            where
+                O: Send + Unpin,
+                (O,): Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                Ok(q.inner?.fetch_one(&mut *self.tx).await?)
+            }
+
+            /// Writes an event into this service's outbox in this transaction: it is
+            /// published if and only if the transaction commits.
+            pub async fn emit<T: Serialize>(&mut self, event_type: &str, actor: &str, data: &T) -> Result<Envelope, DbError> {
+                let envelope = Envelope::new(event_type, self.tenant, actor, serde_json::to_value(data)?);
+                self.emit_envelope(&envelope).await?;
+                Ok(envelope)
+            }
+
+            pub(crate) async fn emit_envelope(&mut self, envelope: &Envelope) -> Result<(), DbError> {
+                sqlx::query(AssertSqlSafe(self.shared.sql.outbox_insert.clone()))
+                    .bind($uuid(envelope.event_id))
+                    .bind(envelope.event_type.clone())
+                    .bind($tenant(envelope.tenant_id))
+                    .bind(sqlx::types::Json(envelope.clone()))
+                    .execute(&mut *self.tx)
+                    .await?;
+                self.emitted = true;
+                Ok(())
+            }
+
+            /// Records that `consumer` handled `event_id`; false if it already had.
+            pub(crate) async fn mark_handled(&mut self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, DbError> {
+                let done = sqlx::query(AssertSqlSafe(self.shared.sql.inbox_insert.clone()))
+                    .bind(consumer.to_string())
+                    .bind($uuid(event_id))
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// Commits, then wakes the outbox relay if an event was written.
+            pub async fn commit(self) -> Result<(), DbError> {
+                let (shared, emitted) = (self.shared.clone(), self.emitted);
+                self.tx.commit().await?;
+                if emitted {
+                    shared.relay.notify_one();
+                }
+                Ok(())
+            }
+
+            /// Abandons every change (also what dropping the transaction does).
+            pub async fn rollback(self) -> Result<(), DbError> {
+                Ok(self.tx.rollback().await?)
+            }
+        }
+    };
+}
+
+tenant_tx!(
+    /// A PostgreSQL transaction for one tenant (`app.tenant_id` is set in it).
+    PgTx, Postgres, |t: TenantId| t.as_uuid(), |u: uuid::Uuid| u
+);
+tenant_tx!(
+    /// A SQLite transaction for one tenant.
+    SqliteTx, Sqlite, |t: TenantId| t.to_string(), |u: uuid::Uuid| u.hyphenated().to_string()
+);

@@ -1,0 +1,55 @@
+//! The bus interface both backends implement.
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Consumer, Envelope};
+use crate::db::{Db, DbError};
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker could not be reached.
+    #[error("{0}")]
+    Connect(String),
+    /// Publishing failed; the outbox keeps the events and the relay retries.
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// A consumer could not be set up.
+    #[error("consumer {consumer}: {message}")]
+    Consumer {
+        /// The consumer.
+        consumer: String,
+        /// What failed.
+        message: String,
+    },
+    /// A handler asked for redelivery.
+    #[error("handler failed: {0}")]
+    Handler(String),
+    /// The database under the outbox or inbox.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Carries events from the outboxes to the consumers, at least once.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes events in the given order; returns once the bus is responsible
+    /// for them (JetStream acknowledged them; in-process consumers applied them).
+    async fn publish(&self, events: &[Envelope]) -> Result<(), BusError>;
+
+    /// Starts delivering the consumer's event types to it until `shutdown`.
+    async fn start_consumer(
+        &self,
+        consumer: Consumer,
+        db: Db,
+        shutdown: CancellationToken,
+    ) -> Result<Vec<JoinHandle<()>>, BusError>;
+
+    /// Answers when the bus is usable (readiness).
+    async fn ping(&self) -> Result<(), BusError>;
+
+    /// `memory` or `nats`, for logs and readiness reports.
+    fn kind(&self) -> &'static str;
+}

@@ -1,0 +1,150 @@
+//! Idempotent consumers: each event is applied in a tenant transaction that also
+//! records its id in the consumer's inbox, so redelivery has no second effect.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+
+use super::{BusError, Envelope};
+use crate::db::{Db, DbError, Tx};
+
+/// What a consumer does with one event, inside the transaction that marks it handled.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `event` in `tx` (already scoped to the event's tenant).
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError>;
+}
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Transient: redeliver later.
+    #[error("retry: {0}")]
+    Retry(String),
+    /// The event itself is bad: move it to the dead letters and go on.
+    #[error("rejected: {0}")]
+    Reject(String),
+}
+
+impl From<DbError> for HandlerError {
+    fn from(e: DbError) -> Self {
+        Self::Retry(e.to_string())
+    }
+}
+
+/// A named, durable subscription of one service to some event types.
+#[derive(Clone)]
+pub struct Consumer {
+    /// Durable name, unique across the platform (`analytics.clicks`).
+    pub name: &'static str,
+    /// Event types it receives.
+    pub event_types: &'static [&'static str],
+    /// What it does with them.
+    pub handler: Arc<dyn Handler>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("name", &self.name).field("event_types", &self.event_types).finish()
+    }
+}
+
+/// Applies a delivered batch. `Err` means: redeliver the whole batch (what was
+/// already applied is skipped through the inbox).
+pub(crate) async fn process(db: &Db, consumer: &Consumer, events: &[Envelope]) -> Result<(), BusError> {
+    // One transaction per run of same-tenant events keeps batches cheap and in order.
+    let mut start = 0;
+    while start < events.len() {
+        let tenant = events[start].tenant_id;
+        let end = events[start..].iter().position(|e| e.tenant_id != tenant).map_or(events.len(), |p| start + p);
+        let run = &events[start..end];
+        match apply(db, consumer, run).await {
+            Ok(()) => {}
+            Err(HandlerError::Retry(m)) => return Err(BusError::Handler(m)),
+            Err(HandlerError::Reject(_)) => {
+                for event in run {
+                    match apply(db, consumer, std::slice::from_ref(event)).await {
+                        Ok(()) => {}
+                        Err(HandlerError::Retry(m)) => return Err(BusError::Handler(m)),
+                        Err(HandlerError::Reject(m)) => {
+                            let payload = serde_json::to_string(event).unwrap_or_default();
+                            dead_letter(db, consumer.name, Some(event), &payload, &m).await?;
+                        }
+                    }
+                }
+            }
+        }
+        metrics::counter!("events_consumed_total", "consumer" => consumer.name).increment(run.len() as u64);
+        start = end;
+    }
+    Ok(())
+}
+
+async fn apply(db: &Db, consumer: &Consumer, run: &[Envelope]) -> Result<(), HandlerError> {
+    let Some(first) = run.first() else { return Ok(()) };
+    let mut tx = db.begin(first.tenant_id).await?;
+    for event in run {
+        if tx.mark_handled(consumer.name, event.event_id).await? {
+            consumer.handler.handle(&mut tx, event).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Keeps an event a consumer cannot handle (or cannot even parse), marks it
+/// handled so it is not retried forever, and counts it.
+pub(crate) async fn dead_letter(
+    db: &Db,
+    consumer: &str,
+    event: Option<&Envelope>,
+    payload: &str,
+    error: &str,
+) -> Result<(), DbError> {
+    tracing::warn!(consumer, event_id = ?event.map(|e| e.event_id), error, "event moved to dead letters");
+    metrics::counter!("events_dead_lettered_total", "consumer" => consumer.to_string()).increment(1);
+    let (event_id, tenant, kind) =
+        (event.map(|e| e.event_id), event.map(|e| e.tenant_id), event.map(|e| e.event_type.clone()));
+    let sql = &db.shared().sql;
+    let (insert, inbox) = (sql.dead_letter_insert.clone(), sql.inbox_insert.clone());
+    match db {
+        Db::Postgres(pg) => {
+            let mut tx = pg.begin_system().await?;
+            sqlx::query(AssertSqlSafe(insert))
+                .bind(consumer.to_string())
+                .bind(event_id)
+                .bind(tenant.map(|t| t.as_uuid()))
+                .bind(kind)
+                .bind(payload.to_string())
+                .bind(error.to_string())
+                .execute(&mut *tx)
+                .await?;
+            if let Some(id) = event_id {
+                sqlx::query(AssertSqlSafe(inbox)).bind(consumer.to_string()).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+        Db::Sqlite(lite) => {
+            let mut tx = lite.begin_system().await?;
+            sqlx::query(AssertSqlSafe(insert))
+                .bind(consumer.to_string())
+                .bind(event_id.map(|u| u.hyphenated().to_string()))
+                .bind(tenant.map(|t| t.to_string()))
+                .bind(kind)
+                .bind(payload.to_string())
+                .bind(error.to_string())
+                .execute(&mut *tx)
+                .await?;
+            if let Some(id) = event_id {
+                sqlx::query(AssertSqlSafe(inbox))
+                    .bind(consumer.to_string())
+                    .bind(id.hyphenated().to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The in-process bus of `signpost up`: the outbox is the durable log, and a
+//! publish returns only after every subscribed consumer applied the events, so
+//! the relay deletes nothing a consumer has not seen.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::process;
+use super::{Bus, BusError, Consumer, Envelope};
+use crate::db::Db;
+
+struct Delivery {
+    events: Vec<Envelope>,
+    done: oneshot::Sender<Result<(), BusError>>,
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    event_types: &'static [&'static str],
+    inbox: mpsc::Sender<Delivery>,
+}
+
+/// In-process bus: consumers are tasks in this process.
+#[derive(Default)]
+pub struct MemoryBus {
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+impl MemoryBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
+        let subscribers = self.subscribers.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut pending = Vec::new();
+        for sub in subscribers {
+            let mine: Vec<Envelope> =
+                events.iter().filter(|e| sub.event_types.contains(&e.event_type.as_str())).cloned().collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (done, wait) = oneshot::channel();
+            sub.inbox
+                .send(Delivery { events: mine, done })
+                .await
+                .map_err(|_| BusError::Publish("a consumer has stopped".into()))?;
+            pending.push(wait);
+        }
+        for wait in pending {
+            wait.await.map_err(|_| BusError::Publish("a consumer stopped mid-delivery".into()))??;
+        }
+        Ok(())
+    }
+
+    async fn start_consumer(
+        &self,
+        consumer: Consumer,
+        db: Db,
+        shutdown: CancellationToken,
+    ) -> Result<Vec<JoinHandle<()>>, BusError> {
+        let (tx, mut rx) = mpsc::channel::<Delivery>(16);
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(Subscriber { event_types: consumer.event_types, inbox: tx });
+        }
+        let task = tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    d = rx.recv() => match d { Some(d) => d, None => break },
+                };
+                let result = process(&db, &consumer, &delivery.events).await;
+                if let Err(e) = &result {
+                    tracing::warn!(consumer = consumer.name, error = %e, "consumer will be retried");
+                }
+                let _ = delivery.done.send(result);
+            }
+        });
+        Ok(vec![task])
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

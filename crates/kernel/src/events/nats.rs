@@ -1,0 +1,181 @@
+//! NATS JetStream: one file-backed stream, subjects `<stream>.<event_type>`,
+//! publish deduplicated by `Nats-Msg-Id` = event id, durable pull consumers with
+//! explicit acks (one per consumer and event type: NATS 2.9 filters one subject).
+
+use std::time::Duration;
+
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::{dead_letter, process};
+use super::{Bus, BusError, Consumer, Envelope};
+use crate::db::Db;
+use crate::secret::{Secret, redact_url};
+
+/// JetStream-backed bus for scale-out.
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+}
+
+impl NatsBus {
+    /// Connects and creates the stream when missing; a down server is a one-line error.
+    pub async fn connect(url: &Secret<String>, stream_name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("signpost")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url.expose().as_str())
+            .await
+            .map_err(|e| BusError::Connect(format!("cannot connect to NATS at {}: {e}", redact_url(url.expose()))))?;
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: stream_name.to_string(),
+            subjects: vec![format!("{stream_name}.>")],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::Connect(format!("cannot create JetStream stream {stream_name}: {e}")))?;
+        Ok(Self { client, js, stream: stream_name.to_string() })
+    }
+
+    /// Deletes the stream (test teardown).
+    pub async fn delete_stream(&self) -> Result<(), BusError> {
+        self.js.delete_stream(&self.stream).await.map_err(|e| BusError::Publish(e.to_string()))?;
+        Ok(())
+    }
+
+    fn subject(&self, event_type: &str) -> String {
+        format!("{}.{event_type}", self.stream)
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
+        // Send all, then wait for the acks: pipelined, but still in order on the stream.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, event.event_id.to_string().as_str());
+            let payload = serde_json::to_vec(event).map_err(|e| BusError::Publish(e.to_string()))?;
+            let ack = self
+                .js
+                .publish_with_headers(self.subject(&event.event_type), headers, payload.into())
+                .await
+                .map_err(|e| BusError::Publish(e.to_string()))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| BusError::Publish(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn start_consumer(
+        &self,
+        consumer: Consumer,
+        db: Db,
+        shutdown: CancellationToken,
+    ) -> Result<Vec<JoinHandle<()>>, BusError> {
+        let err = |e: String| BusError::Consumer { consumer: consumer.name.to_string(), message: e };
+        let stream = self.js.get_stream(&self.stream).await.map_err(|e| err(e.to_string()))?;
+        let mut tasks = Vec::new();
+        for event_type in consumer.event_types {
+            let durable = format!("{}-{}", consumer.name, event_type).replace(['.', ' ', '*', '>'], "_");
+            let pull: consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &durable,
+                    consumer::pull::Config {
+                        durable_name: Some(durable.clone()),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        filter_subject: self.subject(event_type),
+                        ack_wait: Duration::from_secs(30),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let (consumer, db, shutdown) = (consumer.clone(), db.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                run_pull(pull, consumer, db, shutdown).await;
+            }));
+        }
+        Ok(tasks)
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(BusError::Connect(format!("NATS connection is {other}"))),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}
+
+async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let messages = match pull.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = consumer.name, error = %e, "cannot pull from JetStream; retrying");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
+            }
+        };
+        // Take whatever is ready (up to 256) as one batch: low latency when idle, batches under load.
+        let mut chunks = messages.ready_chunks(256);
+        loop {
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = chunks.next() => match c { Some(c) => c, None => break },
+            };
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut msgs = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                let msg = match item {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(consumer = consumer.name, error = %e, "JetStream delivery error");
+                        continue;
+                    }
+                };
+                match serde_json::from_slice::<Envelope>(&msg.payload) {
+                    Ok(env) => {
+                        batch.push(env);
+                        msgs.push(msg);
+                    }
+                    Err(e) => {
+                        let raw = String::from_utf8_lossy(&msg.payload).into_owned();
+                        if dead_letter(&db, consumer.name, None, &raw, &format!("malformed envelope: {e}")).await.is_ok() {
+                            let _ = msg.ack().await;
+                        }
+                    }
+                }
+            }
+            match process(&db, &consumer, &batch).await {
+                Ok(()) => {
+                    for m in msgs {
+                        if let Err(e) = m.ack().await {
+                            tracing::warn!(consumer = consumer.name, error = %e, "ack failed; the event will be redelivered and skipped");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = consumer.name, error = %e, "batch failed; redelivering");
+                    for m in msgs {
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The middleware every route runs through: request id, access log, metrics,
+//! the body-size guard and panic-to-problem.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::problem::Problem;
+
+/// The `X-Request-ID` header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, in the request extensions for handlers that want it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// A client-sent id is kept when it is short and plain; otherwise we make one.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
+}
+
+/// Request id, span, access log line and HTTP metrics.
+pub async fn observe(mut req: Request, next: Next) -> Response {
+    let id = request_id(&req);
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let quiet = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if quiet {
+            tracing::debug!(status, duration_ms, "request");
+        } else {
+            tracing::info!(status, duration_ms, "request");
+        }
+    });
+    let labels = [
+        ("method", method.as_str().to_string()),
+        ("route", route),
+        ("status_code", status.to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    res
+}
+
+/// Refuses a declared body larger than the limit before reading it (413 problem).
+/// Bodies without a length are capped while being read by the extractor limit.
+pub async fn body_limit(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    match declared {
+        Some(None) => Problem::bad_request("Content-Length is not a number").into_response(),
+        Some(Some(n)) if n > limit as u64 => Problem::payload_too_large(limit).into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Turns a panic in a handler into an opaque 500 problem (the panic is logged).
+pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let msg = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    tracing::error!(panic = msg, "handler panicked");
+    Problem::internal().into_response()
+}

@@ -1,0 +1,24 @@
+//! HTTP conventions: problem JSON, extractors, pagination, request ids,
+//! health, readiness and metrics.
+
+mod json;
+mod middleware;
+mod pagination;
+
+pub use json::{Json, Query};
+pub use middleware::{RequestId, X_REQUEST_ID, body_limit, observe, panic_response};
+pub use pagination::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, PageRequest, decode_cursor, encode_cursor};
+
+use axum::response::IntoResponse;
+
+use crate::problem::Problem;
+
+/// The answer for paths no route matches.
+pub async fn not_found() -> impl IntoResponse {
+    Problem::not_found().with_detail("no route matches this path")
+}
+
+/// The answer for a known path with the wrong method.
+pub async fn method_not_allowed() -> impl IntoResponse {
+    Problem::method_not_allowed()
+}

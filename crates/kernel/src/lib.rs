@@ -1,0 +1,28 @@
+//! Signpost's kernel: the chassis every service stands on. Configuration,
+//! database and tenancy, events, cache, rate limiting, object storage, HTTP
+//! conventions, telemetry, and the platform that wires them together.
+//! No business rules live here.
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod http;
+pub mod keys;
+pub mod platform;
+pub mod problem;
+pub mod ratelimit;
+pub mod secret;
+pub mod storage;
+pub mod telemetry;
+pub mod tenant;
+
+pub use platform::{BoxError, Kernel, Platform, Service, ServiceContext, ServiceParts, StartError};
+pub use problem::{ApiError, ApiResult, Problem};
+pub use secret::Secret;
+pub use tenant::TenantId;
+
+/// Installs the TLS crypto provider that outbound HTTPS (S3) uses; idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

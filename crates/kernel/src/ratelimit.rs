@@ -1,0 +1,173 @@
+//! Rate limiting: an exact sliding log, decided atomically — one `EVALSHA` on
+//! Redis using the server's clock, a mutex-guarded log in-process.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::cache::{CacheError, RedisConn};
+
+/// The outcome of one check, with what the `RateLimit-*` headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// The limit of the window.
+    pub limit: u64,
+    /// Hits left in the window after this one.
+    pub remaining: u64,
+    /// Until the oldest counted hit leaves the window (`RateLimit-Reset`, `Retry-After`).
+    pub reset_after: Duration,
+}
+
+/// A sliding-log limiter over string keys.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// If fewer than `limit` hits fell in the last `window`, records one and allows.
+    async fn hit(&self, key: &str, limit: u64, window: Duration) -> Result<Decision, CacheError>;
+    /// Counts without recording: would a hit be allowed now?
+    async fn peek(&self, key: &str, limit: u64, window: Duration) -> Result<Decision, CacheError>;
+    /// Forgets a key (e.g. failures after a successful login).
+    async fn reset(&self, key: &str) -> Result<(), CacheError>;
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+/// In-process sliding log.
+#[derive(Default)]
+pub struct MemoryLimiter {
+    logs: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl MemoryLimiter {
+    /// An empty limiter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn decide(&self, key: &str, limit: u64, window: Duration, record: bool) -> Decision {
+        let now = Instant::now();
+        let Ok(mut logs) = self.logs.lock() else {
+            return Decision { allowed: true, limit, remaining: limit, reset_after: Duration::ZERO };
+        };
+        if logs.len() > 100_000 {
+            logs.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        let log = logs.entry(key.to_string()).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            log.pop_front();
+        }
+        let count = log.len() as u64;
+        let allowed = count < limit;
+        if allowed && record {
+            log.push_back(now);
+        }
+        let count = log.len() as u64;
+        let reset_after = log.front().map_or(Duration::ZERO, |t| window.saturating_sub(now.duration_since(*t)));
+        Decision { allowed, limit, remaining: limit.saturating_sub(count), reset_after }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryLimiter {
+    async fn hit(&self, key: &str, limit: u64, window: Duration) -> Result<Decision, CacheError> {
+        Ok(self.decide(key, limit, window, true))
+    }
+
+    async fn peek(&self, key: &str, limit: u64, window: Duration) -> Result<Decision, CacheError> {
+        Ok(self.decide(key, limit, window, false))
+    }
+
+    async fn reset(&self, key: &str) -> Result<(), CacheError> {
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.remove(key);
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// The whole decision in one script, on Redis's clock, so that any number of
+/// gateway processes sharing the Redis enforce one exact limit.
+const SLIDING_LOG: &str = r"
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local record = ARGV[3] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local allowed = 0
+if count < limit then
+  allowed = 1
+  if record then
+    redis.call('ZADD', key, now, ARGV[4])
+    count = count + 1
+    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+  end
+end
+local reset = 0
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+return {allowed, count, reset}
+";
+
+/// Redis sliding log.
+pub struct RedisLimiter {
+    redis: RedisConn,
+    script: redis::Script,
+}
+
+impl RedisLimiter {
+    /// A limiter on a connection.
+    pub fn new(redis: RedisConn) -> Self {
+        Self { redis, script: redis::Script::new(SLIDING_LOG) }
+    }
+
+    async fn decide(&self, key: &str, limit: u64, window: Duration, record: bool) -> Result<Decision, CacheError> {
+        let mut c = self.redis.conn.clone();
+        let window_us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+        let (allowed, count, reset_us): (i64, u64, i64) = self
+            .script
+            .key(self.redis.key(&format!("rl:{key}")))
+            .arg(limit)
+            .arg(window_us)
+            .arg(if record { "1" } else { "0" })
+            .arg(uuid::Uuid::new_v4().to_string())
+            .invoke_async(&mut c)
+            .await?;
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit,
+            remaining: limit.saturating_sub(count),
+            reset_after: Duration::from_micros(u64::try_from(reset_us).unwrap_or(0)),
+        })
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn hit(&self, key: &str, limit: u64, window: Duration) -> Result<Decision, CacheError> {
+        self.decide(key, limit, window, true).await
+    }
+
+    async fn peek(&self, key: &str, limit: u64, window: Duration) -> Result<Decision, CacheError> {
+        self.decide(key, limit, window, false).await
+    }
+
+    async fn reset(&self, key: &str) -> Result<(), CacheError> {
+        let mut c = self.redis.conn.clone();
+        let _: u64 = redis::AsyncCommands::del(&mut c, self.redis.key(&format!("rl:{key}"))).await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
