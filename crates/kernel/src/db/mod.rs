@@ -253,6 +253,66 @@ impl Tx {
 }
 
 impl Db {
+    /// Inserts events of any tenants into the outbox in one system transaction
+    /// (the batched append path: one commit for many events).
+    pub(crate) async fn append_outbox<'e>(
+        &self,
+        events: impl Iterator<Item = &'e crate::events::Envelope>,
+    ) -> Result<(), DbError> {
+        let insert = &self.shared().sql.outbox_insert;
+        match self {
+            Self::Postgres(pg) => {
+                let mut tx = pg.begin_system().await?;
+                for e in events {
+                    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                        .bind(e.event_id)
+                        .bind(e.event_type.clone())
+                        .bind(e.tenant_id.as_uuid())
+                        .bind(sqlx::types::Json(e.clone()))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Self::Sqlite(lite) => {
+                let mut tx = lite.begin_system().await?;
+                for e in events {
+                    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                        .bind(e.event_id.hyphenated().to_string())
+                        .bind(e.event_type.clone())
+                        .bind(e.tenant_id.to_string())
+                        .bind(sqlx::types::Json(e.clone()))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        self.shared().relay.notify_one();
+        Ok(())
+    }
+
+    /// Writes an event into the outbox again: what a crash between publishing
+    /// and clearing the outbox leaves behind. Tests only.
+    #[cfg(feature = "testing")]
+    pub async fn outbox_reinsert(&self, envelope: &crate::events::Envelope) -> Result<(), DbError> {
+        self.append_outbox(std::iter::once(envelope)).await
+    }
+
+    /// Rows in this schema's outbox and dead letters (all tenants). Tests only.
+    #[cfg(feature = "testing")]
+    pub async fn kernel_counts(&self) -> Result<(i64, i64), DbError> {
+        let s = self.schema();
+        let sql = format!("select (select count(*) from {s}.outbox), (select count(*) from {s}.dead_letters)");
+        Ok(match self {
+            Self::Postgres(pg) => {
+                let mut tx = pg.begin_system().await?;
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *tx).await?
+            }
+            Self::Sqlite(lite) => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(lite.reader()).await?,
+        })
+    }
+
     /// A write transaction for `tenant`.
     pub async fn begin(&self, tenant: crate::tenant::TenantId) -> Result<Tx, DbError> {
         Ok(match self {

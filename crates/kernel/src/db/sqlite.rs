@@ -61,6 +61,7 @@ async fn pool(file: &Path, schema: &'static str, max: u32, read_only: bool) -> R
     // `main` is a private in-memory database; the service file is attached under
     // the schema's name so that the same `schema.table` text works on both engines.
     let opts = SqliteConnectOptions::new()
+        .create_if_missing(true)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
     let path = file.to_string_lossy().into_owned();

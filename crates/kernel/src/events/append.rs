@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use sqlx::AssertSqlSafe;
-use sqlx::types::Json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -76,8 +74,6 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, shutdown:
         if let Err(e) = &result {
             tracing::error!(service = db.schema(), error = %e, "batched append failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        } else {
-            db.shared().relay.notify_one();
         }
         for job in batch.drain(..) {
             let _ = job.done.send(result.clone());
@@ -86,36 +82,5 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, shutdown:
 }
 
 async fn write(db: &Db, batch: &[Job]) -> Result<(), DbError> {
-    let insert = db.shared().sql.outbox_insert.clone();
-    match db {
-        Db::Postgres(pg) => {
-            let mut tx = pg.begin_system().await?;
-            for job in batch {
-                let e = &job.event;
-                sqlx::query(AssertSqlSafe(insert.clone()))
-                    .bind(e.event_id)
-                    .bind(e.event_type.clone())
-                    .bind(e.tenant_id.as_uuid())
-                    .bind(Json(e.clone()))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        }
-        Db::Sqlite(lite) => {
-            let mut tx = lite.begin_system().await?;
-            for job in batch {
-                let e = &job.event;
-                sqlx::query(AssertSqlSafe(insert.clone()))
-                    .bind(e.event_id.hyphenated().to_string())
-                    .bind(e.event_type.clone())
-                    .bind(e.tenant_id.to_string())
-                    .bind(Json(e.clone()))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        }
-    }
-    Ok(())
+    db.append_outbox(batch.iter().map(|j| &j.event)).await
 }

@@ -1,0 +1,99 @@
+//! Outbox → relay → bus → idempotent consumer, on the in-process bus or NATS.
+
+use kernel::TenantId;
+use kernel::events::Envelope;
+use testkit::TestApp;
+
+use crate::{create_note, eventually, settles_at, stats};
+
+#[tokio::test]
+async fn a_committed_change_reaches_the_consumer_exactly_once() {
+    let app = TestApp::spawn().await;
+    let tenant = TenantId::new();
+    for i in 0..3 {
+        create_note(&app, tenant, &format!("n{i}")).await;
+    }
+    settles_at(&app, tenant, (3, 0)).await;
+    let (outbox, _) = app.db("fixture").kernel_counts().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outbox, 0, "delivered events leave the outbox");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_delivered_twice_has_one_effect() {
+    let app = TestApp::spawn().await;
+    let tenant = TenantId::new();
+    let event = Envelope::new("note.created", tenant, "system", serde_json::json!({ "body": "dup" }));
+    // What a crash between publishing and clearing the outbox leaves behind, twice over.
+    let db = app.db("fixture");
+    db.outbox_reinsert(&event).await.unwrap_or_else(|e| panic!("{e}"));
+    eventually("first delivery", || async { (stats(&app, tenant).await.0 == 1).then_some(()) }).await;
+    db.outbox_reinsert(&event).await.unwrap_or_else(|e| panic!("{e}"));
+    app.kernel.bus.publish(std::slice::from_ref(&event)).await.unwrap_or_else(|e| panic!("{e}"));
+    eventually("outbox drained", || async {
+        (db.kernel_counts().await.map(|c| c.0).unwrap_or(-1) == 0).then_some(())
+    })
+    .await;
+    settles_at(&app, tenant, (1, 0)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_and_the_pipeline_goes_on() {
+    let app = TestApp::spawn().await;
+    let tenant = TenantId::new();
+    create_note(&app, tenant, "poison").await;
+    create_note(&app, tenant, "fine").await;
+    settles_at(&app, tenant, (1, 0)).await;
+    let (_, dead) = app.db("fixture").kernel_counts().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dead, 1, "the poison event is kept for inspection");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
+    assert!(metrics.contains("events_dead_lettered_total{consumer=\"fixture.stats\"}"), "and counted");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batched_appends_are_each_delivered_once() {
+    let app = TestApp::spawn().await;
+    let tenant = TenantId::new();
+    let note = create_note(&app, tenant, "viewed").await;
+    let id = note["id"].as_str().unwrap_or_default().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let (client, url, t) = (app.client.clone(), app.url(&format!("/v1/fixture/notes/{id}/views")), tenant);
+        tasks.push(tokio::spawn(async move {
+            client.post(url).header("x-tenant-id", t.to_string()).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.ok().and_then(Result::ok), Some(202));
+    }
+    settles_at(&app, tenant, (1, 60)).await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
+    assert!(metrics.contains("event_append_batch_size_bucket"), "batch sizes are measured");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_flushes_appends_and_the_outbox() {
+    let app = TestApp::spawn().await;
+    let tenant = TenantId::new();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (client, url, t) = (app.client.clone(), app.url(&format!("/v1/fixture/notes/{}/views", uuid::Uuid::now_v7())), tenant);
+        tasks.push(tokio::spawn(async move {
+            client.post(url).header("x-tenant-id", t.to_string()).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.ok().and_then(Result::ok) == Some(202) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 40);
+    // Restart right away: whatever was accepted is counted after the restart.
+    let app = app.restart().await;
+    settles_at(&app, tenant, (0, 40)).await;
+    app.stop().await;
+}

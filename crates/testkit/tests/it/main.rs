@@ -1,0 +1,78 @@
+//! The kernel's integration suite: runs on embedded backends, or on the
+//! engines named by `SIGNPOST_TEST_*` (see the README).
+
+mod cache_and_limits;
+mod crash;
+mod events;
+mod http;
+mod pagination;
+mod postgres;
+mod storage;
+mod tenancy;
+
+use std::future::Future;
+use std::time::Duration;
+
+use kernel::TenantId;
+use serde_json::Value;
+use testkit::TestApp;
+
+/// Polls `check` until it returns `Some`, for up to 15 seconds.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a note for `tenant`; returns its JSON.
+pub async fn create_note(app: &TestApp, tenant: TenantId, body: &str) -> Value {
+    let res = app
+        .client
+        .post(app.url("/v1/fixture/notes"))
+        .header("x-tenant-id", tenant.to_string())
+        .json(&serde_json::json!({ "body": body }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    assert_eq!(res.status(), 201, "creating a note");
+    res.json().await.unwrap_or_else(|e| panic!("json: {e}"))
+}
+
+/// The fixture's counters for `tenant`.
+pub async fn stats(app: &TestApp, tenant: TenantId) -> (i64, i64) {
+    let v: Value = app
+        .client
+        .get(app.url("/v1/fixture/stats"))
+        .header("x-tenant-id", tenant.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("json: {e}"));
+    (v["notes"].as_i64().unwrap_or(-1), v["views"].as_i64().unwrap_or(-1))
+}
+
+/// Waits until the counters equal `want`, then checks they stay there a moment
+/// (a late duplicate delivery would show up as more).
+pub async fn settles_at(app: &TestApp, tenant: TenantId, want: (i64, i64)) {
+    eventually(&format!("stats {want:?}"), || async {
+        let now = stats(app, tenant).await;
+        assert!(now.0 <= want.0 && now.1 <= want.1, "counted too much: {now:?} > {want:?}");
+        (now == want).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stats(app, tenant).await, want, "counters moved after settling");
+}
