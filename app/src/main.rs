@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kernel::config::{Config, Overrides, SETTINGS};
-use kernel::{Platform, Service};
 use kernel::platform::CancellationToken;
+use kernel::{Platform, Service};
 
 /// Short links, dynamic QR codes, microsites and analytics, self-hosted.
 #[derive(Debug, Parser)]
@@ -72,10 +72,9 @@ fn main() -> ExitCode {
         Command::Up { listen, data_dir } => {
             (Overrides { listen: listen.clone(), data_dir: data_dir.clone() }, None)
         }
-        Command::Serve { service, listen, data_dir } => (
-            Overrides { listen: listen.clone(), data_dir: data_dir.clone() },
-            Some(service.clone()),
-        ),
+        Command::Serve { service, listen, data_dir } => {
+            (Overrides { listen: listen.clone(), data_dir: data_dir.clone() }, Some(service.clone()))
+        }
         Command::Migrate { data_dir } => (Overrides { listen: None, data_dir: data_dir.clone() }, None),
     };
     let (config, warnings) = match Config::load(cli.config.as_deref(), &overrides) {

@@ -113,10 +113,11 @@ impl RedisConn {
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(1);
-        let conn = tokio::time::timeout(Duration::from_secs(8), ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| CacheError::Connect(format!("cannot reach Redis at {shown}: timed out")))?
-            .map_err(|e| CacheError::Connect(format!("cannot connect to Redis at {shown}: {e}")))?;
+        let conn =
+            tokio::time::timeout(Duration::from_secs(8), ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| CacheError::Connect(format!("cannot reach Redis at {shown}: timed out")))?
+                .map_err(|e| CacheError::Connect(format!("cannot connect to Redis at {shown}: {e}")))?;
         Ok(Self { conn, prefix: prefix.to_string() })
     }
 
@@ -134,7 +135,8 @@ impl RedisConn {
     /// Deletes every key under the prefix (test teardown).
     pub async fn delete_prefix(&self) -> Result<u64, CacheError> {
         let mut c = self.conn.clone();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query_async(&mut c).await?;
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query_async(&mut c).await?;
         if keys.is_empty() {
             return Ok(0);
         }

@@ -31,24 +31,64 @@ impl ConfigError {
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("SIGNPOST_LISTEN", "listen", "address to listen on [default: 127.0.0.1:8080]"),
     ("SIGNPOST_DATA_DIR", "data_dir", "directory for SQLite files, local objects and keys [default: ./data]"),
-    ("SIGNPOST_PUBLIC_URL", "public_url", "public base URL of short links and signed URLs [default: http://<listen>]"),
-    ("DATABASE_URL", "database_url", "sqlite://DIR (one file per service in DIR) or postgres://USER@HOST/DB (the owner connection that runs migrations) [default: sqlite://<data_dir>]"),
-    ("SIGNPOST_DATABASE_APP_URL", "database_app_url", "PostgreSQL: connection for the application role; unset = DATABASE_URL with SET ROLE to the app role"),
-    ("SIGNPOST_DATABASE_APP_ROLE", "database_app_role", "PostgreSQL: role the application runs as; owns nothing, no BYPASSRLS [default: signpost_app]"),
-    ("SIGNPOST_DATABASE_OWNER_ROLE", "database_owner_role", "PostgreSQL: role that owns schemas and tables [default: signpost_owner]"),
+    (
+        "SIGNPOST_PUBLIC_URL",
+        "public_url",
+        "public base URL of short links and signed URLs [default: http://<listen>]",
+    ),
+    (
+        "DATABASE_URL",
+        "database_url",
+        "sqlite://DIR (one file per service in DIR) or postgres://USER@HOST/DB (the owner connection that runs migrations) [default: sqlite://<data_dir>]",
+    ),
+    (
+        "SIGNPOST_DATABASE_APP_URL",
+        "database_app_url",
+        "PostgreSQL: connection for the application role; unset = DATABASE_URL with SET ROLE to the app role",
+    ),
+    (
+        "SIGNPOST_DATABASE_APP_ROLE",
+        "database_app_role",
+        "PostgreSQL: role the application runs as; owns nothing, no BYPASSRLS [default: signpost_app]",
+    ),
+    (
+        "SIGNPOST_DATABASE_OWNER_ROLE",
+        "database_owner_role",
+        "PostgreSQL: role that owns schemas and tables [default: signpost_owner]",
+    ),
     ("SIGNPOST_DATABASE_MAX_CONNECTIONS", "database_max_connections", "pool size per service [default: 8]"),
-    ("REDIS_URL", "redis_url", "redis://HOST:PORT/DB for cache, rate limits and sessions; unset = in-process"),
+    (
+        "REDIS_URL",
+        "redis_url",
+        "redis://HOST:PORT/DB for cache, rate limits and sessions; unset = in-process",
+    ),
     ("SIGNPOST_REDIS_PREFIX", "redis_prefix", "prefix of every Redis key [default: signpost:]"),
     ("NATS_URL", "nats_url", "nats://HOST:PORT for the event bus (JetStream); unset = in-process"),
-    ("SIGNPOST_NATS_STREAM", "nats_stream", "JetStream stream name; also the subject prefix [default: SIGNPOST]"),
-    ("STORAGE_URL", "storage_url", "file://DIR or s3://BUCKET?endpoint=URL&region=R [default: file://<data_dir>/objects]"),
+    (
+        "SIGNPOST_NATS_STREAM",
+        "nats_stream",
+        "JetStream stream name; also the subject prefix [default: SIGNPOST]",
+    ),
+    (
+        "STORAGE_URL",
+        "storage_url",
+        "file://DIR or s3://BUCKET?endpoint=URL&region=R [default: file://<data_dir>/objects]",
+    ),
     ("AWS_ACCESS_KEY_ID", "s3_access_key_id", "S3 access key (with STORAGE_URL=s3://…)"),
     ("AWS_SECRET_ACCESS_KEY", "s3_secret_access_key", "S3 secret key (with STORAGE_URL=s3://…)"),
-    ("SIGNPOST_STORAGE_SIGNING_KEY", "storage_signing_key", "HMAC key of local signed URLs (≥ 32 bytes); unset = generated once into the data dir"),
+    (
+        "SIGNPOST_STORAGE_SIGNING_KEY",
+        "storage_signing_key",
+        "HMAC key of local signed URLs (≥ 32 bytes); unset = generated once into the data dir",
+    ),
     ("JWT_SECRET_KEY", "jwt_secret_key", "HS256 key for access tokens (≥ 32 bytes); unset = Ed25519 keys"),
     ("SIGNPOST_LOG", "log", "log filter, e.g. info or signpost=debug [default: info; RUST_LOG also works]"),
     ("SIGNPOST_LOG_FORMAT", "log_format", "json, pretty or auto (pretty on a terminal) [default: auto]"),
-    ("SIGNPOST_SHUTDOWN_TIMEOUT", "shutdown_timeout", "seconds to finish in-flight work after SIGTERM [default: 8]"),
+    (
+        "SIGNPOST_SHUTDOWN_TIMEOUT",
+        "shutdown_timeout",
+        "seconds to finish in-flight work after SIGTERM [default: 8]",
+    ),
     ("SIGNPOST_BODY_LIMIT", "body_limit", "largest request body in bytes [default: 1048576]"),
 ];
 
@@ -233,9 +273,8 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
                 })?;
-                toml::from_str::<Raw>(&text).map_err(|e| {
-                    ConfigError::new(&path.display().to_string(), e.message().to_string())
-                })?
+                toml::from_str::<Raw>(&text)
+                    .map_err(|e| ConfigError::new(&path.display().to_string(), e.message().to_string()))?
             }
             None => Raw::default(),
         };
@@ -309,7 +348,10 @@ impl Raw {
     fn validate(self) -> Result<Config, ConfigError> {
         let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:8080".to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::new("SIGNPOST_LISTEN", format!("{listen_text:?} is not an address like 127.0.0.1:8080"))
+            ConfigError::new(
+                "SIGNPOST_LISTEN",
+                format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+            )
         })?;
         let data_dir = PathBuf::from(self.data_dir.unwrap_or_else(|| "./data".to_string()));
         if data_dir.as_os_str().is_empty() {
@@ -341,7 +383,10 @@ impl Raw {
                     let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
                     let path = path.split('?').next().unwrap_or_default();
                     if path.is_empty() {
-                        return Err(ConfigError::new("DATABASE_URL", "sqlite:// needs a directory, e.g. sqlite://./data"));
+                        return Err(ConfigError::new(
+                            "DATABASE_URL",
+                            "sqlite:// needs a directory, e.g. sqlite://./data",
+                        ));
                     }
                     DatabaseConfig::Sqlite { dir: PathBuf::from(path) }
                 }
@@ -466,16 +511,18 @@ fn scheme(url: &str) -> Option<&str> {
     ok.then_some(scheme)
 }
 
-fn parse_num<T>(key: &str, value: Option<&TomlScalar>, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+fn parse_num<T>(
+    key: &str,
+    value: Option<&TomlScalar>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let Some(value) = value else { return Ok(default) };
     let text = value.text();
-    let n: T = text
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(key, format!("{text:?} is not a number")))?;
+    let n: T = text.trim().parse().map_err(|_| ConfigError::new(key, format!("{text:?} is not a number")))?;
     if !range.contains(&n) {
         return Err(ConfigError::new(
             key,
@@ -511,7 +558,10 @@ fn parse_storage(
         Some("file") => {
             let path = url.trim_start_matches("file:").trim_start_matches("//");
             if path.is_empty() {
-                return Err(ConfigError::new(KEY, "file:// needs a directory, e.g. file:///var/lib/signpost/objects"));
+                return Err(ConfigError::new(
+                    KEY,
+                    "file:// needs a directory, e.g. file:///var/lib/signpost/objects",
+                ));
             }
             Ok(StorageConfig::Local { dir: PathBuf::from(path) })
         }
@@ -537,10 +587,10 @@ fn parse_storage(
                     }
                 }
             }
-            if let Some(e) = &endpoint {
-                if !(e.starts_with("http://") || e.starts_with("https://")) {
-                    return Err(ConfigError::new(KEY, format!("endpoint {e:?} is not an http(s) URL")));
-                }
+            if let Some(e) =
+                endpoint.as_ref().filter(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+            {
+                return Err(ConfigError::new(KEY, format!("endpoint {e:?} is not an http(s) URL")));
             }
             Ok(StorageConfig::S3 {
                 bucket: bucket.to_string(),
@@ -550,7 +600,9 @@ fn parse_storage(
                 secret_access_key: secret_access_key.map(Secret::new),
             })
         }
-        Some(other) => Err(ConfigError::new(KEY, format!("unsupported scheme {other:?} (expected file or s3)"))),
+        Some(other) => {
+            Err(ConfigError::new(KEY, format!("unsupported scheme {other:?} (expected file or s3)")))
+        }
         None => Err(ConfigError::new(KEY, "not a URL (expected file://DIR or s3://BUCKET)")),
     }
 }
@@ -608,8 +660,9 @@ mod tests {
 
     #[test]
     fn s3_url_is_parsed() {
-        let c = load(&[("STORAGE_URL", "s3://media?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1")])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let c =
+            load(&[("STORAGE_URL", "s3://media?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1")])
+                .unwrap_or_else(|e| unreachable!("{e}"));
         match c.storage {
             StorageConfig::S3 { bucket, endpoint, region, .. } => {
                 assert_eq!(bucket, "media");
@@ -637,7 +690,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sp-cfg-{}", uuid::Uuid::new_v4()));
         let _ = std::fs::create_dir_all(&dir);
         let file = dir.join("signpost.toml");
-        let _ = std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nbody_limit = 2048\nredis_url = \"redis://a\"\n");
+        let _ = std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nbody_limit = 2048\nredis_url = \"redis://a\"\n",
+        );
         let env = [("REDIS_URL".to_string(), "redis://b".to_string())].into_iter().collect();
         let flags = Overrides { listen: Some("127.0.0.1:9001".into()), data_dir: None };
         let (c, _) = Config::load_from(Some(&file), &env, &flags).unwrap_or_else(|e| unreachable!("{e}"));
@@ -652,7 +708,8 @@ mod tests {
     #[test]
     fn unknown_signpost_variables_are_warned_about() {
         let env = [("SIGNPOST_LISTN".to_string(), "x".to_string())].into_iter().collect();
-        let (_, w) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| unreachable!("{e}"));
+        let (_, w) =
+            Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(w.0.iter().any(|m| m.contains("SIGNPOST_LISTN")));
     }
 }

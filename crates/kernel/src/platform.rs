@@ -140,9 +140,11 @@ impl DbBackend {
     pub async fn connect(config: &Config) -> Result<Self, DbError> {
         Ok(match &config.database {
             DatabaseConfig::Sqlite { dir } => Self::Sqlite(SqliteBackend::open(dir).await?),
-            DatabaseConfig::Postgres { url, app_url, app_role, owner_role, max_connections } => Self::Postgres(
-                PgBackend::connect(url, app_url.as_ref(), app_role, owner_role, *max_connections).await?,
-            ),
+            DatabaseConfig::Postgres { url, app_url, app_role, owner_role, max_connections } => {
+                Self::Postgres(
+                    PgBackend::connect(url, app_url.as_ref(), app_role, owner_role, *max_connections).await?,
+                )
+            }
         })
     }
 
@@ -360,7 +362,13 @@ struct KernelState {
     openapi: Arc<Value>,
 }
 
-fn build_router(kernel: &Kernel, db: &DbBackend, dbs: &[Db], services: Vec<Router>, paths: serde_json::Map<String, Value>) -> Router {
+fn build_router(
+    kernel: &Kernel,
+    db: &DbBackend,
+    dbs: &[Db],
+    services: Vec<Router>,
+    paths: serde_json::Map<String, Value>,
+) -> Router {
     let state = KernelState {
         kernel: kernel.clone(),
         database: db.kind(),
@@ -427,7 +435,8 @@ async fn readyz(State(s): State<KernelState>) -> Response {
         })
         .collect();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "status": if ready { "ready" } else { "unready" }, "checks": report }))).into_response()
+    (status, axum::Json(json!({ "status": if ready { "ready" } else { "unready" }, "checks": report })))
+        .into_response()
 }
 
 async fn metrics_text() -> Response {

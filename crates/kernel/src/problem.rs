@@ -11,8 +11,14 @@ use serde_json::{Map, Value};
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// A client-facing error: status, a stable `type` code and a human-readable detail.
+/// Boxed so that `Result<T, Problem>` stays small on the happy path.
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+#[serde(transparent)]
+pub struct Problem(Box<ProblemBody>);
+
+/// The members of a problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemBody {
     /// `/problems/<code>`; stable, so clients can branch on it.
     #[serde(rename = "type")]
     pub kind: String,
@@ -33,37 +39,42 @@ pub struct Problem {
 impl Problem {
     /// A problem with a status, a stable code and a title.
     pub fn new(status: StatusCode, code: &str, title: &str) -> Self {
-        Self {
+        Self(Box::new(ProblemBody {
             kind: format!("/problems/{code}"),
             title: title.to_string(),
             status: status.as_u16(),
             detail: None,
             extensions: Map::new(),
             headers: Vec::new(),
-        }
+        }))
     }
 
     /// Adds the occurrence-specific explanation.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     /// Adds an extension member.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.extensions.insert(key.to_string(), value.into());
+        self.0.extensions.insert(key.to_string(), value.into());
         self
     }
 
     /// Adds a response header (e.g. `Retry-After`).
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        self.0.headers.push((name, value));
         self
     }
 
     /// The status as a `StatusCode`.
     pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The members, for inspection.
+    pub fn body(&self) -> &ProblemBody {
+        &self.0
     }
 
     /// 400: the request could not be read.
@@ -105,12 +116,8 @@ impl Problem {
 
     /// 415: JSON routes want `Content-Type: application/json`.
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-        )
-        .with_detail(detail)
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            .with_detail(detail)
     }
 
     /// 422: well-formed but invalid; `field` names what to fix.
@@ -132,8 +139,7 @@ impl Problem {
 
     /// 503: a backend this request needs is down.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
-            .with_detail(detail)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable").with_detail(detail)
     }
 
     /// 500 with no detail: the cause is in the log, never in the response.
@@ -144,8 +150,8 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status, self.title)?;
-        if let Some(d) = &self.detail {
+        write!(f, "{} {}", self.0.status, self.0.title)?;
+        if let Some(d) = &self.0.detail {
             write!(f, ": {d}")?;
         }
         Ok(())
@@ -157,9 +163,8 @@ impl IntoResponse for Problem {
         let status = self.status();
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut res = (status, body).into_response();
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        for (name, value) in self.headers {
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        for (name, value) in self.0.headers {
             res.headers_mut().insert(name, value);
         }
         res
@@ -200,7 +205,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
         match e {
-            crate::db::DbError::Constraint { problem, .. } => Self::Problem(*problem),
+            crate::db::DbError::Constraint { problem, .. } => Self::Problem(problem),
             other => Self::Internal(Box::new(other)),
         }
     }
@@ -217,7 +222,6 @@ impl IntoResponse for ApiError {
         }
     }
 }
-
 
 /// Result type for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -65,7 +65,8 @@ impl MemoryLimiter {
             log.push_back(now);
         }
         let count = log.len() as u64;
-        let reset_after = log.front().map_or(Duration::ZERO, |t| window.saturating_sub(now.duration_since(*t)));
+        let reset_after =
+            log.front().map_or(Duration::ZERO, |t| window.saturating_sub(now.duration_since(*t)));
         Decision { allowed, limit, remaining: limit.saturating_sub(count), reset_after }
     }
 }
@@ -130,7 +131,13 @@ impl RedisLimiter {
         Self { redis, script: redis::Script::new(SLIDING_LOG) }
     }
 
-    async fn decide(&self, key: &str, limit: u64, window: Duration, record: bool) -> Result<Decision, CacheError> {
+    async fn decide(
+        &self,
+        key: &str,
+        limit: u64,
+        window: Duration,
+        record: bool,
+    ) -> Result<Decision, CacheError> {
         let mut c = self.redis.conn.clone();
         let window_us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
         let (allowed, count, reset_us): (i64, u64, i64) = self

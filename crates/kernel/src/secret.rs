@@ -67,10 +67,7 @@ mod tests {
 
     #[test]
     fn redact_url_hides_only_the_password() {
-        assert_eq!(
-            redact_url("postgres://app:pw@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
+        assert_eq!(redact_url("postgres://app:pw@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("postgres://user@h/x"), "postgres://user@h/x");
     }

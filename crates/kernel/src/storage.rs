@@ -73,7 +73,11 @@ impl ObjectKey {
                     && seg != ".."
                     && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             });
-        if ok { Ok(Self(key.to_string())) } else { Err(StorageError::InvalidKey(key.chars().take(80).collect())) }
+        if ok {
+            Ok(Self(key.to_string()))
+        } else {
+            Err(StorageError::InvalidKey(key.chars().take(80).collect()))
+        }
     }
 
     /// The key text.
@@ -171,7 +175,12 @@ impl Storage {
     }
 
     /// A URL that grants `method` on `key` until it expires, without credentials.
-    pub async fn signed_url(&self, method: UrlMethod, key: &ObjectKey, expires_in: Duration) -> Result<String, StorageError> {
+    pub async fn signed_url(
+        &self,
+        method: UrlMethod,
+        key: &ObjectKey,
+        expires_in: Duration,
+    ) -> Result<String, StorageError> {
         match self.signing.as_ref() {
             Signing::Local { key: secret, public_url } => {
                 let expires = time::OffsetDateTime::now_utc().unix_timestamp()

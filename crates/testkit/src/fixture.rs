@@ -241,7 +241,10 @@ async fn view(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn stats(State(s): State<AppState>, FixtureTenant(tenant): FixtureTenant) -> Result<Json<Stats>, ApiError> {
+async fn stats(
+    State(s): State<AppState>,
+    FixtureTenant(tenant): FixtureTenant,
+) -> Result<Json<Stats>, ApiError> {
     Ok(Json(s.store.stats(tenant).await?))
 }
 

@@ -4,6 +4,9 @@
 //! PostgreSQL database named by UUID, a unique Redis key prefix, a unique NATS
 //! stream, and the S3 bucket given. `TestApp::stop` tears it all down.
 
+// A test kit reports a broken environment by failing the test, loudly.
+#![allow(clippy::panic)]
+
 pub mod fixture;
 
 use std::collections::BTreeMap;
@@ -157,6 +160,7 @@ pub struct TestApp {
 
 /// A client for tests: no redirects, no proxy from the environment.
 pub fn client() -> reqwest::Client {
+    kernel::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -189,19 +193,18 @@ impl TestApp {
         if std::env::var("SIGNPOST_TEST_LOG").is_ok() {
             kernel::telemetry::init_logging("info,sqlx=warn", kernel::config::LogFormat::Pretty);
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let address = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}")));
         // Signed URLs and short links are built on the public URL: the real port, not 0.
         let mut with_url = env.clone();
         with_url.entry("SIGNPOST_PUBLIC_URL".to_string()).or_insert_with(|| address.clone());
         let (config, _) = Config::load_from(None, &with_url, &Overrides::default())
             .unwrap_or_else(|e| panic!("test configuration: {e}"));
-        let schemas: Vec<&'static str> = services.iter().filter_map(|s| s.migrations()).map(|m| m.schema).collect();
-        let platform = Platform::start(config.clone(), services)
-            .await
-            .unwrap_or_else(|e| panic!("platform start: {e}"));
+        let schemas: Vec<&'static str> =
+            services.iter().filter_map(|s| s.migrations()).map(|m| m.schema).collect();
+        let platform =
+            Platform::start(config.clone(), services).await.unwrap_or_else(|e| panic!("platform start: {e}"));
         let kernel = platform.kernel().clone();
         let database = platform.database().clone();
         let dbs = schemas.iter().filter_map(|s| platform.db(s).cloned()).collect();
@@ -268,15 +271,15 @@ pub async fn cleanup(engines: &Engines, config: &Config, isolation: &Isolation) 
     if let (Some(admin), Some(db)) = (&engines.database_url, &isolation.database) {
         drop_database(admin, db).await;
     }
-    if let Some(r) = &config.redis {
-        if let Ok(conn) = kernel::cache::RedisConn::connect(&r.url, &r.prefix).await {
-            let _ = conn.delete_prefix().await;
-        }
+    if let Some(r) = &config.redis
+        && let Ok(conn) = kernel::cache::RedisConn::connect(&r.url, &r.prefix).await
+    {
+        let _ = conn.delete_prefix().await;
     }
-    if let Some(n) = &config.nats {
-        if let Ok(bus) = kernel::events::NatsBus::connect(&n.url, &n.stream).await {
-            let _ = bus.delete_stream().await;
-        }
+    if let Some(n) = &config.nats
+        && let Ok(bus) = kernel::events::NatsBus::connect(&n.url, &n.stream).await
+    {
+        let _ = bus.delete_stream().await;
     }
     let _ = std::fs::remove_dir_all(&isolation.data_dir);
 }

@@ -42,9 +42,11 @@ impl Migrations {
         let kernel = if postgres { KERNEL_POSTGRES } else { KERNEL_SQLITE };
         let first = kernel.replace("{schema}", self.schema);
         std::iter::once((KERNEL_VERSION.to_string(), first))
-            .chain(self.steps.iter().map(|m| {
-                (m.version.to_string(), if postgres { m.postgres } else { m.sqlite }.to_string())
-            }))
+            .chain(
+                self.steps.iter().map(|m| {
+                    (m.version.to_string(), if postgres { m.postgres } else { m.sqlite }.to_string())
+                }),
+            )
             .map(|(version, sql)| {
                 let checksum = hex(&Sha256::digest(sql.as_bytes()));
                 Step { version, sql, checksum }

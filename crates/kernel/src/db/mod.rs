@@ -34,7 +34,7 @@ pub enum DbError {
         /// The constraint (or, on SQLite, the column list) that failed.
         constraint: String,
         /// What the client sees.
-        problem: Box<Problem>,
+        problem: Problem,
     },
     /// A statement that does not mention the tenant (a bug, caught before it runs).
     #[error("statement is not scoped to the tenant (needs tenant_id = $1): {0}")]
@@ -72,7 +72,7 @@ impl<T, E: Into<DbError>> DbResultExt<T> for Result<T, E> {
         self.map_err(Into::into).map_err(|e| match e {
             DbError::Sqlx(sqlx::Error::Database(db)) if db.is_unique_violation() => DbError::Constraint {
                 constraint: db.constraint().unwrap_or_default().to_string(),
-                problem: Box::new(problem()),
+                problem: problem(),
             },
             other => other,
         })
@@ -83,7 +83,7 @@ impl<T, E: Into<DbError>> DbResultExt<T> for Result<T, E> {
             DbError::Sqlx(sqlx::Error::Database(db))
                 if db.constraint() == Some(name) || db.message().contains(name) =>
             {
-                DbError::Constraint { constraint: name.to_string(), problem: Box::new(problem()) }
+                DbError::Constraint { constraint: name.to_string(), problem: problem() }
             }
             other => other,
         })
@@ -174,9 +174,7 @@ impl KernelSql {
             outbox_insert: format!(
                 "insert into {schema}.outbox (event_id, event_type, tenant_id, payload) values ($1, $2, $3, $4)"
             ),
-            outbox_pending: format!(
-                "select seq, payload from {schema}.outbox order by seq limit $1"
-            ),
+            outbox_pending: format!("select seq, payload from {schema}.outbox order by seq limit $1"),
             outbox_delete,
             inbox_insert: format!(
                 "insert into {schema}.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
@@ -236,7 +234,11 @@ impl Tx {
         }
     }
 
-    pub(crate) async fn mark_handled(&mut self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, DbError> {
+    pub(crate) async fn mark_handled(
+        &mut self,
+        consumer: &str,
+        event_id: uuid::Uuid,
+    ) -> Result<bool, DbError> {
         match self {
             Self::Postgres(t) => t.mark_handled(consumer, event_id).await,
             Self::Sqlite(t) => t.mark_handled(consumer, event_id).await,
@@ -303,7 +305,8 @@ impl Db {
     #[cfg(feature = "testing")]
     pub async fn kernel_counts(&self) -> Result<(i64, i64), DbError> {
         let s = self.schema();
-        let sql = format!("select (select count(*) from {s}.outbox), (select count(*) from {s}.dead_letters)");
+        let sql =
+            format!("select (select count(*) from {s}.outbox), (select count(*) from {s}.dead_letters)");
         Ok(match self {
             Self::Postgres(pg) => {
                 let mut tx = pg.begin_system().await?;

@@ -43,11 +43,20 @@ impl PgBackend {
             .min_connections(0)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(owner_opts.clone());
-        // Fail fast and clearly: one real connection now, not on the first request.
-        tokio::time::timeout(CONNECT_TIMEOUT, owner.acquire())
-            .await
-            .map_err(|_| DbError::Setup(format!("cannot reach PostgreSQL at {}: timed out", redact_url(url.expose()))))?
-            .map_err(|e| DbError::Setup(format!("cannot connect to PostgreSQL at {}: {e}", redact_url(url.expose()))))?;
+        // Fail fast and clearly: one direct connection now (a pool would keep
+        // retrying until its timeout and then report only that it timed out).
+        let probe = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&owner_opts),
+        )
+        .await
+        .map_err(|_| {
+            DbError::Setup(format!("cannot reach PostgreSQL at {}: timed out", redact_url(url.expose())))
+        })?
+        .map_err(|e| {
+            DbError::Setup(format!("cannot connect to PostgreSQL at {}: {e}", redact_url(url.expose())))
+        })?;
+        let _ = sqlx::Connection::close(probe).await;
         let app = match app_url {
             Some(app_url) => PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -128,8 +137,10 @@ impl PgBackend {
         };
         let mut conn = self.owner.acquire().await?;
         conn.execute(AssertSqlSafe(format!("set role {owner}"))).await?;
-        conn.execute(AssertSqlSafe(format!("select pg_advisory_lock(hashtext('signpost.migrate.{schema}'))")))
-            .await?;
+        conn.execute(AssertSqlSafe(format!(
+            "select pg_advisory_lock(hashtext('signpost.migrate.{schema}'))"
+        )))
+        .await?;
         let result = async {
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "create schema if not exists {schema} authorization {owner};
@@ -186,7 +197,9 @@ impl PgBackend {
         }
         .await;
         let _ = conn
-            .execute(AssertSqlSafe(format!("select pg_advisory_unlock(hashtext('signpost.migrate.{schema}'))")))
+            .execute(AssertSqlSafe(format!(
+                "select pg_advisory_unlock(hashtext('signpost.migrate.{schema}'))"
+            )))
             .await;
         let _ = conn.execute("reset role").await;
         result

@@ -148,10 +148,11 @@ impl SqliteDb {
         .execute(&mut *conn)
         .await
         .map_err(|e| err("schema_migrations", e))?;
-        let done: Vec<(String, String)> =
-            sqlx::query_as(AssertSqlSafe(format!("select version, checksum from {schema}.schema_migrations")))
-                .fetch_all(&mut *conn)
-                .await?;
+        let done: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "select version, checksum from {schema}.schema_migrations"
+        )))
+        .fetch_all(&mut *conn)
+        .await?;
         let mut applied = Vec::new();
         for step in m.steps_for(false) {
             if let Some((_, sum)) = done.iter().find(|(v, _)| *v == step.version) {

@@ -57,7 +57,8 @@ pub(crate) async fn process(db: &Db, consumer: &Consumer, events: &[Envelope]) -
     let mut start = 0;
     while start < events.len() {
         let tenant = events[start].tenant_id;
-        let end = events[start..].iter().position(|e| e.tenant_id != tenant).map_or(events.len(), |p| start + p);
+        let end =
+            events[start..].iter().position(|e| e.tenant_id != tenant).map_or(events.len(), |p| start + p);
         let run = &events[start..end];
         match apply(db, consumer, run).await {
             Ok(()) => {}
@@ -121,7 +122,11 @@ pub(crate) async fn dead_letter(
                 .execute(&mut *tx)
                 .await?;
             if let Some(id) = event_id {
-                sqlx::query(AssertSqlSafe(inbox)).bind(consumer.to_string()).bind(id).execute(&mut *tx).await?;
+                sqlx::query(AssertSqlSafe(inbox))
+                    .bind(consumer.to_string())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         }

@@ -31,7 +31,9 @@ impl NatsBus {
             .connection_timeout(Duration::from_secs(5))
             .connect(url.expose().as_str())
             .await
-            .map_err(|e| BusError::Connect(format!("cannot connect to NATS at {}: {e}", redact_url(url.expose()))))?;
+            .map_err(|e| {
+                BusError::Connect(format!("cannot connect to NATS at {}: {e}", redact_url(url.expose())))
+            })?;
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream::Config {
             name: stream_name.to_string(),
@@ -155,7 +157,10 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                     }
                     Err(e) => {
                         let raw = String::from_utf8_lossy(&msg.payload).into_owned();
-                        if dead_letter(&db, consumer.name, None, &raw, &format!("malformed envelope: {e}")).await.is_ok() {
+                        if dead_letter(&db, consumer.name, None, &raw, &format!("malformed envelope: {e}"))
+                            .await
+                            .is_ok()
+                        {
                             let _ = msg.ack().await;
                         }
                     }

@@ -35,7 +35,9 @@ fn json_problem(rejection: &JsonRejection) -> Problem {
         JsonRejection::MissingJsonContentType(_) => {
             Problem::unsupported_media_type("expected Content-Type: application/json")
         }
-        JsonRejection::JsonSyntaxError(e) => Problem::bad_request(format!("malformed JSON: {}", source_text(e))),
+        JsonRejection::JsonSyntaxError(e) => {
+            Problem::bad_request(format!("malformed JSON: {}", source_text(e)))
+        }
         JsonRejection::JsonDataError(e) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed")
                 .with_detail(source_text(e))

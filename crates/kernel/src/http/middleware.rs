@@ -57,11 +57,8 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
             tracing::info!(status, duration_ms, "request");
         }
     });
-    let labels = [
-        ("method", method.as_str().to_string()),
-        ("route", route),
-        ("status_code", status.to_string()),
-    ];
+    let labels =
+        [("method", method.as_str().to_string()), ("route", route), ("status_code", status.to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
     res
@@ -70,7 +67,10 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
 /// Refuses a declared body larger than the limit before reading it (413 problem).
 /// Bodies without a length are capped while being read by the extractor limit.
 pub async fn body_limit(State(limit): State<usize>, req: Request, next: Next) -> Response {
-    let declared = req.headers().get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
     match declared {
         Some(None) => Problem::bad_request("Content-Length is not a number").into_response(),
         Some(Some(n)) if n > limit as u64 => Problem::payload_too_large(limit).into_response(),

@@ -97,8 +97,8 @@ mod tests {
     #[test]
     fn bad_limit_and_cursor_are_client_errors() {
         let p = PageParams { limit: Some(0), cursor: None };
-        assert_eq!(p.parse::<i32>().err().map(|p| p.status), Some(422));
+        assert_eq!(p.parse::<i32>().err().map(|p| p.status().as_u16()), Some(422));
         let p = PageParams { limit: None, cursor: Some("!!!".into()) };
-        assert_eq!(p.parse::<i32>().err().map(|p| p.status), Some(400));
+        assert_eq!(p.parse::<i32>().err().map(|p| p.status().as_u16()), Some(400));
     }
 }

@@ -7,16 +7,17 @@
 
 use std::io::Write;
 
+use kernel::TenantId;
 use kernel::config::{Config, Overrides};
 use kernel::events::{Appender, Envelope};
 use kernel::platform::{CancellationToken, DbBackend};
-use kernel::TenantId;
 use testkit::fixture;
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(command), Some(tenant)) = (args.get(1), args.get(2).and_then(|t| TenantId::parse(t).ok())) else {
+    let (Some(command), Some(tenant)) = (args.get(1), args.get(2).and_then(|t| TenantId::parse(t).ok()))
+    else {
         eprintln!("usage: testkit-child write-note|append-views TENANT");
         std::process::exit(2);
     };
@@ -26,7 +27,10 @@ async fn main() {
     let db = backend.db("fixture").await.unwrap_or_else(|e| fail(e));
     match command.as_str() {
         "write-note" => {
-            let note = fixture::store(&db).create(tenant, "written before the crash").await.unwrap_or_else(|e| fail(e));
+            let note = fixture::store(&db)
+                .create(tenant, "written before the crash")
+                .await
+                .unwrap_or_else(|e| fail(e));
             say(&format!("written {}", note.id));
         }
         "append-views" => {

@@ -42,9 +42,10 @@ async fn count_allowed(limiters: &[Arc<dyn RateLimiter>], key: &str, attempts: u
 #[tokio::test]
 async fn limiter_allows_exactly_the_limit_under_concurrency() {
     let app = TestApp::spawn().await;
-    let allowed = count_allowed(&[app.kernel.limiter.clone()], "burst", 120, 25).await;
+    let allowed = count_allowed(std::slice::from_ref(&app.kernel.limiter), "burst", 120, 25).await;
     assert_eq!(allowed, 25);
-    let d = app.kernel.limiter.peek("burst", 25, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}"));
+    let d =
+        app.kernel.limiter.peek("burst", 25, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!d.allowed && d.remaining == 0, "{d:?}");
     assert!(d.reset_after > Duration::from_secs(55) && d.reset_after <= Duration::from_secs(60), "{d:?}");
     app.stop().await;
@@ -59,7 +60,8 @@ async fn two_processes_sharing_redis_enforce_one_combined_limit() {
     };
     // A second, independent connection stands for a second gateway process.
     let other = RedisConn::connect(&r.url, &r.prefix).await.unwrap_or_else(|e| panic!("{e}"));
-    let limiters: Vec<Arc<dyn RateLimiter>> = vec![app.kernel.limiter.clone(), Arc::new(RedisLimiter::new(other))];
+    let limiters: Vec<Arc<dyn RateLimiter>> =
+        vec![app.kernel.limiter.clone(), Arc::new(RedisLimiter::new(other))];
     let allowed = count_allowed(&limiters, "shared", 200, 40).await;
     assert_eq!(allowed, 40);
     app.stop().await;
@@ -78,7 +80,10 @@ async fn the_window_slides_and_peek_does_not_count() {
     let refused = l.hit("slide", 2, w).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!refused.allowed && refused.reset_after <= w);
     tokio::time::sleep(w + Duration::from_millis(100)).await;
-    assert!(l.hit("slide", 2, w).await.map(|d| d.allowed).unwrap_or(false), "allowed again once hits left the window");
+    assert!(
+        l.hit("slide", 2, w).await.map(|d| d.allowed).unwrap_or(false),
+        "allowed again once hits left the window"
+    );
     l.reset("slide").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(l.peek("slide", 2, w).await.map(|d| d.remaining).unwrap_or(0), 2, "reset forgets");
     app.stop().await;

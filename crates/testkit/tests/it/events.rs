@@ -47,7 +47,15 @@ async fn a_poison_event_is_dead_lettered_and_the_pipeline_goes_on() {
     settles_at(&app, tenant, (1, 0)).await;
     let (_, dead) = app.db("fixture").kernel_counts().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dead, 1, "the poison event is kept for inspection");
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
     assert!(metrics.contains("events_dead_lettered_total{consumer=\"fixture.stats\"}"), "and counted");
     app.stop().await;
 }
@@ -60,7 +68,8 @@ async fn batched_appends_are_each_delivered_once() {
     let id = note["id"].as_str().unwrap_or_default().to_string();
     let mut tasks = Vec::new();
     for _ in 0..60 {
-        let (client, url, t) = (app.client.clone(), app.url(&format!("/v1/fixture/notes/{id}/views")), tenant);
+        let (client, url, t) =
+            (app.client.clone(), app.url(&format!("/v1/fixture/notes/{id}/views")), tenant);
         tasks.push(tokio::spawn(async move {
             client.post(url).header("x-tenant-id", t.to_string()).send().await.map(|r| r.status().as_u16())
         }));
@@ -69,7 +78,15 @@ async fn batched_appends_are_each_delivered_once() {
         assert_eq!(t.await.ok().and_then(Result::ok), Some(202));
     }
     settles_at(&app, tenant, (1, 60)).await;
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
     assert!(metrics.contains("event_append_batch_size_bucket"), "batch sizes are measured");
     app.stop().await;
 }
@@ -80,7 +97,11 @@ async fn graceful_shutdown_flushes_appends_and_the_outbox() {
     let tenant = TenantId::new();
     let mut tasks = Vec::new();
     for _ in 0..40 {
-        let (client, url, t) = (app.client.clone(), app.url(&format!("/v1/fixture/notes/{}/views", uuid::Uuid::now_v7())), tenant);
+        let (client, url, t) = (
+            app.client.clone(),
+            app.url(&format!("/v1/fixture/notes/{}/views", uuid::Uuid::now_v7())),
+            tenant,
+        );
         tasks.push(tokio::spawn(async move {
             client.post(url).header("x-tenant-id", t.to_string()).send().await.map(|r| r.status().as_u16())
         }));

@@ -116,7 +116,13 @@ async fn metrics_are_prometheus_text_that_promtool_accepts() {
 #[tokio::test]
 async fn request_id_is_propagated_or_generated() {
     let app = TestApp::spawn().await;
-    let res = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap_or_else(|e| panic!("{e}"));
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(res.headers()["x-request-id"], "abc-123");
     let res = app.client.get(app.url("/healthz")).send().await.unwrap_or_else(|e| panic!("{e}"));
     let generated = res.headers()["x-request-id"].to_str().unwrap_or("").to_string();
@@ -157,14 +163,23 @@ async fn bad_bodies_get_4xx_problems_and_store_nothing() {
     let json = "application/json";
     problem(post(b"{\"body\": ".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}")), 400).await;
     problem(post(vec![b'{', 0xff, 0xfe, b'}'], json).await.unwrap_or_else(|e| panic!("{e}")), 400).await;
-    problem(post(b"{\"body\":\"x\"}".to_vec(), "text/plain").await.unwrap_or_else(|e| panic!("{e}")), 415).await;
-    let p = problem(post(b"{\"body\":\"x\",\"extra\":1}".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}")), 422).await;
+    problem(post(b"{\"body\":\"x\"}".to_vec(), "text/plain").await.unwrap_or_else(|e| panic!("{e}")), 415)
+        .await;
+    let p = problem(
+        post(b"{\"body\":\"x\",\"extra\":1}".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}")),
+        422,
+    )
+    .await;
     assert!(p["detail"].as_str().unwrap_or("").contains("extra"), "names the unknown field: {p}");
     let res = post(b"{\"body\": 1e999999}".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}"));
     let status = res.status().as_u16();
     assert!(status == 400 || status == 422, "huge number: {status}");
     problem(res, status).await;
-    problem(post(b"{\"body\": 12345678901234567890123}".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}")), 422).await;
+    problem(
+        post(b"{\"body\": 12345678901234567890123}".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}")),
+        422,
+    )
+    .await;
     problem(post(b"{\"body\": \"\"}".to_vec(), json).await.unwrap_or_else(|e| panic!("{e}")), 422).await;
     let big = format!("{{\"body\": \"{}\"}}", "a".repeat(2 * 1024 * 1024));
     problem(post(big.into_bytes(), json).await.unwrap_or_else(|e| panic!("{e}")), 413).await;

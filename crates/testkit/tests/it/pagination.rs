@@ -14,7 +14,9 @@ async fn cursor_pages_walk_every_item_once_in_order() {
     let tenant = TenantId::new();
     let mut created = Vec::new();
     for i in 0..7 {
-        created.push(create_note(&app, tenant, &format!("note {i}")).await["id"].as_str().unwrap_or("").to_string());
+        created.push(
+            create_note(&app, tenant, &format!("note {i}")).await["id"].as_str().unwrap_or("").to_string(),
+        );
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -54,7 +56,13 @@ async fn cursor_pages_walk_every_item_once_in_order() {
 async fn bad_page_parameters_are_client_errors() {
     let app = TestApp::spawn().await;
     let tenant = TenantId::new();
-    for (query, status) in [("limit=0", 422), ("limit=100000", 422), ("limit=abc", 400), ("cursor=%%%", 400), ("cursor=bm90LWEtdXVpZA", 400)] {
+    for (query, status) in [
+        ("limit=0", 422),
+        ("limit=100000", 422),
+        ("limit=abc", 400),
+        ("cursor=%%%", 400),
+        ("cursor=bm90LWEtdXVpZA", 400),
+    ] {
         let res = app
             .client
             .get(app.url(&format!("/v1/fixture/notes?{query}")))

@@ -46,11 +46,12 @@ async fn catalog_every_tenant_table_forces_rls_and_the_app_role_is_powerless() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(unprotected, Vec::<(String, String)>::new(), "tenant tables without ENABLE + FORCE RLS");
     let role = pg.app_role().to_string();
-    let (superuser, bypass): (bool, bool) = sqlx::query_as("select rolsuper, rolbypassrls from pg_roles where rolname = $1")
-        .bind(&role)
-        .fetch_one(owner)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("select rolsuper, rolbypassrls from pg_roles where rolname = $1")
+            .bind(&role)
+            .fetch_one(owner)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     assert!(!superuser && !bypass, "app role is neither superuser nor BYPASSRLS");
     let owned: i64 = sqlx::query_scalar(
         "select (select count(*) from pg_class where relowner = r.oid)
@@ -63,7 +64,8 @@ async fn catalog_every_tenant_table_forces_rls_and_the_app_role_is_powerless() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(owned, 0, "the app role owns nothing");
-    let current: String = sqlx::query_scalar("select current_user::text").fetch_one(pg.app_pool()).await.unwrap_or_default();
+    let current: String =
+        sqlx::query_scalar("select current_user::text").fetch_one(pg.app_pool()).await.unwrap_or_default();
     assert_eq!(current, role, "application queries run as the app role");
     app.stop().await;
 }
@@ -78,7 +80,11 @@ async fn a_tenant_setting_does_not_survive_its_transaction_on_a_pooled_connectio
     let count = "select count(*) from fixture.notes";
     {
         let mut tx = conn.begin().await.unwrap_or_else(|e| panic!("{e}"));
-        sqlx::query("select set_config('app.tenant_id', $1, true)").bind(a.to_string()).execute(&mut *tx).await.unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("select set_config('app.tenant_id', $1, true)")
+            .bind(a.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let n: i64 = sqlx::query_scalar(count).fetch_one(&mut *tx).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 1, "tenant A sees its row");
         tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
@@ -94,13 +100,19 @@ async fn a_tenant_setting_does_not_survive_its_transaction_on_a_pooled_connectio
     assert_eq!(n, 0, "outside any transaction too");
     {
         let mut tx = conn.begin().await.unwrap_or_else(|e| panic!("{e}"));
-        sqlx::query("select set_config('app.tenant_id', $1, true)").bind(b.to_string()).execute(&mut *tx).await.unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("select set_config('app.tenant_id', $1, true)")
+            .bind(b.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let n: i64 = sqlx::query_scalar(count).fetch_one(&mut *tx).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 0, "tenant B sees none of A's rows at the database");
-        let wrong = sqlx::query("insert into fixture.notes (tenant_id, id, body) values ($1, gen_random_uuid(), 'x')")
-            .bind(a.as_uuid())
-            .execute(&mut *tx)
-            .await;
+        let wrong = sqlx::query(
+            "insert into fixture.notes (tenant_id, id, body) values ($1, gen_random_uuid(), 'x')",
+        )
+        .bind(a.as_uuid())
+        .execute(&mut *tx)
+        .await;
         assert!(wrong.is_err(), "B cannot write a row for A (WITH CHECK)");
     }
     drop(conn);
@@ -127,10 +139,12 @@ async fn migrations_are_idempotent_and_refuse_an_edited_migration() {
     ))
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let owner: String = sqlx::query_scalar("select tableowner::text from pg_tables where schemaname = 'fixture' and tablename = 'notes'")
-        .fetch_one(&mut c)
-        .await
-        .unwrap_or_default();
+    let owner: String = sqlx::query_scalar(
+        "select tableowner::text from pg_tables where schemaname = 'fixture' and tablename = 'notes'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap_or_default();
     assert_eq!(owner, "signpost_owner", "migrations ran as the owner role");
     let _ = c.close().await;
     app.stop().await;

@@ -28,10 +28,12 @@ async fn signed_urls_upload_and_download_without_credentials() {
     let s = &app.kernel.storage;
     let key = ObjectKey::for_tenant(TenantId::new(), "upload.bin").unwrap_or_else(|e| panic!("{e}"));
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let put = s.signed_url(UrlMethod::Put, &key, Duration::from_secs(300)).await.unwrap_or_else(|e| panic!("{e}"));
+    let put =
+        s.signed_url(UrlMethod::Put, &key, Duration::from_secs(300)).await.unwrap_or_else(|e| panic!("{e}"));
     let res = app.client.put(&put).body(body.clone()).send().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(res.status().is_success(), "PUT {}: {}", res.status(), res.text().await.unwrap_or_default());
-    let get = s.signed_url(UrlMethod::Get, &key, Duration::from_secs(300)).await.unwrap_or_else(|e| panic!("{e}"));
+    let get =
+        s.signed_url(UrlMethod::Get, &key, Duration::from_secs(300)).await.unwrap_or_else(|e| panic!("{e}"));
     let res = app.client.get(&get).send().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(res.status(), 200);
     if s.serves_signed_urls() {
@@ -54,7 +56,8 @@ async fn an_expired_signed_url_is_refused() {
     let s = &app.kernel.storage;
     let key = ObjectKey::for_tenant(TenantId::new(), "soon-gone.txt").unwrap_or_else(|e| panic!("{e}"));
     s.put(&key, Bytes::from_static(b"x")).await.unwrap_or_else(|e| panic!("{e}"));
-    let get = s.signed_url(UrlMethod::Get, &key, Duration::from_secs(1)).await.unwrap_or_else(|e| panic!("{e}"));
+    let get =
+        s.signed_url(UrlMethod::Get, &key, Duration::from_secs(1)).await.unwrap_or_else(|e| panic!("{e}"));
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let res = app.client.get(&get).send().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(res.status(), 403);

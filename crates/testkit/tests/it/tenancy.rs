@@ -19,7 +19,12 @@ async fn tenant_b_gets_404_for_every_object_of_tenant_a() {
     assert_eq!(res.status(), 200, "the owner sees it");
     let res = get(b, format!("/v1/fixture/notes/{id}")).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(res.status(), 404, "another tenant does not");
-    let list: Value = get(b, "/v1/fixture/notes".into()).await.unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or_default();
+    let list: Value = get(b, "/v1/fixture/notes".into())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
     assert_eq!(list["items"], serde_json::json!([]), "nor in lists");
     let res = app
         .client

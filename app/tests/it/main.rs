@@ -1,0 +1,210 @@
+//! The `signpost` command as a user runs it: flags, configuration errors,
+//! start-up failures, serving, restarts and shutdown on SIGTERM.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kernel::TenantId;
+use kernel::config::{Config, Overrides, SETTINGS};
+use kernel::storage::{ObjectKey, Storage, UrlMethod};
+use testkit::{Engines, cleanup, test_env};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signpost");
+
+/// Runs the binary with exactly `env` (plus PATH), waiting at most 30 s.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let started = Instant::now();
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            return child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("signpost {args:?} hung for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn help_documents_every_subcommand_flag_and_setting() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["up", "serve", "migrate", "--config"] {
+        assert!(help.contains(word), "--help mentions {word}");
+    }
+    for (env, key, _) in SETTINGS {
+        assert!(help.contains(env) && help.contains(key), "--help documents {env} [{key}]");
+    }
+    for sub in ["up", "serve", "migrate"] {
+        let out = run(&[sub, "--help"], &[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("--data-dir"), "{sub} --help: {text}");
+    }
+}
+
+#[test]
+fn a_bad_setting_exits_2_with_one_line_naming_it() {
+    let out = run(&["up"], &[("DATABASE_URL", "foo://x")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "DATABASE_URL: unsupported scheme \"foo\" (expected sqlite or postgres)\n"
+    );
+    let out = run(&["up"], &[("SIGNPOST_LISTEN", "not-an-address")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("SIGNPOST_LISTEN: "));
+    let out = run(&["serve", "no-such-service"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service \"no-such-service\""));
+}
+
+#[test]
+fn an_unreachable_backend_is_a_one_line_error_not_a_hang() {
+    let dir = std::env::temp_dir().join(format!("signpost-cli-{}", uuid::Uuid::now_v7().simple()));
+    let data = dir.display().to_string();
+    for (var, url, says) in [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/signpost", "cannot connect to PostgreSQL"),
+        ("REDIS_URL", "redis://127.0.0.1:1", "Redis at redis://127.0.0.1:1"),
+        ("NATS_URL", "nats://127.0.0.1:1", "cannot connect to NATS"),
+    ] {
+        let started = Instant::now();
+        let out = run(
+            &["up", "--listen", "127.0.0.1:0", "--data-dir", &data],
+            &[(var, url), ("SIGNPOST_LOG_FORMAT", "json")],
+        );
+        assert_eq!(out.status.code(), Some(1), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("error: ") && err.contains(says), "{var}: {err}");
+        assert!(!err.contains("panicked"));
+        assert!(started.elapsed() < Duration::from_secs(20), "{var} failed fast");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+struct Running {
+    child: Child,
+    address: String,
+}
+
+fn start(env: &BTreeMap<String, String>) -> Running {
+    let mut child = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("stdout"));
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(a) = line.strip_prefix("signpost listening on ") {
+                    break a.to_string();
+                }
+            }
+            other => panic!("signpost up exited before listening: {other:?}"),
+        }
+    };
+    // Keep draining the JSON logs so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Running { child, address }
+}
+
+fn sigterm_and_wait(mut r: Running) -> Duration {
+    let started = Instant::now();
+    let ok = Command::new("kill").args(["-TERM", &r.child.id().to_string()]).status().map(|s| s.success());
+    assert_eq!(ok.ok(), Some(true), "kill -TERM");
+    loop {
+        if let Some(status) = r.child.try_wait().ok().flatten() {
+            assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
+            return started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = r.child.kill();
+            panic!("still running 15 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn storage_for(env: &BTreeMap<String, String>, address: &str) -> Storage {
+    let mut env = env.clone();
+    env.insert("SIGNPOST_PUBLIC_URL".into(), address.to_string());
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    kernel::install_crypto_provider();
+    Storage::open(&config.storage, &config.data_dir, config.storage_signing_key.as_ref(), &config.public_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn up_serves_keeps_data_across_a_restart_and_exits_0_on_sigterm() {
+    let engines = Engines::from_env();
+    let (mut env, isolation) = test_env(&engines, &[("SIGNPOST_LOG_FORMAT", "json")]).await;
+    env.insert("SIGNPOST_STORAGE_SIGNING_KEY".into(), "0123456789abcdef0123456789abcdef-cli-test".into());
+    let client = testkit::client();
+
+    let first = start(&env);
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+        let res =
+            client.get(format!("{}{path}", first.address)).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let key = ObjectKey::for_tenant(TenantId::new(), "kept.txt").unwrap_or_else(|e| panic!("{e}"));
+    let storage = storage_for(&env, &first.address).await;
+    let put = storage
+        .signed_url(UrlMethod::Put, &key, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let res =
+        client.put(put).body("written before the restart").send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(res.status().is_success(), "upload: {}", res.status());
+    let took = sigterm_and_wait(first);
+    assert!(took < Duration::from_secs(10), "SIGTERM exit took {took:?}");
+
+    let second = start(&env);
+    let storage = storage_for(&env, &second.address).await;
+    let get = storage
+        .signed_url(UrlMethod::Get, &key, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let res = client.get(get).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.ok(), Some(Bytes::from_static(b"written before the restart")));
+    sigterm_and_wait(second);
+
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    cleanup(&engines, &config, &isolation).await;
+}
+
+#[tokio::test]
+async fn migrate_reports_and_is_idempotent() {
+    let engines = Engines::from_env();
+    let (env, isolation) = test_env(&engines, &[]).await;
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for _ in 0..2 {
+        let out = run(&["migrate"], &pairs);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("migrate: "));
+    }
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    cleanup(&engines, &config, &isolation).await;
+}
