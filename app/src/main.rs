@@ -89,6 +89,11 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     let mut services = signpost::services();
+    if wanted.is_some() && config.nats.is_none() {
+        // The in-process bus only reaches consumers in the same process.
+        eprintln!("NATS_URL: serve runs one service per process, so events need a shared bus; set NATS_URL");
+        return ExitCode::from(2);
+    }
     if let Some(name) = &wanted {
         services.retain(|s| s.name() == name);
         if services.is_empty() {

@@ -76,7 +76,9 @@ impl Cache for MemoryCache {
                 }
             }
         }
-        map.insert(key.to_string(), (value.to_vec(), Instant::now() + ttl));
+        let now = Instant::now();
+        let until = now.checked_add(ttl).unwrap_or(now + Duration::from_secs(10 * 365 * 86_400));
+        map.insert(key.to_string(), (value.to_vec(), until));
         Ok(())
     }
 

@@ -360,10 +360,13 @@ impl Raw {
         let public_url = match self.public_url {
             Some(u) => {
                 let u = u.trim_end_matches('/').to_string();
-                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                if !(u.starts_with("http://") || u.starts_with("https://"))
+                    || u.len() < 10
+                    || u.contains(['?', '#', ' '])
+                {
                     return Err(ConfigError::new(
                         "SIGNPOST_PUBLIC_URL",
-                        format!("{u:?} is not an http(s) URL"),
+                        format!("{u:?} is not an http(s) base URL (no query or fragment)"),
                     ));
                 }
                 u
@@ -380,7 +383,8 @@ impl Raw {
             None => DatabaseConfig::Sqlite { dir: data_dir.clone() },
             Some(url) => match scheme(&url) {
                 Some("sqlite") => {
-                    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                    let path = url.strip_prefix("sqlite:").unwrap_or(&url);
+                    let path = path.strip_prefix("//").unwrap_or(path);
                     let path = path.split('?').next().unwrap_or_default();
                     if path.is_empty() {
                         return Err(ConfigError::new(
@@ -556,7 +560,8 @@ fn parse_storage(
     const KEY: &str = "STORAGE_URL";
     match scheme(url) {
         Some("file") => {
-            let path = url.trim_start_matches("file:").trim_start_matches("//");
+            let path = url.strip_prefix("file:").unwrap_or(url);
+            let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
                 return Err(ConfigError::new(
                     KEY,
@@ -566,7 +571,9 @@ fn parse_storage(
             Ok(StorageConfig::Local { dir: PathBuf::from(path) })
         }
         Some("s3") => {
-            let rest = &url["s3://".len().min(url.len())..];
+            let Some(rest) = url.strip_prefix("s3://") else {
+                return Err(ConfigError::new(KEY, "expected s3://BUCKET?endpoint=URL&region=REGION"));
+            };
             let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
             let bucket = bucket.trim_end_matches('/');
             if bucket.is_empty() || bucket.contains('/') {
@@ -656,6 +663,22 @@ mod tests {
     fn short_jwt_secret_is_refused() {
         let e = load(&[("JWT_SECRET_KEY", "short")]).err();
         assert_eq!(e.map(|e| e.key).as_deref(), Some("JWT_SECRET_KEY"));
+    }
+
+    #[test]
+    fn absolute_paths_stay_absolute_and_odd_urls_are_errors() {
+        let c =
+            load(&[("DATABASE_URL", "sqlite:///var/lib/signpost")]).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(
+            matches!(c.database, DatabaseConfig::Sqlite { ref dir } if dir == Path::new("/var/lib/signpost"))
+        );
+        assert_eq!(load(&[("STORAGE_URL", "s3:/é")]).err().map(|e| e.key).as_deref(), Some("STORAGE_URL"));
+        assert_eq!(
+            load(&[("STORAGE_URL", "s3:bucket")]).err().map(|e| e.key).as_deref(),
+            Some("STORAGE_URL")
+        );
+        let e = load(&[("SIGNPOST_PUBLIC_URL", "https://sp.example/?x=1")]).err();
+        assert_eq!(e.map(|e| e.key).as_deref(), Some("SIGNPOST_PUBLIC_URL"));
     }
 
     #[test]

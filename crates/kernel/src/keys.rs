@@ -20,6 +20,9 @@ pub fn load_or_create(data_dir: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     std::fs::create_dir_all(&dir)?;
     let mut key = vec![0u8; 32];
     rand::rng().fill_bytes(&mut key);
+    // Write a private temporary file completely, then link it into place: the key
+    // file either does not exist or is whole, and a concurrent starter keeps ours or theirs.
+    let tmp = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -27,14 +30,21 @@ pub fn load_or_create(data_dir: &Path, name: &str) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    match opts.open(&path) {
-        Ok(mut f) => {
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key)
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(&key)?;
+        f.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let theirs = std::fs::read(&path)?;
+            if theirs.len() < 32 {
+                return Err(std::io::Error::other(format!("{} is shorter than 32 bytes", path.display())));
+            }
+            Ok(theirs)
         }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
         Err(e) => Err(e),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Query as AxumQuery, State};
+use axum::extract::{DefaultBodyLimit, Query as AxumQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +22,7 @@ use crate::config::{Config, DatabaseConfig};
 use crate::db::{Db, DbError, Migrations, PgBackend, SqliteBackend};
 use crate::events::{Appender, Bus, BusError, Consumer, MemoryBus, NatsBus, run_relay};
 use crate::http;
+use crate::http::Path;
 use crate::problem::Problem;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::storage::{ObjectKey, Storage, StorageError, UrlMethod};
@@ -344,12 +345,18 @@ impl Platform {
         for t in self.consumers {
             let _ = t.await;
         }
-        for d in &self.dbs {
-            if let Db::Sqlite(lite) = d {
-                lite.close().await;
+        // Closing waits for connections still checked out; do not wait forever.
+        let close = async {
+            for d in &self.dbs {
+                if let Db::Sqlite(lite) = d {
+                    lite.close().await;
+                }
             }
+            self.db.close().await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(3), close).await.is_err() {
+            tracing::warn!("database connections still busy at exit");
         }
-        self.db.close().await;
         tracing::info!("shut down cleanly");
     }
 }

@@ -39,6 +39,7 @@ pub trait RateLimiter: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryLimiter {
     logs: Mutex<HashMap<String, VecDeque<Instant>>>,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryLimiter {
@@ -52,7 +53,9 @@ impl MemoryLimiter {
         let Ok(mut logs) = self.logs.lock() else {
             return Decision { allowed: true, limit, remaining: limit, reset_after: Duration::ZERO };
         };
-        if logs.len() > 100_000 {
+        // Sweep idle keys now and then, not on every call.
+        let calls = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if calls.is_multiple_of(4096) && logs.len() > 10_000 {
             logs.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
         }
         let log = logs.entry(key.to_string()).or_default();

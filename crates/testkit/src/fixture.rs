@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kernel::db::{Db, DbError, Migration, Migrations, PgDb, SqliteDb, Tx};
 use kernel::events::{Appender, Consumer, Envelope, Handler, HandlerError};
-use kernel::http::{Json, Page, PageParams, PageRequest, Query};
+use kernel::http::{Json, Page, PageParams, PageRequest, Path, Query};
 use kernel::{ApiError, BoxError, Problem, Service, ServiceContext, ServiceParts, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

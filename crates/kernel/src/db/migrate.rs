@@ -37,6 +37,30 @@ pub(crate) struct Step {
 }
 
 impl Migrations {
+    /// The steps not applied yet, given `(version, checksum)` of those that are;
+    /// an applied step whose text changed since is an error.
+    pub(crate) fn pending(
+        &self,
+        postgres: bool,
+        done: &[(String, String)],
+    ) -> Result<Vec<Step>, super::DbError> {
+        let mut pending = Vec::new();
+        for step in self.steps_for(postgres) {
+            match done.iter().find(|(v, _)| *v == step.version) {
+                None => pending.push(step),
+                Some((_, sum)) if *sum == step.checksum => {}
+                Some(_) => {
+                    return Err(super::DbError::Migration {
+                        schema: self.schema.to_string(),
+                        version: step.version,
+                        message: "was edited after it was applied; add a new migration instead".into(),
+                    });
+                }
+            }
+        }
+        Ok(pending)
+    }
+
     /// Every step for `engine`, the kernel's first.
     pub(crate) fn steps_for(&self, postgres: bool) -> Vec<Step> {
         let kernel = if postgres { KERNEL_POSTGRES } else { KERNEL_SQLITE };

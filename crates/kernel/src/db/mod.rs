@@ -52,6 +52,9 @@ pub enum DbError {
     /// The database could not be reached or prepared.
     #[error("{0}")]
     Setup(String),
+    /// An event type that is not a dotted lower-case name (it would break bus subjects).
+    #[error("invalid event type {0:?} (expected dotted lower-case words, e.g. link.clicked)")]
+    InvalidEvent(String),
     /// An event payload could not be serialized.
     #[error("event payload: {0}")]
     Json(#[from] serde_json::Error),
@@ -262,6 +265,10 @@ impl Db {
         events: impl Iterator<Item = &'e crate::events::Envelope>,
     ) -> Result<(), DbError> {
         let insert = &self.shared().sql.outbox_insert;
+        let events: Vec<&crate::events::Envelope> = events.collect();
+        if let Some(bad) = events.iter().find(|e| !crate::events::valid_event_type(&e.event_type)) {
+            return Err(DbError::InvalidEvent(bad.event_type.clone()));
+        }
         match self {
             Self::Postgres(pg) => {
                 let mut tx = pg.begin_system().await?;

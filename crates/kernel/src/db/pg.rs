@@ -23,6 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgBackend {
     owner: PgPool,
     app: PgPool,
+    /// The kernel's own work (relays, batched appends, dead letters) runs here, so
+    /// that a relay waiting on consumers never holds a connection they need.
+    system: PgPool,
     app_role: String,
     owner_role: String,
 }
@@ -57,27 +60,26 @@ impl PgBackend {
             DbError::Setup(format!("cannot connect to PostgreSQL at {}: {e}", redact_url(url.expose())))
         })?;
         let _ = sqlx::Connection::close(probe).await;
-        let app = match app_url {
-            Some(app_url) => PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_lazy_with(options(app_url)?),
-            None => {
-                let set_role = format!("set role {app_role}");
-                PgPoolOptions::new()
-                    .max_connections(max_connections)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .after_connect(move |conn, _| {
+        let app_pool = |max: u32| -> Result<PgPool, DbError> {
+            let opts = PgPoolOptions::new().max_connections(max).acquire_timeout(CONNECT_TIMEOUT);
+            Ok(match app_url {
+                Some(app_url) => opts.connect_lazy_with(options(app_url)?),
+                None => {
+                    let set_role = format!("set role {app_role}");
+                    opts.after_connect(move |conn, _| {
                         let sql = set_role.clone();
                         Box::pin(async move {
                             conn.execute(AssertSqlSafe(sql)).await?;
                             Ok(())
                         })
                     })
-                    .connect_lazy_with(owner_opts)
-            }
+                    .connect_lazy_with(owner_opts.clone())
+                }
+            })
         };
-        Ok(Self { owner, app, app_role: app_role.to_string(), owner_role: owner_role.to_string() })
+        let app = app_pool(max_connections)?;
+        let system = app_pool(max_connections.clamp(2, 16))?;
+        Ok(Self { owner, app, system, app_role: app_role.to_string(), owner_role: owner_role.to_string() })
     }
 
     /// Creates the owner and application roles when missing and makes sure the
@@ -124,7 +126,26 @@ impl PgBackend {
         for m in all {
             applied.extend(self.migrate_schema(m).await?);
         }
+        self.verify_app_role().await?;
         Ok(applied)
+    }
+
+    /// Refuses to run when the application's session could bypass row-level security.
+    pub async fn verify_app_role(&self) -> Result<(), DbError> {
+        let (user, unsafe_role): (String, bool) = sqlx::query_as(
+            "select current_user::text, rolsuper or rolbypassrls from pg_roles where rolname = current_user",
+        )
+        .fetch_one(&self.app)
+        .await
+        .map_err(|e| {
+            DbError::Setup(format!("cannot connect as the application role {}: {e}", self.app_role))
+        })?;
+        if unsafe_role {
+            return Err(DbError::Setup(format!(
+                "the application connects as {user}, which is superuser or BYPASSRLS: row-level security would not apply"
+            )));
+        }
+        Ok(())
     }
 
     async fn migrate_schema(&self, m: &Migrations) -> Result<Vec<String>, DbError> {
@@ -136,12 +157,12 @@ impl PgBackend {
             message: e.to_string(),
         };
         let mut conn = self.owner.acquire().await?;
-        conn.execute(AssertSqlSafe(format!("set role {owner}"))).await?;
-        conn.execute(AssertSqlSafe(format!(
-            "select pg_advisory_lock(hashtext('signpost.migrate.{schema}'))"
-        )))
-        .await?;
         let result = async {
+            conn.execute(AssertSqlSafe(format!("set role {owner}"))).await?;
+            conn.execute(AssertSqlSafe(format!(
+                "select pg_advisory_lock(hashtext('signpost.migrate.{schema}'))"
+            )))
+            .await?;
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "create schema if not exists {schema} authorization {owner};
                  create table if not exists {schema}.schema_migrations (
@@ -157,17 +178,7 @@ impl PgBackend {
             .fetch_all(&mut *conn)
             .await?;
             let mut applied = Vec::new();
-            for step in m.steps_for(true) {
-                if let Some((_, sum)) = done.iter().find(|(v, _)| *v == step.version) {
-                    if *sum != step.checksum {
-                        return Err(DbError::Migration {
-                            schema: schema.to_string(),
-                            version: step.version,
-                            message: "was edited after it was applied; add a new migration instead".into(),
-                        });
-                    }
-                    continue;
-                }
+            for step in m.pending(true, &done)? {
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 sqlx::raw_sql(AssertSqlSafe(step.sql.clone()))
                     .execute(&mut *tx)
@@ -209,6 +220,7 @@ impl PgBackend {
     pub fn db(&self, schema: &'static str) -> PgDb {
         PgDb {
             pool: self.app.clone(),
+            system: self.system.clone(),
             shared: Arc::new(SchemaShared {
                 schema,
                 relay: Arc::new(Notify::new()),
@@ -225,6 +237,7 @@ impl PgBackend {
     /// Closes both pools.
     pub async fn close(&self) {
         self.app.close().await;
+        self.system.close().await;
         self.owner.close().await;
     }
 
@@ -251,6 +264,7 @@ fn options(url: &Secret<String>) -> Result<PgConnectOptions, DbError> {
 #[derive(Clone, Debug)]
 pub struct PgDb {
     pool: PgPool,
+    system: PgPool,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
@@ -277,7 +291,7 @@ impl PgDb {
 
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.system.begin().await?;
         tx.execute("select set_config('app.scope', 'system', true)").await?;
         Ok(tx)
     }

@@ -18,8 +18,50 @@ pub struct Scoped<Q> {
     inner: Result<Q, DbError>,
 }
 
-fn check(sql: &'static str) -> Result<(), DbError> {
-    if sql.contains("tenant_id") && sql.contains("$1") { Ok(()) } else { Err(DbError::Unscoped(sql)) }
+/// A statement must compare `tenant_id` with `$1` (not `$10`) and must not touch
+/// the session's role or settings, which row-level security relies on.
+pub(crate) fn check(sql: &'static str) -> Result<(), DbError> {
+    let lower = sql.to_ascii_lowercase();
+    let forbidden =
+        ["set_config", "set role", "reset", "set session", "set local", "app.scope", "app.tenant_id"];
+    if forbidden.iter().any(|f| lower.contains(f)) {
+        return Err(DbError::Unscoped(sql));
+    }
+    let scoped = lower.match_indices("tenant_id").any(|(i, m)| {
+        let rest = lower[i + m.len()..].trim_start();
+        let Some(rest) = rest.strip_prefix('=') else { return false };
+        let Some(rest) = rest.trim_start().strip_prefix("$1") else { return false };
+        !rest.starts_with(|c: char| c.is_ascii_digit())
+    });
+    // An insert names tenant_id as its first column and `$1` as its first value.
+    let compact: String = lower.split_whitespace().collect::<Vec<_>>().join(" ");
+    let insert = compact.starts_with("insert into ")
+        && compact.split_once('(').is_some_and(|(_, cols)| cols.trim_start().starts_with("tenant_id"))
+        && compact.split_once("values").is_some_and(|(_, vals)| {
+            vals.trim_start()
+                .strip_prefix('(')
+                .and_then(|v| v.trim_start().strip_prefix("$1"))
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        });
+    if scoped || insert { Ok(()) } else { Err(DbError::Unscoped(sql)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+
+    #[test]
+    fn only_statements_bound_to_the_tenant_pass() {
+        assert!(check("select id from x.t where tenant_id = $1 and id = $2").is_ok());
+        assert!(check("select id from x.t where tenant_id=$1").is_ok());
+        assert!(check("insert into x.t (tenant_id, id) values ($1, $2)").is_ok());
+        assert!(check("insert into x.t (id, tenant_id) values ($1, $2)").is_err());
+        assert!(check("insert into x.t (tenant_id, id) values ($2, $1)").is_err());
+        assert!(check("select id from x.t where id = $1").is_err());
+        assert!(check("select id from x.t where tenant_id = $10").is_err());
+        assert!(check("select set_config('app.tenant_id', $2, true) where tenant_id = $1").is_err());
+        assert!(check("reset role; select 1 where tenant_id = $1").is_err());
+    }
 }
 
 macro_rules! tenant_tx {
@@ -134,6 +176,9 @@ macro_rules! tenant_tx {
             }
 
             pub(crate) async fn emit_envelope(&mut self, envelope: &Envelope) -> Result<(), DbError> {
+                if !crate::events::valid_event_type(&envelope.event_type) {
+                    return Err(DbError::InvalidEvent(envelope.event_type.clone()));
+                }
                 sqlx::query(AssertSqlSafe(self.shared.sql.outbox_insert.clone()))
                     .bind($uuid(envelope.event_id))
                     .bind(envelope.event_type.clone())

@@ -40,7 +40,12 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
-        let subscribers = self.subscribers.lock().map(|s| s.clone()).unwrap_or_default();
+        // A poisoned lock must not look like "no subscribers": the relay would drop the events.
+        let subscribers = self
+            .subscribers
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| BusError::Publish("subscriber list is poisoned".into()))?;
         let mut pending = Vec::new();
         for sub in subscribers {
             let mine: Vec<Envelope> =

@@ -27,8 +27,9 @@ use crate::tenant::TenantId;
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// Every event on the bus: `{event_id, event_type, occurred_at, tenant_id, actor, data, version}`.
+/// Unknown fields are accepted (and dropped) so that an older reader keeps
+/// working while a newer writer adds fields; `version` marks breaking changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// UUIDv7; consumers deduplicate on it and NATS uses it as `Nats-Msg-Id`.
     pub event_id: Uuid,

@@ -40,6 +40,8 @@ impl NatsBus {
             subjects: vec![format!("{stream_name}.>")],
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            // Consumers keep their place durably; a week covers any outage worth surviving.
+            max_age: Duration::from_secs(7 * 24 * 3600),
             ..Default::default()
         })
         .await
@@ -177,7 +179,10 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                 Err(e) => {
                     tracing::warn!(consumer = consumer.name, error = %e, "batch failed; redelivering");
                     for m in msgs {
-                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                        // Back off as a message keeps failing: 1 s, 2 s, … up to a minute.
+                        let tries = m.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 60);
+                        let delay = Duration::from_secs(u64::try_from(tries).unwrap_or(60));
+                        let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
                     }
                 }
             }

@@ -10,23 +10,43 @@ use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 use tokio_util::sync::CancellationToken;
 
+use super::consumer::dead_letter;
 use super::{Bus, BusError, Envelope};
 use crate::db::Db;
 
 const BATCH: i64 = 256;
 
-fn decode(schema: &str, rows: Vec<(i64, Json<Value>)>) -> (Vec<i64>, Vec<Envelope>) {
-    let mut seqs = Vec::with_capacity(rows.len());
-    let mut events = Vec::with_capacity(rows.len());
+struct Decoded {
+    seqs: Vec<i64>,
+    events: Vec<Envelope>,
+    /// Rows that are not envelopes: kept as dead letters rather than blocking the queue.
+    unreadable: Vec<(String, String)>,
+}
+
+fn decode(rows: Vec<(i64, Json<Value>)>) -> Decoded {
+    let mut d = Decoded {
+        seqs: Vec::with_capacity(rows.len()),
+        events: Vec::with_capacity(rows.len()),
+        unreadable: Vec::new(),
+    };
     for (seq, Json(payload)) in rows {
-        seqs.push(seq);
-        match serde_json::from_value::<Envelope>(payload) {
-            Ok(e) => events.push(e),
-            // Only the kernel writes the outbox, so this is a bug; do not block the queue on it.
-            Err(e) => tracing::error!(schema, seq, error = %e, "unreadable outbox row dropped"),
+        d.seqs.push(seq);
+        match serde_json::from_value::<Envelope>(payload.clone()) {
+            Ok(e) => d.events.push(e),
+            Err(e) => {
+                d.unreadable.push((payload.to_string(), format!("outbox row {seq} is not an envelope: {e}")))
+            }
         }
     }
-    (seqs, events)
+    d
+}
+
+async fn publish(db: &Db, bus: &dyn Bus, d: &Decoded) -> Result<(), BusError> {
+    bus.publish(&d.events).await?;
+    for (payload, error) in &d.unreadable {
+        dead_letter(db, "outbox-relay", None, payload, error).await?;
+    }
+    Ok(())
 }
 
 /// Publishes up to one batch of pending events; returns how many rows it cleared.
@@ -53,15 +73,15 @@ pub async fn relay_once(db: &Db, bus: &dyn Bus) -> Result<usize, BusError> {
             if rows.is_empty() {
                 return Ok(0);
             }
-            let (seqs, events) = decode(schema, rows);
-            bus.publish(&events).await?;
+            let d = decode(rows);
+            publish(db, bus, &d).await?;
             sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
-                .bind(&seqs)
+                .bind(&d.seqs)
                 .execute(&mut *tx)
                 .await
                 .map_err(crate::db::DbError::from)?;
             tx.commit().await.map_err(crate::db::DbError::from)?;
-            seqs.len()
+            d.seqs.len()
         }
         Db::Sqlite(lite) => {
             // Read and publish without holding the single writer: in-process
@@ -72,8 +92,8 @@ pub async fn relay_once(db: &Db, bus: &dyn Bus) -> Result<usize, BusError> {
                 .await
                 .map_err(crate::db::DbError::from)?;
             let Some(last) = rows.last().map(|(seq, _)| *seq) else { return Ok(0) };
-            let (seqs, events) = decode(schema, rows);
-            bus.publish(&events).await?;
+            let d = decode(rows);
+            publish(db, bus, &d).await?;
             let mut tx = lite.begin_system().await?;
             sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
                 .bind(last)
@@ -81,7 +101,7 @@ pub async fn relay_once(db: &Db, bus: &dyn Bus) -> Result<usize, BusError> {
                 .await
                 .map_err(crate::db::DbError::from)?;
             tx.commit().await.map_err(crate::db::DbError::from)?;
-            seqs.len()
+            d.seqs.len()
         }
     };
     metrics::counter!("events_published_total", "service" => schema).increment(n as u64);

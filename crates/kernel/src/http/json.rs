@@ -1,6 +1,6 @@
 //! Our JSON and query extractors: every rejection is problem JSON.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -90,6 +90,29 @@ where
                 Err(Problem::bad_request(format!("query string: {}", source_text(&e))))
             }
             Err(other) => Err(Problem::bad_request(other.body_text())),
+        }
+    }
+}
+
+/// Path parameters; a malformed one (bad percent-encoding, wrong type) is a
+/// 404 problem, since no resource has such a name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                Err(Problem::not_found().with_detail(format!("path: {}", source_text(&e))))
+            }
+            Err(other) => Err(Problem::not_found().with_detail(other.body_text())),
         }
     }
 }

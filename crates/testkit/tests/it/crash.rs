@@ -41,18 +41,24 @@ fn read_then_kill(mut c: Child, n: usize) -> Vec<String> {
     lines
 }
 
+/// Runs the child on the test's environment, reads `n` lines, kills it.
+async fn crash_child(
+    env: &std::collections::BTreeMap<String, String>,
+    args: [String; 2],
+    n: usize,
+) -> Vec<String> {
+    let env = env.clone();
+    tokio::task::spawn_blocking(move || read_then_kill(child(&env, &[&args[0], &args[1]]), n))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[tokio::test]
 async fn an_event_committed_before_a_crash_is_applied_once_after_restart() {
     let engines = Engines::from_env();
     let (env, isolation) = test_env(&engines, &[]).await;
     let tenant = TenantId::new();
-    let t = tenant.to_string();
-    let lines = tokio::task::spawn_blocking({
-        let env = env.clone();
-        move || read_then_kill(child(&env, &["write-note", &t]), 1)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let lines = crash_child(&env, ["write-note".into(), tenant.to_string()], 1).await;
     assert!(lines[0].starts_with("written "), "{lines:?}");
     // The process died before any relay ran; the platform's relay delivers it now.
     let app = TestApp::spawn_env(vec![Arc::new(fixture::Fixture)], engines, env, isolation).await;
@@ -76,13 +82,7 @@ async fn an_append_that_returned_survives_kill_9() {
     let engines = Engines::from_env();
     let (env, isolation) = test_env(&engines, &[]).await;
     let tenant = TenantId::new();
-    let t = tenant.to_string();
-    let lines = tokio::task::spawn_blocking({
-        let env = env.clone();
-        move || read_then_kill(child(&env, &["append-views", &t]), 300)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let lines = crash_child(&env, ["append-views".into(), tenant.to_string()], 300).await;
     let acknowledged: std::collections::HashSet<String> =
         lines.iter().map(|l| l.trim_start_matches("appended ").to_string()).collect();
     assert_eq!(acknowledged.len(), 300);

@@ -6,6 +6,28 @@ use testkit::TestApp;
 
 use crate::{create_note, eventually, settles_at, stats};
 
+async fn metrics_text(app: &TestApp) -> String {
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    res.text().await.unwrap_or_default()
+}
+
+/// Posts `n` views of note `id` concurrently; returns how many were accepted.
+async fn post_views(app: &TestApp, tenant: TenantId, id: &str, n: usize) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let req = app.client.post(app.url(&format!("/v1/fixture/notes/{id}/views")));
+        let req = req.header("x-tenant-id", tenant.to_string());
+        tasks.push(tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.ok().and_then(Result::ok) == Some(202) {
+            accepted += 1;
+        }
+    }
+    accepted
+}
+
 #[tokio::test]
 async fn a_committed_change_reaches_the_consumer_exactly_once() {
     let app = TestApp::spawn().await;
@@ -47,15 +69,7 @@ async fn a_poison_event_is_dead_lettered_and_the_pipeline_goes_on() {
     settles_at(&app, tenant, (1, 0)).await;
     let (_, dead) = app.db("fixture").kernel_counts().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dead, 1, "the poison event is kept for inspection");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = metrics_text(&app).await;
     assert!(metrics.contains("events_dead_lettered_total{consumer=\"fixture.stats\"}"), "and counted");
     app.stop().await;
 }
@@ -66,27 +80,9 @@ async fn batched_appends_are_each_delivered_once() {
     let tenant = TenantId::new();
     let note = create_note(&app, tenant, "viewed").await;
     let id = note["id"].as_str().unwrap_or_default().to_string();
-    let mut tasks = Vec::new();
-    for _ in 0..60 {
-        let (client, url, t) =
-            (app.client.clone(), app.url(&format!("/v1/fixture/notes/{id}/views")), tenant);
-        tasks.push(tokio::spawn(async move {
-            client.post(url).header("x-tenant-id", t.to_string()).send().await.map(|r| r.status().as_u16())
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.ok().and_then(Result::ok), Some(202));
-    }
+    assert_eq!(post_views(&app, tenant, &id, 60).await, 60);
     settles_at(&app, tenant, (1, 60)).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = metrics_text(&app).await;
     assert!(metrics.contains("event_append_batch_size_bucket"), "batch sizes are measured");
     app.stop().await;
 }
@@ -95,23 +91,7 @@ async fn batched_appends_are_each_delivered_once() {
 async fn graceful_shutdown_flushes_appends_and_the_outbox() {
     let app = TestApp::spawn().await;
     let tenant = TenantId::new();
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let (client, url, t) = (
-            app.client.clone(),
-            app.url(&format!("/v1/fixture/notes/{}/views", uuid::Uuid::now_v7())),
-            tenant,
-        );
-        tasks.push(tokio::spawn(async move {
-            client.post(url).header("x-tenant-id", t.to_string()).send().await.map(|r| r.status().as_u16())
-        }));
-    }
-    let mut accepted = 0;
-    for t in tasks {
-        if t.await.ok().and_then(Result::ok) == Some(202) {
-            accepted += 1;
-        }
-    }
+    let accepted = post_views(&app, tenant, &uuid::Uuid::now_v7().to_string(), 40).await;
     assert_eq!(accepted, 40);
     // Restart right away: whatever was accepted is counted after the restart.
     let app = app.restart().await;

@@ -145,6 +145,22 @@ async fn unknown_paths_and_methods_are_problems() {
     problem(res, 404).await;
     let res = app.client.delete(app.url("/healthz")).send().await.unwrap_or_else(|e| panic!("{e}"));
     problem(res, 405).await;
+    // A path parameter that is not valid percent-encoded UTF-8 names nothing.
+    let res = app
+        .client
+        .get(app.url("/v1/fixture/notes/%FF%FE"))
+        .header("x-tenant-id", TenantId::new().to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    problem(res, 404).await;
+    let res = app
+        .client
+        .get(app.url("/v1/storage/%FF?expires=1&signature=x"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    problem(res, 404).await;
     app.stop().await;
 }
 
