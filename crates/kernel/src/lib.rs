@@ -3,6 +3,7 @@
 //! conventions, telemetry, and the platform that wires them together.
 //! No business rules live here.
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod db;
