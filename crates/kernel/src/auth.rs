@@ -278,7 +278,7 @@ impl KeySet {
         if claims.exp + CLOCK_SKEW_SECONDS <= now || claims.exp - claims.iat > MAX_ACCESS_TOKEN_SECONDS {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.unwrap_or(claims.iat).min(claims.iat) > now + CLOCK_SKEW_SECONDS
+        if claims.nbf.is_some_and(|nbf| nbf > now + CLOCK_SKEW_SECONDS)
             || claims.iat > now + CLOCK_SKEW_SECONDS
         {
             return Err(TokenError::NotYetValid);
