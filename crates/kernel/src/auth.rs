@@ -350,6 +350,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Caller>().cloned())
+    }
+}
+
 /// The cache key that marks a session revoked; identity sets it, the gateway reads it.
 pub fn revoked_session_key(session: Uuid) -> String {
     format!("auth:revoked:{session}")

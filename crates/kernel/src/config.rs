@@ -90,6 +90,47 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "seconds to finish in-flight work after SIGTERM [default: 8]",
     ),
     ("SIGNPOST_BODY_LIMIT", "body_limit", "largest request body in bytes [default: 1048576]"),
+    (
+        "SIGNPOST_CORS_ORIGINS",
+        "cors_origins",
+        "gateway: comma-separated origins allowed by CORS, e.g. https://app.example.com [default: none]",
+    ),
+    (
+        "SIGNPOST_TRUSTED_PROXIES",
+        "trusted_proxies",
+        "gateway: comma-separated IPs or CIDRs whose X-Forwarded-For is believed [default: none]",
+    ),
+    (
+        "SIGNPOST_RATE_LIMIT_TENANT",
+        "rate_limit_tenant",
+        "gateway: requests per tenant on authenticated routes, N/SECONDSs [default: 100/60s]",
+    ),
+    (
+        "SIGNPOST_RATE_LIMIT_ANONYMOUS",
+        "rate_limit_anonymous",
+        "gateway: requests per client IP on anonymous API routes [default: 60/60s]",
+    ),
+    (
+        "SIGNPOST_RATE_LIMIT_PUBLIC",
+        "rate_limit_public",
+        "gateway: requests per client IP on public redirects and pages [default: unlimited]",
+    ),
+    (
+        "SIGNPOST_RATE_LIMIT_ROUTES",
+        "rate_limit_routes",
+        "gateway: per-route overrides, PREFIX=N/SECONDSs,… [default: /v1/assets=50/60s]",
+    ),
+    (
+        "SIGNPOST_RATE_LIMIT_ON_ERROR",
+        "rate_limit_on_error",
+        "gateway: when the limiter's store is down, open (allow, warn) or closed (503) [default: open]",
+    ),
+    ("SIGNPOST_JWT_ISSUER", "jwt_issuer", "issuer (iss) of access tokens [default: the public URL]"),
+    (
+        "SIGNPOST_JWKS_URL",
+        "jwks_url",
+        "gateway: where Ed25519 keys are fetched [default: <public URL>/v1/auth/.well-known/jwks.json]",
+    ),
 ];
 
 /// Where the data lives.
@@ -196,6 +237,32 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
+    /// The gateway's settings, validated by the gateway when it starts.
+    pub edge: EdgeSettings,
+}
+
+/// Settings of the security gateway, as given (the gateway parses and validates
+/// them at start-up, naming the variable at fault).
+#[derive(Debug, Clone, Default)]
+pub struct EdgeSettings {
+    /// `SIGNPOST_CORS_ORIGINS`.
+    pub cors_origins: Option<String>,
+    /// `SIGNPOST_TRUSTED_PROXIES`.
+    pub trusted_proxies: Option<String>,
+    /// `SIGNPOST_RATE_LIMIT_TENANT`.
+    pub rate_limit_tenant: Option<String>,
+    /// `SIGNPOST_RATE_LIMIT_ANONYMOUS`.
+    pub rate_limit_anonymous: Option<String>,
+    /// `SIGNPOST_RATE_LIMIT_PUBLIC`.
+    pub rate_limit_public: Option<String>,
+    /// `SIGNPOST_RATE_LIMIT_ROUTES`.
+    pub rate_limit_routes: Option<String>,
+    /// `SIGNPOST_RATE_LIMIT_ON_ERROR`.
+    pub rate_limit_on_error: Option<String>,
+    /// `SIGNPOST_JWT_ISSUER`.
+    pub jwt_issuer: Option<String>,
+    /// `SIGNPOST_JWKS_URL`.
+    pub jwks_url: Option<String>,
 }
 
 /// The unvalidated layer: every key optional, as read from a file or the environment.
@@ -223,6 +290,15 @@ struct Raw {
     log_format: Option<String>,
     shutdown_timeout: Option<TomlScalar>,
     body_limit: Option<TomlScalar>,
+    cors_origins: Option<String>,
+    trusted_proxies: Option<String>,
+    rate_limit_tenant: Option<String>,
+    rate_limit_anonymous: Option<String>,
+    rate_limit_public: Option<String>,
+    rate_limit_routes: Option<String>,
+    rate_limit_on_error: Option<String>,
+    jwt_issuer: Option<String>,
+    jwks_url: Option<String>,
 }
 
 /// A number written either as a TOML integer or as a string (as environment variables are).
@@ -337,6 +413,15 @@ impl Raw {
         take!(log_format, "SIGNPOST_LOG_FORMAT");
         take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
         take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
+        take!(cors_origins, "SIGNPOST_CORS_ORIGINS");
+        take!(trusted_proxies, "SIGNPOST_TRUSTED_PROXIES");
+        take!(rate_limit_tenant, "SIGNPOST_RATE_LIMIT_TENANT");
+        take!(rate_limit_anonymous, "SIGNPOST_RATE_LIMIT_ANONYMOUS");
+        take!(rate_limit_public, "SIGNPOST_RATE_LIMIT_PUBLIC");
+        take!(rate_limit_routes, "SIGNPOST_RATE_LIMIT_ROUTES");
+        take!(rate_limit_on_error, "SIGNPOST_RATE_LIMIT_ON_ERROR");
+        take!(jwt_issuer, "SIGNPOST_JWT_ISSUER");
+        take!(jwks_url, "SIGNPOST_JWKS_URL");
         for key in env.keys().filter(|k| k.starts_with("SIGNPOST_")) {
             // SIGNPOST_TEST_* belong to the test kit, not to the server.
             if !key.starts_with("SIGNPOST_TEST_") && !SETTINGS.iter().any(|(k, _, _)| k == key) {
@@ -504,6 +589,17 @@ impl Raw {
             log_format,
             shutdown_timeout,
             body_limit,
+            edge: EdgeSettings {
+                cors_origins: self.cors_origins,
+                trusted_proxies: self.trusted_proxies,
+                rate_limit_tenant: self.rate_limit_tenant,
+                rate_limit_anonymous: self.rate_limit_anonymous,
+                rate_limit_public: self.rate_limit_public,
+                rate_limit_routes: self.rate_limit_routes,
+                rate_limit_on_error: self.rate_limit_on_error,
+                jwt_issuer: self.jwt_issuer,
+                jwks_url: self.jwks_url,
+            },
         })
     }
 }

@@ -18,7 +18,7 @@ pub mod storage;
 pub mod telemetry;
 pub mod tenant;
 
-pub use platform::{BoxError, Kernel, Platform, Service, ServiceContext, ServiceParts, StartError};
+pub use platform::{BoxError, Edge, Kernel, Platform, Service, ServiceContext, ServiceParts, StartError};
 pub use problem::{ApiError, ApiResult, Problem};
 pub use secret::Secret;
 pub use tenant::TenantId;

@@ -55,10 +55,15 @@ pub struct ServiceContext {
     pub db: Option<Db>,
 }
 
+/// Wraps the whole platform router (the gateway's edge middleware).
+pub type Edge = Box<dyn FnOnce(Router) -> Router + Send>;
+
 /// What a started service hands back.
 pub struct ServiceParts {
     /// Its routes (under its own `/v1/...` prefixes, or public root paths).
     pub router: Router,
+    /// Middleware around every route of the process (only the gateway has one).
+    pub edge: Option<Edge>,
     /// Its event consumers.
     pub consumers: Vec<Consumer>,
     /// Its OpenAPI `paths` object (merged into `/v1/openapi.json`).
@@ -245,6 +250,7 @@ impl Platform {
         let mut routers = Vec::new();
         let mut consumers = Vec::new();
         let mut paths = serde_json::Map::new();
+        let mut edges = Vec::new();
         for service in &services {
             let service_db = match service.migrations() {
                 Some(m) => {
@@ -259,6 +265,7 @@ impl Platform {
                 .await
                 .map_err(|error| StartError::Service { service: service.name(), error })?;
             routers.push(parts.router);
+            edges.extend(parts.edge);
             if let Value::Object(p) = parts.openapi_paths {
                 paths.extend(p);
             }
@@ -285,7 +292,7 @@ impl Platform {
             .map(|d| tokio::spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
 
-        let router = build_router(&kernel, &db, &dbs, routers, paths);
+        let router = build_router(&kernel, &db, &dbs, routers, edges, paths);
         Ok(Self { kernel, db, dbs, router, relay_stop, relays, consumer_stop, consumers: consumer_tasks })
     }
 
@@ -374,6 +381,7 @@ fn build_router(
     db: &DbBackend,
     dbs: &[Db],
     services: Vec<Router>,
+    edges: Vec<Edge>,
     paths: serde_json::Map<String, Value>,
 ) -> Router {
     let state = KernelState {
@@ -405,10 +413,11 @@ fn build_router(
                 .with_state(state),
         );
     }
-    app.fallback(http::not_found)
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(CatchPanicLayer::custom(http::panic_response))
-        .layer(axum::middleware::from_fn(http::observe))
+    app = app.fallback(http::not_found).method_not_allowed_fallback(http::method_not_allowed);
+    for edge in edges {
+        app = edge(app);
+    }
+    app.layer(CatchPanicLayer::custom(http::panic_response)).layer(axum::middleware::from_fn(http::observe))
 }
 
 async fn healthz() -> Response {

@@ -248,6 +248,21 @@ async fn stats(
     Ok(Json(s.store.stats(tenant).await?))
 }
 
+/// What identity reached the service: the headers the gateway forwards and
+/// whether a verified caller is attached.
+async fn whoami(
+    headers: axum::http::HeaderMap,
+    caller: Option<kernel::auth::Caller>,
+) -> Json<serde_json::Value> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Json(json!({
+        "x_tenant_id": h("x-tenant-id"),
+        "x_user_id": h("x-user-id"),
+        "x_user_role": h("x-user-role"),
+        "caller_tenant": caller.map(|c| c.tenant.to_string()),
+    }))
+}
+
 async fn panic_route() -> StatusCode {
     let items: Vec<u8> = Vec::new();
     // Deliberately out of bounds: proves a panicking handler becomes a 500 problem.
@@ -278,9 +293,11 @@ impl Service for Fixture {
             .route("/v1/fixture/notes/{id}/views", post(view))
             .route("/v1/fixture/stats", get(stats))
             .route("/v1/fixture/panic", get(panic_route))
+            .route("/v1/fixture/whoami", get(whoami))
             .with_state(state);
         Ok(ServiceParts {
             router,
+            edge: None,
             consumers: vec![Consumer {
                 name: "fixture.stats",
                 event_types: &["note.created", "note.viewed"],

@@ -18,6 +18,15 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Put into a response's extensions, these end up in the access log line.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLogFields {
+    /// The tenant the request acted in.
+    pub tenant_id: Option<String>,
+    /// The upstream instance that answered (proxy mode).
+    pub upstream: Option<String>,
+}
+
 /// A client-sent id is kept when it is short and plain; otherwise we make one.
 fn request_id(req: &Request) -> String {
     req.headers()
@@ -50,11 +59,13 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let fields = res.extensions_mut().remove::<AccessLogFields>().unwrap_or_default();
+    let (tenant_id, upstream) = (fields.tenant_id.unwrap_or_default(), fields.upstream.unwrap_or_default());
     span.in_scope(|| {
         if quiet {
             tracing::debug!(status, duration_ms, "request");
         } else {
-            tracing::info!(status, duration_ms, "request");
+            tracing::info!(status, duration_ms, tenant_id, upstream, "request");
         }
     });
     let labels =

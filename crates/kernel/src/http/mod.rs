@@ -6,7 +6,7 @@ mod middleware;
 mod pagination;
 
 pub use json::{Json, Path, Query};
-pub use middleware::{RequestId, X_REQUEST_ID, body_limit, observe, panic_response};
+pub use middleware::{AccessLogFields, RequestId, X_REQUEST_ID, body_limit, observe, panic_response};
 pub use pagination::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, PageRequest, decode_cursor, encode_cursor};
 
 use axum::response::IntoResponse;

@@ -1,0 +1,309 @@
+//! The edge middleware: every request of the process passes here once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use kernel::Problem;
+use kernel::auth::Caller;
+use kernel::http::AccessLogFields;
+use kernel::ratelimit::Decision;
+
+use crate::Gateway;
+use crate::settings::{Limit, OnError};
+
+static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+static X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// How a path is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Redirects, pages, health: no token needed, per-IP limit only if configured.
+    Public,
+    /// API routes anyone may call (login, register, signed storage URLs): per-IP limit.
+    Anonymous,
+    /// Everything else under `/v1/`: a valid token is required.
+    Authenticated,
+}
+
+const PUBLIC_EXACT: &[&str] = &["/healthz", "/readyz", "/metrics", "/v1/openapi.json"];
+const ANONYMOUS_PREFIXES: &[&str] = &[
+    "/v1/storage/",
+    "/v1/auth/register",
+    "/v1/auth/login",
+    "/v1/auth/refresh",
+    "/v1/auth/password-reset/",
+    "/v1/auth/verify-email",
+    "/v1/auth/.well-known/",
+    "/v1/auth/oauth/",
+    "/v1/auth/invitations/accept",
+];
+/// Routes whose bodies are not JSON (uploads, CSV imports).
+const NON_JSON_PREFIXES: &[&str] = &["/v1/storage/", "/v1/assets/", "/v1/links/import"];
+
+/// Classifies a path.
+pub fn access(path: &str) -> Access {
+    if PUBLIC_EXACT.contains(&path) || !path.starts_with("/v1/") {
+        Access::Public
+    } else if ANONYMOUS_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        Access::Anonymous
+    } else {
+        Access::Authenticated
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the
+/// right-most untrusted address of `X-Forwarded-For`.
+fn client_ip(g: &Gateway, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer?;
+    if !g.settings.trusted_proxies.iter().any(|n| n.contains(peer)) {
+        return Some(peer);
+    }
+    let chain: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    Some(
+        chain
+            .into_iter()
+            .rev()
+            .find(|ip| !g.settings.trusted_proxies.iter().any(|n| n.contains(*ip)))
+            .unwrap_or(peer),
+    )
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let text =
+        value.to_str().map_err(|_| Problem::unauthorized("the Authorization header is not readable"))?;
+    let (scheme, token) = text
+        .split_once(' ')
+        .ok_or_else(|| Problem::unauthorized("expected Authorization: Bearer <token>"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(Problem::unauthorized("expected Authorization: Bearer <token>"));
+    }
+    Ok(Some(token.trim()))
+}
+
+fn json_body_required(req: &Request) -> bool {
+    let has_body = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+        && has_body
+        && req.uri().path().starts_with("/v1/")
+        && !NON_JSON_PREFIXES.iter().any(|p| req.uri().path().starts_with(p))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")))
+}
+
+fn rate_headers(h: &mut HeaderMap, d: &Decision) {
+    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
+    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
+    h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(d.reset_after.as_secs_f64().ceil() as u64));
+}
+
+/// The gateway's middleware.
+pub async fn edge(State(g): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed_origin = origin.filter(|o| g.settings.cors_origins.contains(o));
+    let mut res = if req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        preflight(allowed_origin.is_some())
+    } else {
+        let mut log = AccessLogFields::default();
+        let res = match admit(&g, &mut req, &mut log).await {
+            Ok(decision) => {
+                let mut res = next.run(req).await;
+                if let Some(d) = decision {
+                    rate_headers(res.headers_mut(), &d);
+                }
+                res
+            }
+            Err(res) => res,
+        };
+        let mut res = res;
+        res.extensions_mut().insert(log);
+        res
+    };
+    let h = res.headers_mut();
+    if let Some(o) = allowed_origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(
+                "ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after, x-request-id",
+            ),
+        );
+    }
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    security_headers(h);
+    res
+}
+
+fn preflight(allowed: bool) -> Response {
+    if !allowed {
+        return Problem::forbidden("this origin is not allowed").into_response();
+    }
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, idempotency-key, x-request-id"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    res
+}
+
+fn security_headers(h: &mut HeaderMap) {
+    h.remove(header::SERVER);
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
+    h.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("strict-origin-when-cross-origin"));
+    h.entry(HeaderName::from_static("cross-origin-opener-policy"))
+        .or_insert(HeaderValue::from_static("same-origin"));
+    let html =
+        h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
+    if html {
+        h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+        ));
+    }
+}
+
+/// Authenticates and rate-limits; `Err` is the response to send instead.
+async fn admit(
+    g: &Gateway,
+    req: &mut Request,
+    log: &mut AccessLogFields,
+) -> Result<Option<Decision>, Response> {
+    let path = req.uri().path().to_string();
+    let matched = req.extensions().get::<MatchedPath>().is_some();
+    let access = access(&path);
+    // Identity headers are ours to set; whatever the client sent is removed.
+    let claimed_tenant = req.headers_mut().remove(&X_TENANT_ID);
+    req.headers_mut().remove(&X_USER_ID);
+    req.headers_mut().remove(&X_USER_ROLE);
+    if let Some(q) = req.uri().query() {
+        let keys = q.split('&').filter_map(|kv| kv.split('=').next());
+        if keys.into_iter().any(|k| matches!(k, "api_key" | "access_token" | "token")) {
+            return Err(
+                Problem::unauthorized("credentials are not accepted in the query string").into_response()
+            );
+        }
+    }
+    let token = bearer(req.headers()).map_err(IntoResponse::into_response)?.map(str::to_string);
+    let caller = match token {
+        Some(t) if t.starts_with("sp_") => {
+            return Err(Problem::unauthorized(
+                "API keys are not accepted yet: the identity service resolves them",
+            )
+            .into_response());
+        }
+        Some(t) => {
+            let claims = g.verifier.verify(&t).await.map_err(|e| Problem::from(e).into_response())?;
+            match crate::verify::revoked(g.kernel.cache.as_ref(), &claims).await {
+                Ok(false) => {}
+                Ok(true) => return Err(Problem::unauthorized("the session was revoked").into_response()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation list unreachable");
+                    if g.settings.on_error == OnError::Closed {
+                        return Err(Problem::unavailable("cannot check the session").into_response());
+                    }
+                }
+            }
+            Some(Caller::from_claims(&claims))
+        }
+        None if access == Access::Authenticated && matched => {
+            return Err(Problem::unauthorized("authentication required")
+                .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+                .into_response());
+        }
+        None => None,
+    };
+    if let Some(c) = &caller {
+        if let Some(claimed) = &claimed_tenant
+            && claimed.to_str().ok() != Some(c.tenant.to_string().as_str())
+        {
+            return Err(Problem::forbidden("X-Tenant-ID does not match the token").into_response());
+        }
+        let h = req.headers_mut();
+        for (name, value) in [
+            (&X_TENANT_ID, c.tenant.to_string()),
+            (&X_USER_ID, c.user_id.to_string()),
+            (&X_USER_ROLE, c.role.clone()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name.clone(), v);
+            }
+        }
+        log.tenant_id = Some(c.tenant.to_string());
+        req.extensions_mut().insert(c.clone());
+    }
+    if json_body_required(req) && !is_json(req.headers()) {
+        return Err(
+            Problem::unsupported_media_type("expected Content-Type: application/json").into_response()
+        );
+    }
+    if !matched && access != Access::Public {
+        // Nothing will answer but the 404 fallback; do not spend the limiter on it.
+        return Ok(None);
+    }
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let ip = client_ip(g, peer, req.headers()).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    let endpoint =
+        req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
+    let who = caller.as_ref().map(|c| c.tenant.to_string());
+    let policy: Option<(String, Limit)> = match g.settings.route_limit(&path) {
+        Some((prefix, l)) => Some((format!("route:{prefix}:{}", who.as_deref().unwrap_or(&ip)), l)),
+        None => match (&who, access) {
+            (Some(t), _) => Some((format!("tenant:{t}"), g.settings.tenant)),
+            (None, Access::Anonymous | Access::Authenticated) => {
+                Some((format!("ip:{ip}"), g.settings.anonymous))
+            }
+            (None, Access::Public) => g.settings.public.map(|l| (format!("public:{ip}"), l)),
+        },
+    };
+    let Some((key, limit)) = policy else { return Ok(None) };
+    match g.kernel.limiter.hit(&key, limit.count, limit.window).await {
+        Ok(d) if d.allowed => Ok(Some(d)),
+        Ok(d) => {
+            let tenant = who.unwrap_or_else(|| "anonymous".to_string());
+            metrics::counter!("rate_limit_hits_total", "tenant_id" => tenant, "endpoint" => endpoint)
+                .increment(1);
+            let mut res =
+                Problem::too_many_requests(d.reset_after.as_secs_f64().ceil() as u64).into_response();
+            rate_headers(res.headers_mut(), &d);
+            Err(res)
+        }
+        Err(e) => {
+            metrics::counter!("rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %e, "rate limiter unavailable");
+            match g.settings.on_error {
+                OnError::Open => Ok(None),
+                OnError::Closed => Err(Problem::unavailable("rate limiting is unavailable").into_response()),
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The security gateway: the single front door. Under `signpost up` it wraps
+//! every in-process route as middleware (no network hop): it authenticates
+//! access tokens, strips client-sent identity headers and forwards verified
+//! ones, refuses a mismatched `X-Tenant-ID`, applies rate limits with
+//! `RateLimit-*` headers, answers CORS, sets security headers and enforces JSON
+//! content types.
+
+mod edge;
+mod settings;
+mod verify;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use kernel::{BoxError, Kernel, Service, ServiceContext, ServiceParts};
+
+pub use edge::{Access, access};
+pub use settings::{Limit, OnError, Settings};
+pub use verify::{JWKS_REFRESH_INTERVAL, Verifier};
+
+/// The gateway's shared state.
+pub struct Gateway {
+    kernel: Kernel,
+    settings: Settings,
+    /// Token verification (exposed for tests of key refresh).
+    pub verifier: Verifier,
+}
+
+impl Gateway {
+    /// Builds the gateway from the platform configuration.
+    pub fn new(kernel: Kernel) -> Result<Self, BoxError> {
+        let settings = Settings::from_config(&kernel.config)?;
+        let verifier = match &kernel.config.jwt_secret_key {
+            Some(secret) => Verifier::hs256(secret.expose().as_bytes(), &settings.issuer),
+            None => Verifier::jwks(&settings.jwks_url, &settings.issuer),
+        };
+        Ok(Self { kernel, settings, verifier })
+    }
+
+    /// Wraps a router with the edge middleware.
+    pub fn wrap(self: Arc<Self>, router: Router) -> Router {
+        router.layer(axum::middleware::from_fn_with_state(self, edge::edge))
+    }
+}
+
+/// The gateway as a platform service.
+pub struct GatewayService;
+
+#[async_trait]
+impl Service for GatewayService {
+    fn name(&self) -> &'static str {
+        "gateway"
+    }
+
+    async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
+        let gateway = Arc::new(Gateway::new(ctx.kernel)?);
+        Ok(ServiceParts {
+            router: Router::new(),
+            edge: Some(Box::new(move |router| gateway.wrap(router))),
+            consumers: Vec::new(),
+            openapi_paths: serde_json::json!({}),
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! The gateway's settings, parsed from the platform configuration at start-up;
+//! an error names the variable at fault.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use kernel::config::{Config, ConfigError};
+
+/// A limit: `count` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests allowed in the window.
+    pub count: u64,
+    /// The sliding window.
+    pub window: Duration,
+}
+
+/// What the gateway does when the limiter's store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Let the request through, warn and count it.
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            (IpAddr::V6(_), IpAddr::V4(i)) => self.contains(IpAddr::V6(i.to_ipv6_mapped())),
+            (IpAddr::V4(_), IpAddr::V6(i)) => {
+                i.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4)))
+            }
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = s.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+}
+
+/// The parsed settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Origins allowed by CORS.
+    pub cors_origins: Vec<HeaderValue>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Net>,
+    /// Per tenant, authenticated routes.
+    pub tenant: Limit,
+    /// Per client IP, anonymous API routes.
+    pub anonymous: Limit,
+    /// Per client IP, public redirects and pages; `None` = unlimited.
+    pub public: Option<Limit>,
+    /// Per-route overrides, longest prefix first.
+    pub routes: Vec<(String, Limit)>,
+    /// Behaviour when the limiter fails.
+    pub on_error: OnError,
+    /// Expected `iss` of access tokens.
+    pub issuer: String,
+    /// Where Ed25519 keys come from.
+    pub jwks_url: String,
+}
+
+fn limit(key: &str, text: &str) -> Result<Limit, ConfigError> {
+    let bad =
+        || ConfigError { key: key.to_string(), message: format!("{text:?} is not a limit like 100/60s") };
+    let (count, window) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u64 = count.trim().parse().map_err(|_| bad())?;
+    let secs: u64 = window.trim().trim_end_matches('s').parse().map_err(|_| bad())?;
+    if count == 0 || secs == 0 || secs > 86_400 {
+        return Err(bad());
+    }
+    Ok(Limit { count, window: Duration::from_secs(secs) })
+}
+
+impl Settings {
+    /// Parses the gateway part of the configuration.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let e = &config.edge;
+        let err = |key: &str, message: String| ConfigError { key: key.to_string(), message };
+        let mut cors_origins = Vec::new();
+        for o in e.cors_origins.as_deref().unwrap_or("").split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let ok = (o.starts_with("https://") || o.starts_with("http://")) && !o.ends_with('/');
+            let value = HeaderValue::from_str(o).ok().filter(|_| ok);
+            cors_origins.push(value.ok_or_else(|| {
+                err("SIGNPOST_CORS_ORIGINS", format!("{o:?} is not an origin like https://app.example.com"))
+            })?);
+        }
+        let mut trusted_proxies = Vec::new();
+        for p in
+            e.trusted_proxies.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty())
+        {
+            trusted_proxies.push(
+                Net::parse(p)
+                    .ok_or_else(|| err("SIGNPOST_TRUSTED_PROXIES", format!("{p:?} is not an IP or CIDR")))?,
+            );
+        }
+        let tenant =
+            limit("SIGNPOST_RATE_LIMIT_TENANT", e.rate_limit_tenant.as_deref().unwrap_or("100/60s"))?;
+        let anonymous =
+            limit("SIGNPOST_RATE_LIMIT_ANONYMOUS", e.rate_limit_anonymous.as_deref().unwrap_or("60/60s"))?;
+        let public = match e.rate_limit_public.as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(t) => Some(limit("SIGNPOST_RATE_LIMIT_PUBLIC", t)?),
+        };
+        let mut routes = Vec::new();
+        for pair in e
+            .rate_limit_routes
+            .as_deref()
+            .unwrap_or("/v1/assets=50/60s")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (prefix, l) = pair.split_once('=').ok_or_else(|| {
+                err("SIGNPOST_RATE_LIMIT_ROUTES", format!("{pair:?} is not PREFIX=N/SECONDSs"))
+            })?;
+            if !prefix.starts_with('/') {
+                return Err(err("SIGNPOST_RATE_LIMIT_ROUTES", format!("{prefix:?} must start with /")));
+            }
+            routes.push((prefix.to_string(), limit("SIGNPOST_RATE_LIMIT_ROUTES", l)?));
+        }
+        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let on_error = match e.rate_limit_on_error.as_deref().unwrap_or("open") {
+            "open" => OnError::Open,
+            "closed" => OnError::Closed,
+            other => {
+                return Err(err("SIGNPOST_RATE_LIMIT_ON_ERROR", format!("{other:?} is not open or closed")));
+            }
+        };
+        let issuer = e.jwt_issuer.clone().unwrap_or_else(|| config.public_url.clone());
+        let jwks_url = e
+            .jwks_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/v1/auth/.well-known/jwks.json", config.public_url));
+        if !(jwks_url.starts_with("http://") || jwks_url.starts_with("https://")) {
+            return Err(err("SIGNPOST_JWKS_URL", format!("{jwks_url:?} is not an http(s) URL")));
+        }
+        Ok(Self {
+            cors_origins,
+            trusted_proxies,
+            tenant,
+            anonymous,
+            public,
+            routes,
+            on_error,
+            issuer,
+            jwks_url,
+        })
+    }
+
+    /// The override for a path, if any.
+    pub fn route_limit(&self, path: &str) -> Option<(&str, Limit)> {
+        self.routes.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(p, l)| (p.as_str(), *l))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_match_their_members_only() {
+        let n = Net::parse("10.1.0.0/16").unwrap_or_else(|| unreachable!());
+        assert!(n.contains("10.1.200.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(!n.contains("10.2.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(Net::parse("1.2.3.4/33").is_none());
+        assert!(
+            Net::parse("::1")
+                .is_some_and(|n| n.contains("::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))))
+        );
+    }
+
+    #[test]
+    fn limits_parse_and_bad_ones_name_the_key() {
+        assert_eq!(limit("K", "100/60s").ok(), Some(Limit { count: 100, window: Duration::from_secs(60) }));
+        assert_eq!(limit("K", "5/900").ok(), Some(Limit { count: 5, window: Duration::from_secs(900) }));
+        assert_eq!(limit("K", "lots").err().map(|e| e.key), Some("K".to_string()));
+        assert!(limit("K", "0/60s").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! Access-token verification at the edge: keys from `JWT_SECRET_KEY` (HS256)
+//! or identity's JWKS (Ed25519, cached, refreshed at most once per interval on
+//! an unknown `kid`), verified tokens cached until they expire, and revoked
+//! sessions refused at once.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kernel::auth::{Claims, KeySet, TokenError};
+use kernel::cache::Cache;
+
+/// How often an unknown `kid` may trigger a key-set fetch.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+const TOKEN_CACHE_ENTRIES: usize = 50_000;
+
+/// Verifies access tokens.
+pub struct Verifier {
+    keys: RwLock<KeySet>,
+    jwks_url: Option<String>,
+    issuer: String,
+    last_fetch: Mutex<Option<Instant>>,
+    http: reqwest::Client,
+    verified: Mutex<HashMap<String, Claims>>,
+    /// Key-set fetches made (for tests and metrics).
+    pub fetches: std::sync::atomic::AtomicU64,
+}
+
+impl Verifier {
+    /// HS256 with a shared secret: no fetching.
+    pub fn hs256(secret: &[u8], issuer: &str) -> Self {
+        Self::new(KeySet::hs256(secret.to_vec()), None, issuer)
+    }
+
+    /// Ed25519 keys from a JWKS URL, fetched when first needed.
+    pub fn jwks(url: &str, issuer: &str) -> Self {
+        Self::new(KeySet::default(), Some(url.to_string()), issuer)
+    }
+
+    fn new(keys: KeySet, jwks_url: Option<String>, issuer: &str) -> Self {
+        kernel::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            keys: RwLock::new(keys),
+            jwks_url,
+            issuer: issuer.to_string(),
+            last_fetch: Mutex::new(None),
+            http,
+            verified: Mutex::new(HashMap::new()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now() -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    /// The claims of a valid token.
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now = Self::now();
+        let cached = self.verified.lock().ok().and_then(|m| m.get(token).cloned());
+        if let Some(c) = cached.filter(|c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now) {
+            return Ok(c);
+        }
+        let first = self.check(token, now);
+        let claims = match first {
+            Err(TokenError::UnknownKey | TokenError::Algorithm) if self.refresh_allowed() => {
+                self.fetch_keys().await;
+                self.check(token, now)?
+            }
+            other => other?,
+        };
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= TOKEN_CACHE_ENTRIES {
+                m.retain(|_, c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now);
+                if m.len() >= TOKEN_CACHE_ENTRIES {
+                    m.clear();
+                }
+            }
+            m.insert(token.to_string(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    fn check(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let keys = self.keys.read().map_err(|_| TokenError::UnknownKey)?;
+        keys.verify(token, &self.issuer, now)
+    }
+
+    /// At most one fetch per interval, whatever the traffic of unknown kids.
+    fn refresh_allowed(&self) -> bool {
+        if self.jwks_url.is_none() {
+            return false;
+        }
+        let Ok(mut last) = self.last_fetch.lock() else { return false };
+        match *last {
+            Some(t) if t.elapsed() < JWKS_REFRESH_INTERVAL => false,
+            _ => {
+                *last = Some(Instant::now());
+                true
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) {
+        let Some(url) = &self.jwks_url else { return };
+        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fetched = async {
+            let res = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+            if !res.status().is_success() {
+                return Err(format!("status {}", res.status()));
+            }
+            res.json::<serde_json::Value>().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match fetched {
+            Ok(doc) => {
+                let set = KeySet::from_jwks(&doc);
+                if let Ok(mut keys) = self.keys.write() {
+                    *keys = set;
+                }
+            }
+            Err(e) => tracing::warn!(url = %url, error = %e, "cannot fetch the JWKS"),
+        }
+    }
+}
+
+/// Whether a session was revoked (logout, password change, removal).
+pub async fn revoked(cache: &dyn Cache, claims: &Claims) -> Result<bool, kernel::cache::CacheError> {
+    Ok(cache.get(&kernel::auth::revoked_session_key(claims.sid)).await?.is_some())
+}
