@@ -89,11 +89,6 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     let mut services = signpost::services();
-    if wanted.is_some() && config.nats.is_none() {
-        // The in-process bus only reaches consumers in the same process.
-        eprintln!("NATS_URL: serve runs one service per process, so events need a shared bus; set NATS_URL");
-        return ExitCode::from(2);
-    }
     if let Some(name) = &wanted {
         services.retain(|s| s.name() == name);
         if services.is_empty() {
@@ -101,6 +96,13 @@ fn main() -> ExitCode {
             eprintln!(
                 "serve: unknown service {name:?} (this build has: {})",
                 if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
+            );
+            return ExitCode::from(2);
+        }
+        if config.nats.is_none() && services.iter().any(|s| s.migrations().is_some()) {
+            // The in-process bus only reaches consumers in the same process.
+            eprintln!(
+                "NATS_URL: {name} runs in its own process, so its events need a shared bus; set NATS_URL"
             );
             return ExitCode::from(2);
         }

@@ -263,6 +263,14 @@ pub struct EdgeSettings {
     pub jwt_issuer: Option<String>,
     /// `SIGNPOST_JWKS_URL`.
     pub jwks_url: Option<String>,
+    /// `SIGNPOST_UPSTREAMS`.
+    pub upstreams: Option<String>,
+    /// `SIGNPOST_ROUTES`.
+    pub routes: Option<String>,
+    /// `SIGNPOST_UPSTREAM_CONNECT_TIMEOUT`.
+    pub upstream_connect_timeout: Option<String>,
+    /// `SIGNPOST_UPSTREAM_TIMEOUT`.
+    pub upstream_timeout: Option<String>,
 }
 
 /// The unvalidated layer: every key optional, as read from a file or the environment.
@@ -299,6 +307,10 @@ struct Raw {
     rate_limit_on_error: Option<String>,
     jwt_issuer: Option<String>,
     jwks_url: Option<String>,
+    upstreams: Option<String>,
+    routes: Option<String>,
+    upstream_connect_timeout: Option<TomlScalar>,
+    upstream_timeout: Option<TomlScalar>,
 }
 
 /// A number written either as a TOML integer or as a string (as environment variables are).
@@ -422,6 +434,10 @@ impl Raw {
         take!(rate_limit_on_error, "SIGNPOST_RATE_LIMIT_ON_ERROR");
         take!(jwt_issuer, "SIGNPOST_JWT_ISSUER");
         take!(jwks_url, "SIGNPOST_JWKS_URL");
+        take!(upstreams, "SIGNPOST_UPSTREAMS");
+        take!(routes, "SIGNPOST_ROUTES");
+        take!(upstream_connect_timeout, "SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", scalar);
+        take!(upstream_timeout, "SIGNPOST_UPSTREAM_TIMEOUT", scalar);
         for key in env.keys().filter(|k| k.starts_with("SIGNPOST_")) {
             // SIGNPOST_TEST_* belong to the test kit, not to the server.
             if !key.starts_with("SIGNPOST_TEST_") && !SETTINGS.iter().any(|(k, _, _)| k == key) {
@@ -599,6 +615,10 @@ impl Raw {
                 rate_limit_on_error: self.rate_limit_on_error,
                 jwt_issuer: self.jwt_issuer,
                 jwks_url: self.jwks_url,
+                upstreams: self.upstreams,
+                routes: self.routes,
+                upstream_connect_timeout: self.upstream_connect_timeout.map(|s| s.text()),
+                upstream_timeout: self.upstream_timeout.map(|s| s.text()),
             },
         })
     }

@@ -190,6 +190,7 @@ impl<S: Send + Sync> FromRequestParts<S> for FixtureTenant {
 struct AppState {
     store: Arc<dyn NotesStore>,
     views: Appender,
+    instance: String,
 }
 
 #[derive(Deserialize)]
@@ -248,19 +249,55 @@ async fn stats(
     Ok(Json(s.store.stats(tenant).await?))
 }
 
-/// What identity reached the service: the headers the gateway forwards and
-/// whether a verified caller is attached.
+/// What reached the service: the identity headers the gateway forwards, every
+/// header, whether a verified caller is attached, and which instance answered.
 async fn whoami(
+    State(s): State<AppState>,
     headers: axum::http::HeaderMap,
     caller: Option<kernel::auth::Caller>,
 ) -> Json<serde_json::Value> {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let all: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or_default())))
+        .collect();
     Json(json!({
         "x_tenant_id": h("x-tenant-id"),
         "x_user_id": h("x-user-id"),
         "x_user_role": h("x-user-role"),
         "caller_tenant": caller.map(|c| c.tenant.to_string()),
+        "headers": all,
+        "instance": s.instance,
     }))
+}
+
+#[derive(Deserialize)]
+struct SlowParams {
+    ms: u64,
+}
+
+/// Answers after a delay (timeouts through the gateway).
+async fn slow(Query(p): Query<SlowParams>) -> StatusCode {
+    tokio::time::sleep(std::time::Duration::from_millis(p.ms.min(30_000))).await;
+    StatusCode::NO_CONTENT
+}
+
+/// Switches protocols to a byte echo (upgrade pass-through through the gateway).
+async fn echo_upgrade(mut req: axum::extract::Request) -> Response {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            let (mut r, mut w) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(axum::body::Body::empty())
+        .unwrap_or_default()
 }
 
 async fn panic_route() -> StatusCode {
@@ -286,7 +323,11 @@ impl Service for Fixture {
 
     async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
         let db = ctx.db.ok_or("fixture needs its schema")?;
-        let state = AppState { store: store(&db), views: ctx.kernel.appender(&db) };
+        let state = AppState {
+            store: store(&db),
+            views: ctx.kernel.appender(&db),
+            instance: ctx.kernel.config.public_url.clone(),
+        };
         let router = Router::new()
             .route("/v1/fixture/notes", post(create).get(list))
             .route("/v1/fixture/notes/{id}", get(get_note))
@@ -294,6 +335,8 @@ impl Service for Fixture {
             .route("/v1/fixture/stats", get(stats))
             .route("/v1/fixture/panic", get(panic_route))
             .route("/v1/fixture/whoami", get(whoami))
+            .route("/v1/fixture/slow", get(slow))
+            .route("/v1/fixture/echo", get(echo_upgrade))
             .with_state(state);
         Ok(ServiceParts {
             router,

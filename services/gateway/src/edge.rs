@@ -132,6 +132,9 @@ pub async fn edge(State(g): State<Arc<Gateway>>, mut req: Request, next: Next) -
         let res = match admit(&g, &mut req, &mut log).await {
             Ok(decision) => {
                 let mut res = next.run(req).await;
+                if let Some(from_proxy) = res.extensions_mut().remove::<AccessLogFields>() {
+                    log.upstream = from_proxy.upstream;
+                }
                 if let Some(d) = decision {
                     rate_headers(res.headers_mut(), &d);
                 }
@@ -199,7 +202,11 @@ async fn admit(
     log: &mut AccessLogFields,
 ) -> Result<Option<Decision>, Response> {
     let path = req.uri().path().to_string();
-    let matched = req.extensions().get::<MatchedPath>().is_some();
+    // In proxy mode every path reaches the proxy handler: "matched" means a service owns it.
+    let matched = match &g.proxy {
+        Some(p) => p.service_for(&path).is_some() || access(&path) == Access::Public,
+        None => req.extensions().get::<MatchedPath>().is_some(),
+    };
     let access = access(&path);
     // Identity headers are ours to set; whatever the client sent is removed.
     let claimed_tenant = req.headers_mut().remove(&X_TENANT_ID);

@@ -3,9 +3,11 @@
 //! access tokens, strips client-sent identity headers and forwards verified
 //! ones, refuses a mismatched `X-Tenant-ID`, applies rate limits with
 //! `RateLimit-*` headers, answers CORS, sets security headers and enforces JSON
-//! content types.
+//! content types. With `SIGNPOST_UPSTREAMS` set (`signpost serve gateway`) the
+//! same middleware fronts services in other processes through the proxy.
 
 mod edge;
+mod proxy;
 mod settings;
 mod verify;
 
@@ -16,6 +18,7 @@ use axum::Router;
 use kernel::{BoxError, Kernel, Service, ServiceContext, ServiceParts};
 
 pub use edge::{Access, access};
+pub use proxy::{CHECK_EVERY, EJECT_AFTER, EJECT_FOR, Proxy};
 pub use settings::{Limit, OnError, Settings};
 pub use verify::{JWKS_REFRESH_INTERVAL, Verifier};
 
@@ -23,6 +26,7 @@ pub use verify::{JWKS_REFRESH_INTERVAL, Verifier};
 pub struct Gateway {
     kernel: Kernel,
     settings: Settings,
+    proxy: Option<Arc<Proxy>>,
     /// Token verification (exposed for tests of key refresh).
     pub verifier: Verifier,
 }
@@ -35,7 +39,8 @@ impl Gateway {
             Some(secret) => Verifier::hs256(secret.expose().as_bytes(), &settings.issuer),
             None => Verifier::jwks(&settings.jwks_url, &settings.issuer),
         };
-        Ok(Self { kernel, settings, verifier })
+        let proxy = (!settings.upstreams.is_empty()).then(|| Proxy::new(&settings));
+        Ok(Self { kernel, settings, proxy, verifier })
     }
 
     /// Wraps a router with the edge middleware.
@@ -55,8 +60,16 @@ impl Service for GatewayService {
 
     async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
         let gateway = Arc::new(Gateway::new(ctx.kernel)?);
+        // Proxy mode: every path the kernel does not answer itself goes upstream.
+        let router = match &gateway.proxy {
+            Some(p) => Router::new()
+                .route("/", axum::routing::any(proxy::handle))
+                .route("/{*path}", axum::routing::any(proxy::handle))
+                .with_state(p.clone()),
+            None => Router::new(),
+        };
         Ok(ServiceParts {
-            router: Router::new(),
+            router,
             edge: Some(Box::new(move |router| gateway.wrap(router))),
             consumers: Vec::new(),
             openapi_paths: serde_json::json!({}),

@@ -85,7 +85,38 @@ pub struct Settings {
     pub issuer: String,
     /// Where Ed25519 keys come from.
     pub jwks_url: String,
+    /// Proxy mode: instances per service; empty = in-process mode.
+    pub upstreams: Vec<(String, Vec<String>)>,
+    /// Proxy mode: prefix → service, longest prefix first.
+    pub routes_table: Vec<(String, String)>,
+    /// Proxy mode: connect timeout.
+    pub connect_timeout: Duration,
+    /// Proxy mode: time for one try to get response headers.
+    pub upstream_timeout: Duration,
 }
+
+/// Where each service's paths start (proxy mode); `SIGNPOST_ROUTES` adds to it.
+pub const DEFAULT_ROUTES: &[(&str, &str)] = &[
+    ("/v1/auth", "identity"),
+    ("/v1/users", "identity"),
+    ("/v1/workspaces", "identity"),
+    ("/v1/links", "links"),
+    ("/v1/qr", "links"),
+    ("/v1/domains", "links"),
+    ("/v1/pixels", "links"),
+    ("/v1/analytics", "analytics"),
+    ("/v1/microsites", "microsites"),
+    ("/m/", "microsites"),
+    ("/v1/inventory", "inventory"),
+    ("/v1/orders", "orders"),
+    ("/v1/payments", "payments"),
+    ("/v1/assets", "assets"),
+    ("/v1/webhooks", "integrations"),
+    ("/v1/notifications", "notifications"),
+    ("/v1/audit", "audit"),
+    ("/v1/billing", "billing"),
+    ("/q/", "routing"),
+];
 
 fn limit(key: &str, text: &str) -> Result<Limit, ConfigError> {
     let bad =
@@ -162,6 +193,54 @@ impl Settings {
         if !(jwks_url.starts_with("http://") || jwks_url.starts_with("https://")) {
             return Err(err("SIGNPOST_JWKS_URL", format!("{jwks_url:?} is not an http(s) URL")));
         }
+        let mut upstreams = Vec::new();
+        for entry in e.upstreams.as_deref().unwrap_or("").split(';').map(str::trim).filter(|x| !x.is_empty())
+        {
+            let bad = |m: &str| err("SIGNPOST_UPSTREAMS", format!("{entry:?}: {m}"));
+            let (service, urls) = entry.split_once('=').ok_or_else(|| bad("expected SERVICE=URL|URL"))?;
+            let urls: Vec<String> = urls
+                .split('|')
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty() {
+                return Err(bad("no instance URL"));
+            }
+            for u in &urls {
+                let ok = ["http://", "h2c://"].iter().any(|p| u.starts_with(p))
+                    && u.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                if !ok {
+                    return Err(bad(&format!("{u:?} is not http://HOST:PORT or h2c://HOST:PORT")));
+                }
+            }
+            upstreams.push((service.trim().to_string(), urls));
+        }
+        let mut routes_table: Vec<(String, String)> =
+            DEFAULT_ROUTES.iter().map(|(p, s)| ((*p).to_string(), (*s).to_string())).collect();
+        for pair in e.routes.as_deref().unwrap_or("").split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            let (prefix, service) = pair
+                .split_once('=')
+                .filter(|(p, s)| p.starts_with('/') && !s.is_empty())
+                .ok_or_else(|| err("SIGNPOST_ROUTES", format!("{pair:?} is not PREFIX=SERVICE")))?;
+            routes_table.retain(|(p, _)| p != prefix);
+            routes_table.push((prefix.to_string(), service.to_string()));
+        }
+        routes_table.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let millis = |key: &str, v: Option<&str>, default: u64| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(Duration::from_millis(default)),
+                Some(t) => t
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=600_000).contains(n))
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| err(key, format!("{t:?} is not a number of milliseconds (1..=600000)"))),
+            }
+        };
+        let connect_timeout =
+            millis("SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", e.upstream_connect_timeout.as_deref(), 2_000)?;
+        let upstream_timeout = millis("SIGNPOST_UPSTREAM_TIMEOUT", e.upstream_timeout.as_deref(), 30_000)?;
         Ok(Self {
             cors_origins,
             trusted_proxies,
@@ -172,6 +251,10 @@ impl Settings {
             on_error,
             issuer,
             jwks_url,
+            upstreams,
+            routes_table,
+            connect_timeout,
+            upstream_timeout,
         })
     }
 

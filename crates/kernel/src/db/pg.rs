@@ -96,8 +96,15 @@ impl PgBackend {
                 create role {app} nologin;
             exception when duplicate_object or unique_violation then null;
             end $$;
-            alter role {app} nosuperuser nobypassrls nocreatedb nocreaterole;
-            alter role {owner} nosuperuser nobypassrls;
+            do $$ begin
+                if exists (select 1 from pg_roles where rolname = '{app}'
+                           and (rolsuper or rolbypassrls or rolcreatedb or rolcreaterole)) then
+                    alter role {app} nosuperuser nobypassrls nocreatedb nocreaterole;
+                end if;
+                if exists (select 1 from pg_roles where rolname = '{owner}' and (rolsuper or rolbypassrls)) then
+                    alter role {owner} nosuperuser nobypassrls;
+                end if;
+            end $$;
             do $$ begin
                 execute format('grant create on database %I to {owner}', current_database());
                 if not pg_has_role(current_user, '{owner}', 'member') then
@@ -109,13 +116,25 @@ impl PgBackend {
             end $$;
             "#
         );
-        // Roles are cluster-wide; parallel first starts race on creating them.
-        let mut conn = self.owner.acquire().await?;
-        conn.execute("select pg_advisory_lock(7261531)").await?;
-        let res = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await;
-        conn.execute("select pg_advisory_unlock(7261531)").await?;
-        res.map_err(|e| DbError::Setup(format!("preparing roles {owner} and {app}: {e}")))?;
-        Ok(())
+        // Roles are cluster-wide while advisory locks are per database: starts on
+        // several databases of one cluster can still race on the role catalog, so
+        // the statements change nothing that is already right, and a lost race retries.
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.owner.acquire().await?;
+            conn.execute("select pg_advisory_lock(7261531)").await?;
+            let res = sqlx::raw_sql(AssertSqlSafe(sql.clone())).execute(&mut *conn).await;
+            conn.execute("select pg_advisory_unlock(7261531)").await?;
+            match res {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "role setup raced; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(DbError::Setup(format!("preparing roles {owner} and {app}: {e}"))),
+            }
+        }
     }
 
     /// Applies what is missing of each service's migrations as the owner role and

@@ -35,7 +35,7 @@ impl NatsBus {
                 BusError::Connect(format!("cannot connect to NATS at {}: {e}", redact_url(url.expose())))
             })?;
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(stream::Config {
+        let config = stream::Config {
             name: stream_name.to_string(),
             subjects: vec![format!("{stream_name}.>")],
             storage: stream::StorageType::File,
@@ -43,9 +43,24 @@ impl NatsBus {
             // Consumers keep their place durably; a week covers any outage worth surviving.
             max_age: Duration::from_secs(7 * 24 * 3600),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::Connect(format!("cannot create JetStream stream {stream_name}: {e}")))?;
+        };
+        // The server can refuse a store transiently (seen as error 10049 under churn): retry briefly.
+        let mut attempt = 0u64;
+        loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 4 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "creating the JetStream stream failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(BusError::Connect(format!(
+                        "cannot create JetStream stream {stream_name}: {e}"
+                    )));
+                }
+            }
+        }
         Ok(Self { client, js, stream: stream_name.to_string() })
     }
 
@@ -100,7 +115,8 @@ impl Bus for NatsBus {
                         durable_name: Some(durable.clone()),
                         ack_policy: consumer::AckPolicy::Explicit,
                         filter_subject: self.subject(event_type),
-                        ack_wait: Duration::from_secs(30),
+                        // Redelivery after a crash; the inbox makes a duplicate harmless.
+                        ack_wait: Duration::from_secs(10),
                         ..Default::default()
                     },
                 )
@@ -128,7 +144,9 @@ impl Bus for NatsBus {
 
 async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
-        let messages = match pull.messages().await {
+        // Small pull batches keep few messages in flight: what is in flight at a stop
+        // waits for ack_wait unless it is given back (see the drain below).
+        let messages = match pull.stream().max_messages_per_batch(64).messages().await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(consumer = consumer.name, error = %e, "cannot pull from JetStream; retrying");
@@ -139,7 +157,18 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
         let mut chunks = messages.ready_chunks(256);
         loop {
             let chunk = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Give back what was delivered to us but not handled, so the next
+                    // consumer (a restart, another instance) gets it in a second, not
+                    // after ack_wait. The delay keeps it from coming straight back here.
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+                    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, chunks.next()).await {
+                        for m in chunk.into_iter().flatten() {
+                            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                        }
+                    }
+                    return;
+                }
                 c = chunks.next() => match c { Some(c) => c, None => break },
             };
             let mut batch = Vec::with_capacity(chunk.len());

@@ -15,8 +15,10 @@ use testkit::TestApp;
 use testkit::fixture::Fixture;
 use uuid::Uuid;
 
-const SECRET: &str = "gateway-test-secret-0123456789abcdef";
-const ISSUER: &str = "https://signpost.test";
+mod proxy;
+
+pub(crate) const SECRET: &str = "gateway-test-secret-0123456789abcdef";
+pub(crate) const ISSUER: &str = "https://signpost.test";
 
 async fn spawn(extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![("JWT_SECRET_KEY", SECRET), ("SIGNPOST_JWT_ISSUER", ISSUER)];
@@ -24,7 +26,7 @@ async fn spawn(extra: &[(&str, &str)]) -> TestApp {
     TestApp::spawn_with(vec![Arc::new(GatewayService), Arc::new(Fixture)], &env).await
 }
 
-fn claims(_app: &TestApp, tenant: TenantId) -> Claims {
+pub(crate) fn claims(_app: &TestApp, tenant: TenantId) -> Claims {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     Claims {
         iss: ISSUER.into(),
@@ -41,11 +43,16 @@ fn claims(_app: &TestApp, tenant: TenantId) -> Claims {
     }
 }
 
-fn token(c: &Claims) -> String {
+pub(crate) fn token(c: &Claims) -> String {
     SigningKey::Hs256(Secret::new(SECRET.as_bytes().to_vec())).sign(c)
 }
 
-async fn get(app: &TestApp, path: &str, bearer: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn get(
+    app: &TestApp,
+    path: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
     let mut req = app.client.get(app.url(path));
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
@@ -56,7 +63,7 @@ async fn get(app: &TestApp, path: &str, bearer: Option<&str>, headers: &[(&str, 
     req.send().await.unwrap()
 }
 
-async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
+pub(crate) async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
     assert_eq!(res.status().as_u16(), status);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     res.json().await.unwrap()

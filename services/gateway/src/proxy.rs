@@ -1,0 +1,376 @@
+//! Proxy mode (`signpost serve gateway` with `SIGNPOST_UPSTREAMS`): the same
+//! edge middleware in front of services in other processes. A pooled hyper
+//! client (HTTP/1.1, or HTTP/2 prior knowledge for `h2c://` instances) streams
+//! bodies both ways; hop-by-hop headers are removed in both directions;
+//! `X-Forwarded-*` are set; upgrades (WebSocket) pass through. Instances are
+//! picked by power-of-two-choices on in-flight requests among the healthy
+//! ones; active checks probe `/healthz`, passive ejection follows consecutive
+//! failures with half-open recovery; only idempotent requests without a body
+//! are retried, and only when the failed try never reached an instance.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kernel::Problem;
+use kernel::http::AccessLogFields;
+
+use crate::settings::{Net, Settings};
+
+/// Consecutive failures that eject an instance.
+pub const EJECT_AFTER: u32 = 3;
+/// How long an ejected instance rests before one trial request (half-open).
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+/// Active health-check period.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// One instance of a service.
+pub struct Instance {
+    /// `http://host:port` (h2c instances are stored with `http://`).
+    pub base: String,
+    h2: bool,
+    service: String,
+    healthy: AtomicBool,
+    in_flight: AtomicU64,
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Instance {
+    fn available(&self) -> bool {
+        let ejected = self.ejected_until.lock().ok().and_then(|g| *g).is_some_and(|t| Instant::now() < t);
+        !ejected
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= EJECT_AFTER {
+            if let Ok(mut until) = self.ejected_until.lock() {
+                *until = Some(Instant::now() + EJECT_FOR);
+            }
+            tracing::warn!(instance = %self.base, failures = n, "upstream instance ejected");
+            self.gauge();
+        }
+    }
+
+    fn set_healthy(&self, ok: bool) {
+        if self.healthy.swap(ok, Ordering::Relaxed) != ok {
+            tracing::info!(instance = %self.base, healthy = ok, "upstream health changed");
+        }
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        let up = self.healthy.load(Ordering::Relaxed) && self.available();
+        metrics::gauge!("gateway_upstream_healthy", "service" => self.service.clone(), "instance" => self.base.clone())
+            .set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// The upstream side of the gateway.
+pub struct Proxy {
+    routes: Vec<(String, String)>,
+    services: Vec<(String, Vec<Arc<Instance>>)>,
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+    timeout: Duration,
+    trusted: Vec<Net>,
+}
+
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+impl Proxy {
+    /// Builds the proxy from the settings and starts the health checks.
+    pub fn new(settings: &Settings) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        let services = settings
+            .upstreams
+            .iter()
+            .map(|(service, urls)| {
+                let instances = urls
+                    .iter()
+                    .map(|u| {
+                        let h2 = u.starts_with("h2c://");
+                        Arc::new(Instance {
+                            base: u.replacen("h2c://", "http://", 1),
+                            h2,
+                            service: service.clone(),
+                            healthy: AtomicBool::new(true),
+                            in_flight: AtomicU64::new(0),
+                            failures: AtomicU32::new(0),
+                            ejected_until: Mutex::new(None),
+                        })
+                    })
+                    .collect();
+                (service.clone(), instances)
+            })
+            .collect();
+        let proxy = Arc::new(Self {
+            routes: settings.routes_table.clone(),
+            services,
+            h1,
+            h2,
+            timeout: settings.upstream_timeout,
+            trusted: settings.trusted_proxies.clone(),
+        });
+        tokio::spawn(health_checks(Arc::downgrade(&proxy)));
+        proxy
+    }
+
+    /// The service that owns a path, if any service configured in this gateway does.
+    pub fn service_for(&self, path: &str) -> Option<&str> {
+        let (_, service) = self.routes.iter().find(|(prefix, _)| {
+            path.starts_with(prefix.as_str())
+                && (prefix.ends_with('/')
+                    || path.len() == prefix.len()
+                    || path.as_bytes()[prefix.len()] == b'/')
+        })?;
+        self.services.iter().any(|(s, _)| s == service).then_some(service.as_str())
+    }
+
+    fn instances(&self, service: &str) -> &[Arc<Instance>] {
+        self.services.iter().find(|(s, _)| s == service).map_or(&[], |(_, i)| i.as_slice())
+    }
+
+    /// Power of two choices among available instances, preferring healthy ones.
+    fn pick(&self, service: &str, exclude: &[String]) -> Option<Arc<Instance>> {
+        let all = self.instances(service);
+        let usable = |healthy_only: bool| -> Vec<&Arc<Instance>> {
+            all.iter()
+                .filter(|i| i.available() && !exclude.contains(&i.base))
+                .filter(|i| !healthy_only || i.healthy.load(Ordering::Relaxed))
+                .collect()
+        };
+        let mut candidates = usable(true);
+        if candidates.is_empty() {
+            candidates = usable(false);
+        }
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let a = rand_index(n);
+                let b = (a + 1 + rand_index(n - 1)) % n;
+                let (x, y) = (candidates[a], candidates[b]);
+                Some(
+                    if x.in_flight.load(Ordering::Relaxed) <= y.in_flight.load(Ordering::Relaxed) {
+                        x
+                    } else {
+                        y
+                    }
+                    .clone(),
+                )
+            }
+        }
+    }
+}
+
+fn rand_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+async fn health_checks(proxy: std::sync::Weak<Proxy>) {
+    loop {
+        let Some(p) = proxy.upgrade() else { return };
+        let all: Vec<Arc<Instance>> = p.services.iter().flat_map(|(_, i)| i.iter().cloned()).collect();
+        for inst in all {
+            let client = if inst.h2 { p.h2.clone() } else { p.h1.clone() };
+            let uri: Option<Uri> = format!("{}/healthz", inst.base).parse().ok();
+            let ok = match uri.map(|u| Request::get(u).body(Body::empty())) {
+                Some(Ok(req)) => tokio::time::timeout(Duration::from_secs(1), client.request(req))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_some_and(|r| r.status().is_success()),
+                _ => false,
+            };
+            inst.set_healthy(ok);
+        }
+        drop(p);
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        h.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove(*name);
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
+    let trusted = peer.is_some_and(|p| proxy.trusted.iter().any(|n| n.contains(p)));
+    let h = req.headers_mut();
+    let host = h.get(header::HOST).cloned();
+    if !trusted {
+        h.remove("x-forwarded-for");
+        h.remove("x-forwarded-proto");
+        h.remove("x-forwarded-host");
+    }
+    if let Some(peer) = peer {
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if trusted => format!("{prev}, {peer}"),
+            _ => peer.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let (Some(host), false) = (host, h.contains_key("x-forwarded-host")) {
+        h.insert("x-forwarded-host", host);
+    }
+}
+
+/// The handler behind every proxied path.
+pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let Some(service) = proxy.service_for(&path).map(str::to_string) else {
+        return Problem::not_found().with_detail("no route matches this path").into_response();
+    };
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    forwarded(&proxy, &mut req, peer);
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let upgrade_headers = upgrade.then(|| {
+        (parts.headers.get(header::UPGRADE).cloned(), parts.headers.get(header::CONNECTION).cloned())
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some((Some(up), conn)) = upgrade_headers {
+        parts.headers.insert(header::UPGRADE, up);
+        parts.headers.insert(header::CONNECTION, conn.unwrap_or(HeaderValue::from_static("upgrade")));
+    }
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let no_body = parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let idempotent =
+        matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+    let retryable = idempotent && no_body && !upgrade;
+    let max_tries = if retryable { proxy.instances(&service).len().clamp(1, 3) } else { 1 };
+    let mut body = Some(body);
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_error = String::from("no instance available");
+    for _ in 0..max_tries {
+        let Some(inst) = proxy.pick(&service, &tried) else { break };
+        tried.push(inst.base.clone());
+        let uri: Uri = match format!("{}{path_and_query}", inst.base).parse() {
+            Ok(u) => u,
+            Err(_) => return Problem::bad_request("unusable request target").into_response(),
+        };
+        let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            *h = parts.headers.clone();
+            if inst.h2 {
+                h.remove(header::HOST);
+            }
+        }
+        let out = match builder.body(body.take().unwrap_or_else(Body::empty)) {
+            Ok(r) => r,
+            Err(_) => return Problem::bad_request("unusable request").into_response(),
+        };
+        let client = if inst.h2 { &proxy.h2 } else { &proxy.h1 };
+        inst.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(proxy.timeout, client.request(out)).await;
+        inst.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(Ok(mut res)) => {
+                if res.status().is_server_error()
+                    && res.status() != axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                {
+                    inst.failed();
+                } else {
+                    inst.succeeded();
+                }
+                let upstream_upgrade = (res.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| hyper::upgrade::on(&mut res));
+                let (mut rparts, rbody) = res.into_parts();
+                if upstream_upgrade.is_none() {
+                    strip_hop_by_hop(&mut rparts.headers);
+                }
+                if let (Some(client_side), Some(upstream_side)) = (client_upgrade, upstream_upgrade) {
+                    tokio::spawn(async move {
+                        if let (Ok(c), Ok(u)) = (client_side.await, upstream_side.await) {
+                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        }
+                    });
+                }
+                let mut response = Response::from_parts(rparts, Body::new(rbody));
+                response
+                    .extensions_mut()
+                    .insert(AccessLogFields { tenant_id: None, upstream: Some(inst.base.clone()) });
+                return response;
+            }
+            Ok(Err(e)) => {
+                inst.failed();
+                last_error = e.to_string();
+                // A connect error never reached the instance: another may take it.
+                if !e.is_connect() {
+                    return Problem::new(axum::http::StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
+                        .with_detail(format!("{service} failed to answer"))
+                        .into_response();
+                }
+            }
+            Err(_) => {
+                inst.failed();
+                return Problem::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    "gateway-timeout",
+                    "Gateway timeout",
+                )
+                .with_detail(format!("{service} did not answer in time"))
+                .into_response();
+            }
+        }
+        if body.is_none() && !retryable {
+            break;
+        }
+        body = Some(Body::empty());
+    }
+    tracing::warn!(service = %service, error = %last_error, "no upstream instance answered");
+    Problem::unavailable(format!("{service} is unavailable")).into_response()
+}

@@ -1,0 +1,178 @@
+//! Proxy mode: the gateway in front of service instances reached over HTTP.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::GatewayService;
+use kernel::TenantId;
+use serde_json::{Value, json};
+use testkit::TestApp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ISSUER, SECRET, assert_problem, claims, get, token};
+
+/// A gateway in proxy mode in front of `instances` of the fixture service.
+async fn gateway_for(instances: &[&TestApp], extra: &[(&str, &str)]) -> TestApp {
+    let urls: Vec<String> = instances.iter().map(|i| i.address.clone()).collect();
+    upstream_gateway(&format!("fixture={}", urls.join("|")), extra).await
+}
+
+async fn upstream_gateway(upstreams: &str, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![
+        ("JWT_SECRET_KEY", SECRET),
+        ("SIGNPOST_JWT_ISSUER", ISSUER),
+        ("SIGNPOST_UPSTREAMS", upstreams),
+        ("SIGNPOST_ROUTES", "/v1/fixture=fixture"),
+    ];
+    env.extend_from_slice(extra);
+    TestApp::spawn_with(vec![Arc::new(GatewayService)], &env).await
+}
+
+#[tokio::test]
+async fn proxied_requests_carry_verified_identity_and_forwarding_headers_only() {
+    let upstream = TestApp::spawn().await;
+    let gw = gateway_for(&[&upstream], &[]).await;
+    let tenant = TenantId::new();
+    let c = claims(&gw, tenant);
+    let res = gw
+        .client
+        .get(gw.url("/v1/fixture/whoami?x=1"))
+        .bearer_auth(token(&c))
+        .header("x-user-role", "owner")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("connection", "x-hop-secret")
+        .header("x-hop-secret", "must not pass")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("x-content-type-options").is_some(), "edge headers on proxied responses");
+    let who: Value = res.json().await.unwrap();
+    assert_eq!(who["x_tenant_id"], tenant.to_string());
+    assert_eq!(who["x_user_role"], "admin");
+    let h = &who["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "a client's X-Forwarded-For is overwritten: {h}");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h["x-forwarded-host"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")));
+    assert!(h.get("x-hop-secret").is_none(), "headers named in Connection are hop-by-hop: {h}");
+    assert!(h.get("authorization").is_some(), "services can verify the token again");
+    // Writes go through too.
+    let res = gw
+        .client
+        .post(gw.url("/v1/fixture/notes"))
+        .bearer_auth(token(&c))
+        .json(&json!({"body": "via proxy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // Unknown prefixes are 404 at the gateway; unauthenticated ones are refused before any hop.
+    assert_problem(get(&gw, "/v1/nothing", Some(&token(&c)), &[]).await, 404).await;
+    assert_problem(get(&gw, "/v1/fixture/whoami", None, &[]).await, 401).await;
+    gw.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn load_is_spread_and_a_dead_instance_is_routed_around() {
+    let (a, b) = (TestApp::spawn().await, TestApp::spawn().await);
+    let gw = gateway_for(&[&a, &b], &[]).await;
+    let t = token(&claims(&gw, TenantId::new()));
+    let mut seen = HashSet::new();
+    for _ in 0..40 {
+        let who: Value = get(&gw, "/v1/fixture/whoami", Some(&t), &[]).await.json().await.unwrap();
+        seen.insert(who["instance"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both instances served: {seen:?}");
+    let dead = b.address.clone();
+    b.stop().await;
+    // GETs that hit the dead instance are retried on the live one: no client sees the failure.
+    for _ in 0..30 {
+        let res = get(&gw, "/v1/fixture/whoami", Some(&t), &[]).await;
+        assert_eq!(res.status(), 200);
+        let who: Value = res.json().await.unwrap();
+        assert_ne!(who["instance"], dead.as_str());
+    }
+    // A POST is never retried; once the instance is ejected it is not tried at all.
+    let mut failed = 0;
+    for _ in 0..20 {
+        let res = gw
+            .client
+            .post(gw.url("/v1/fixture/notes"))
+            .bearer_auth(&t)
+            .json(&json!({"body": "x"}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() != 201 {
+            assert_eq!(res.status(), 503);
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "the dead instance was already ejected by the failed GET tries");
+    let metrics = get(&gw, "/metrics", None, &[]).await.text().await.unwrap();
+    assert!(metrics.contains("gateway_upstream_healthy{"), "instance health is a gauge");
+    gw.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_instance_is_a_504_problem() {
+    let upstream = TestApp::spawn().await;
+    let gw = gateway_for(&[&upstream], &[("SIGNPOST_UPSTREAM_TIMEOUT", "300")]).await;
+    let t = token(&claims(&gw, TenantId::new()));
+    let res = get(&gw, "/v1/fixture/slow?ms=2000", Some(&t), &[]).await;
+    assert_problem(res, 504).await;
+    assert_eq!(get(&gw, "/v1/fixture/slow?ms=10", Some(&t), &[]).await.status(), 204);
+    gw.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn no_instance_at_all_is_a_503_problem() {
+    let gw =
+        upstream_gateway("fixture=http://127.0.0.1:9", &[("SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", "200")]).await;
+    let t = token(&claims(&gw, TenantId::new()));
+    assert_problem(get(&gw, "/v1/fixture/whoami", Some(&t), &[]).await, 503).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http2_upstreams_work_over_h2c() {
+    let upstream = TestApp::spawn().await;
+    let h2c = upstream.address.replace("http://", "h2c://");
+    let gw = upstream_gateway(&format!("fixture={h2c}"), &[]).await;
+    let tenant = TenantId::new();
+    let who: Value =
+        get(&gw, "/v1/fixture/whoami", Some(&token(&claims(&gw, tenant))), &[]).await.json().await.unwrap();
+    assert_eq!(who["x_tenant_id"], tenant.to_string());
+    gw.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn upgrades_pass_through_both_ways() {
+    let upstream = TestApp::spawn().await;
+    let gw = gateway_for(&[&upstream], &[]).await;
+    let t = token(&claims(&gw, TenantId::new()));
+    let mut s = tokio::net::TcpStream::connect(gw.address.trim_start_matches("http://")).await.unwrap();
+    let req = format!(
+        "GET /v1/fixture/echo HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut head = String::new();
+    while !head.contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed: {head}");
+        head.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping through the gateway").await.unwrap();
+    let mut echoed = vec![0u8; 24];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(&echoed, b"ping through the gateway");
+    gw.stop().await;
+    upstream.stop().await;
+}
