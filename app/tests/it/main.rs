@@ -104,8 +104,12 @@ struct Running {
 }
 
 fn start(env: &BTreeMap<String, String>) -> Running {
+    start_with(&["up", "--listen", "127.0.0.1:0"], env)
+}
+
+fn start_with(args: &[&str], env: &BTreeMap<String, String>) -> Running {
     let mut child = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(args)
         .envs(env)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -207,4 +211,92 @@ async fn migrate_reports_and_is_idempotent() {
     }
     let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
     cleanup(&engines, &config, &isolation).await;
+}
+
+#[tokio::test]
+async fn two_gateway_processes_front_a_service_and_share_one_limit() {
+    use kernel::auth::{AUDIENCE, Claims, SigningKey};
+    let upstream = testkit::TestApp::spawn().await;
+    let secret = "cli-gateway-secret-0123456789abcdef";
+    let issuer = "https://signpost.test";
+    let engines = Engines::from_env();
+    let redis_prefix = format!("test:{}:", uuid::Uuid::now_v7().simple());
+    let mut gateways = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = std::env::temp_dir().join(format!("signpost-gw-{}", uuid::Uuid::now_v7().simple()));
+        let mut env: BTreeMap<String, String> = [
+            ("SIGNPOST_DATA_DIR", dir.display().to_string()),
+            ("SIGNPOST_LOG_FORMAT", "json".into()),
+            ("JWT_SECRET_KEY", secret.into()),
+            ("SIGNPOST_JWT_ISSUER", issuer.into()),
+            ("SIGNPOST_UPSTREAMS", format!("fixture={}", upstream.address)),
+            ("SIGNPOST_ROUTES", "/v1/fixture=fixture".into()),
+            ("SIGNPOST_RATE_LIMIT_TENANT", "20/60s".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(r) = &engines.redis_url {
+            env.insert("REDIS_URL".into(), r.clone());
+            env.insert("SIGNPOST_REDIS_PREFIX".into(), redis_prefix.clone());
+        }
+        gateways.push(start_with(&["serve", "gateway", "--listen", "127.0.0.1:0"], &env));
+        dirs.push(dir);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = Claims {
+        iss: issuer.into(),
+        aud: AUDIENCE.into(),
+        sub: uuid::Uuid::now_v7(),
+        tid: TenantId::new(),
+        role: "member".into(),
+        sid: uuid::Uuid::now_v7(),
+        scope: String::new(),
+        exp: now + 600,
+        iat: now,
+        nbf: None,
+        jti: uuid::Uuid::now_v7(),
+    };
+    let token = SigningKey::Hs256(kernel::Secret::new(secret.as_bytes().to_vec())).sign(&claims);
+    let client = testkit::client();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let req = client.get(format!("{}/v1/fixture/whoami", gateways[i % 2].address)).bearer_auth(&token);
+        tasks.push(tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    if engines.redis_url.is_some() {
+        assert_eq!(ok, 20, "two processes sharing Redis enforce one limit");
+    } else {
+        assert_eq!(ok, 40, "without Redis each process limits on its own");
+    }
+    let other = TenantId::new();
+    let fresh = SigningKey::Hs256(kernel::Secret::new(secret.as_bytes().to_vec())).sign(&Claims {
+        tid: other,
+        jti: uuid::Uuid::now_v7(),
+        ..claims
+    });
+    let url = format!("{}/v1/fixture/whoami", gateways[1].address);
+    let who: serde_json::Value =
+        client.get(url).bearer_auth(&fresh).send().await.unwrap().json().await.unwrap_or_default();
+    assert_eq!(
+        who["x_tenant_id"],
+        other.to_string(),
+        "the service in another process got the verified tenant"
+    );
+    for g in gateways {
+        sigterm_and_wait(g);
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    upstream.stop().await;
 }
