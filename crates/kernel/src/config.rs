@@ -91,6 +91,17 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("SIGNPOST_BODY_LIMIT", "body_limit", "largest request body in bytes [default: 1048576]"),
     (
+        "SIGNPOST_TLS_CERT",
+        "tls_cert",
+        "PEM certificate chain: serve HTTPS (TLS 1.2+) with SIGNPOST_TLS_KEY [default: plain HTTP]",
+    ),
+    ("SIGNPOST_TLS_KEY", "tls_key", "PEM private key of SIGNPOST_TLS_CERT"),
+    (
+        "SIGNPOST_HTTP_REDIRECT_LISTEN",
+        "http_redirect_listen",
+        "with TLS: a plain-HTTP address that redirects to HTTPS, e.g. 0.0.0.0:80 [default: none]",
+    ),
+    (
         "SIGNPOST_CORS_ORIGINS",
         "cors_origins",
         "gateway: comma-separated origins allowed by CORS, e.g. https://app.example.com [default: none]",
@@ -237,6 +248,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
+    /// Certificate and key files when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plain-HTTP listener that redirects to HTTPS.
+    pub http_redirect_listen: Option<SocketAddr>,
     /// The gateway's settings, validated by the gateway when it starts.
     pub edge: EdgeSettings,
 }
@@ -298,6 +313,9 @@ struct Raw {
     log_format: Option<String>,
     shutdown_timeout: Option<TomlScalar>,
     body_limit: Option<TomlScalar>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    http_redirect_listen: Option<String>,
     cors_origins: Option<String>,
     trusted_proxies: Option<String>,
     rate_limit_tenant: Option<String>,
@@ -425,6 +443,9 @@ impl Raw {
         take!(log_format, "SIGNPOST_LOG_FORMAT");
         take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
         take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
+        take!(tls_cert, "SIGNPOST_TLS_CERT");
+        take!(tls_key, "SIGNPOST_TLS_KEY");
+        take!(http_redirect_listen, "SIGNPOST_HTTP_REDIRECT_LISTEN");
         take!(cors_origins, "SIGNPOST_CORS_ORIGINS");
         take!(trusted_proxies, "SIGNPOST_TRUSTED_PROXIES");
         take!(rate_limit_tenant, "SIGNPOST_RATE_LIMIT_TENANT");
@@ -591,7 +612,41 @@ impl Raw {
             1024 * 1024usize,
             1..=1024 * 1024 * 1024,
         )?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                for (key, path) in [("SIGNPOST_TLS_CERT", &c), ("SIGNPOST_TLS_KEY", &k)] {
+                    if std::fs::metadata(path).map(|m| !m.is_file()).unwrap_or(true) {
+                        return Err(ConfigError::new(key, format!("{path:?} is not a readable file")));
+                    }
+                }
+                Some((PathBuf::from(c), PathBuf::from(k)))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new("SIGNPOST_TLS_KEY", "is required with SIGNPOST_TLS_CERT"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("SIGNPOST_TLS_CERT", "is required with SIGNPOST_TLS_KEY"));
+            }
+        };
+        let http_redirect_listen = match self.http_redirect_listen {
+            None => None,
+            Some(_) if tls.is_none() => {
+                return Err(ConfigError::new(
+                    "SIGNPOST_HTTP_REDIRECT_LISTEN",
+                    "needs SIGNPOST_TLS_CERT and SIGNPOST_TLS_KEY",
+                ));
+            }
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "SIGNPOST_HTTP_REDIRECT_LISTEN",
+                    format!("{a:?} is not an address like 0.0.0.0:80"),
+                )
+            })?),
+        };
         Ok(Config {
+            tls,
+            http_redirect_listen,
             listen,
             data_dir,
             public_url,

@@ -14,6 +14,7 @@ pub mod platform;
 pub mod problem;
 pub mod ratelimit;
 pub mod secret;
+pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod tenant;

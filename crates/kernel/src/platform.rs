@@ -2,7 +2,6 @@
 //! migrations, starts consumers, relays and appenders, mounts the routes and
 //! shuts everything down in order.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -320,17 +319,21 @@ impl Platform {
     /// requests the configured deadline, and shuts the workers down in order.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) -> Result<(), StartError> {
         metrics::gauge!("signpost_up").set(1.0);
-        let deadline = self.kernel.config.shutdown_timeout;
-        let app = self.router.clone().into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let expired = async {
-            stop.cancelled().await;
-            tokio::time::sleep(deadline).await;
+        let config = &self.kernel.config;
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(
+                crate::server::tls_config(cert, key).map_err(|e| StartError::Io(std::io::Error::other(e)))?,
+            ),
+            None => None,
         };
-        tokio::select! {
-            r = server => r?,
-            () = expired => tracing::warn!(?deadline, "in-flight requests outlived the shutdown deadline"),
+        if let (Some(addr), Ok(local)) = (config.http_redirect_listen, listener.local_addr()) {
+            let redirect = TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let router = crate::server::https_redirect(local.port());
+            tokio::spawn(crate::server::serve(redirect, router, None, stop.clone(), config.shutdown_timeout));
         }
+        crate::server::serve(listener, self.router.clone(), tls, stop, config.shutdown_timeout).await?;
         metrics::gauge!("signpost_up").set(0.0);
         self.shutdown().await;
         Ok(())

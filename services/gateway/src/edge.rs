@@ -158,6 +158,12 @@ pub async fn edge(State(g): State<Arc<Gateway>>, mut req: Request, next: Next) -
     }
     h.append(header::VARY, HeaderValue::from_static("origin"));
     security_headers(h);
+    if g.kernel.config.tls.is_some() {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
     res
 }
 

@@ -352,3 +352,90 @@ async fn json_routes_refuse_other_content_types() {
     assert_eq!(res.status(), 201);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn tls_serves_https_with_hsts_and_the_plain_listener_redirects() {
+    let dir = std::env::temp_dir().join(format!("signpost-tls-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map(|o| o.status.success());
+    assert_eq!(ok.ok(), Some(true), "openssl makes a test certificate");
+    let redirect = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (c, k, r) = (cert.display().to_string(), key.display().to_string(), redirect.to_string());
+    let app =
+        spawn(&[("SIGNPOST_TLS_CERT", &c), ("SIGNPOST_TLS_KEY", &k), ("SIGNPOST_HTTP_REDIRECT_LISTEN", &r)])
+            .await;
+    let port = app.address.rsplit(':').next().unwrap().to_string();
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let res = client.get(format!("https://localhost:{port}/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
+    // Plain HTTP on the TLS port is not served.
+    let plain = app.client.get(app.url("/healthz")).send().await;
+    assert!(!plain.map(|r| r.status().is_success()).unwrap_or(false));
+    let res =
+        app.client.get(format!("http://{r}/v1/x?y=1")).header("host", "localhost:80").send().await.unwrap();
+    assert_eq!(res.status(), 308);
+    assert_eq!(res.headers()["location"], format!("https://localhost:{port}/v1/x?y=1").as_str());
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431_and_a_slow_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn(&[]).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let read_head = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let big = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000));
+    let _ = s.write_all(big.as_bytes()).await;
+    let head = read_head(s).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "a 100 kB header: {head:?}");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let _ = s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
+    let head = read_head(s).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "150 headers: {head:?}");
+    // A client that never finishes its headers is disconnected after the header timeout.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let head = read_head(s).await;
+    assert!(!head.starts_with("HTTP/1.1 200"), "{head:?}");
+    let waited = started.elapsed();
+    assert!(waited <= std::time::Duration::from_secs(13), "cut off after the header timeout: {waited:?}");
+    app.stop().await;
+}

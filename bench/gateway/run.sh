@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Gateway benchmark: authenticated GETs (a) through `signpost serve gateway`
+# and (b) through nginx proxy_pass with keep-alive, to the same trivial
+# upstream (nginx `return 200`), on this machine, in one run.
+#
+# Needs: nginx (Debian nginx-light), wrk, oha (cargo install oha), python3.
+# Usage: bench/gateway/run.sh [DURATION_SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-15}"
+TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/signpost-target}"
+export CARGO_TARGET_DIR="$TARGET"
+cargo build --release --quiet
+BIN="$TARGET/release/signpost"
+WORK=$(mktemp -d)
+UP=18080 NGX=18081 GW=18082
+SECRET=bench-secret-0123456789abcdef0123456789
+ISSUER=https://bench.signpost.local
+
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+    server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+    server {
+        listen 127.0.0.1:$NGX;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+        }
+    }
+}
+NGINX
+nginx -c "$WORK/nginx.conf"
+
+SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
+JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
+SIGNPOST_UPSTREAMS="bench=http://127.0.0.1:$UP" SIGNPOST_ROUTES="/v1/bench=bench" \
+SIGNPOST_RATE_LIMIT_TENANT="1000000000/60s" \
+    "$BIN" serve gateway --listen "127.0.0.1:$GW" > "$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+cleanup() { kill "$GW_PID" 2>/dev/null || true; nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$GW/healthz" >/dev/null && break; sleep 0.1; done
+
+TOKEN=$(python3 - "$SECRET" "$ISSUER" <<'PY'
+import base64, hashlib, hmac, json, sys, time, uuid
+secret, issuer = sys.argv[1].encode(), sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+now = int(time.time())
+header = {"alg": "HS256", "typ": "at+jwt"}
+claims = {"iss": issuer, "aud": "signpost", "sub": str(uuid.uuid4()), "tid": str(uuid.uuid4()),
+          "role": "member", "sid": str(uuid.uuid4()), "scope": "", "exp": now + 900, "iat": now, "jti": str(uuid.uuid4())}
+signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+sig = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
+print(signing + "." + b64(sig))
+PY
+)
+AUTH="Authorization: Bearer $TOKEN"
+curl -sf -H "$AUTH" "http://127.0.0.1:$GW/v1/bench/x" >/dev/null || { echo "gateway does not proxy"; cat "$WORK/gateway.log"; exit 1; }
+
+echo "== maximum throughput (wrk -t1 -c64 -d${DURATION}s)"
+declare -A RPS
+for name in direct nginx gateway; do
+    case $name in direct) port=$UP;; nginx) port=$NGX;; gateway) port=$GW;; esac
+    out=$(wrk -t1 -c64 -d"${DURATION}s" --latency -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    RPS[$name]=$rps
+    echo "$name: $rps req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} END {print "p50 " p50 ", p99 " p99}')"
+done
+python3 -c "print('gateway / nginx throughput ratio: %.2f' % (${RPS[gateway]} / ${RPS[nginx]}))"
+
+RATE=$(python3 -c "print(int(${RPS[gateway]} / 2))")
+echo "== latency at half the gateway's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
+for name in direct nginx gateway; do
+    case $name in direct) port=$UP;; nginx) port=$NGX;; gateway) port=$GW;; esac
+    oha --no-tui -j -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x" > "$WORK/$name.json"
+    python3 - "$name" "$WORK/$name.json" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+d = json.load(open(path))
+p = d["latencyPercentiles"]
+ok = d["statusCodeDistribution"]
+print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {ok}")
+PY
+done
+python3 - "$WORK" <<'PY'
+import json, sys
+w = sys.argv[1]
+p99 = {n: json.load(open(f"{w}/{n}.json"))["latencyPercentiles"]["p99"] * 1000 for n in ("direct", "nginx", "gateway")}
+print(f"added p99 over direct: gateway {p99['gateway'] - p99['direct']:.3f} ms, nginx {p99['nginx'] - p99['direct']:.3f} ms")
+PY
+echo "gateway RSS after the run: $(ps -o rss= -p "$GW_PID") KiB"
