@@ -24,6 +24,8 @@ error_log $WORK/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # Both proxies keep upstream connections open; let them stay open.
+    keepalive_requests 1000000;
     upstream backend { server 127.0.0.1:$UP; keepalive 256; }
     server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
     server {
@@ -80,7 +82,7 @@ RATE=$(python3 -c "print(int(${RPS[gateway]} / 2))")
 echo "== latency at half the gateway's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
 for name in direct nginx gateway; do
     case $name in direct) port=$UP;; nginx) port=$NGX;; gateway) port=$GW;; esac
-    oha --no-tui -j -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x" > "$WORK/$name.json"
+    oha --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x" > "$WORK/$name.json"
     python3 - "$name" "$WORK/$name.json" <<'PY'
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
