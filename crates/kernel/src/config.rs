@@ -278,6 +278,8 @@ pub struct EdgeSettings {
     pub jwt_issuer: Option<String>,
     /// `SIGNPOST_JWKS_URL`.
     pub jwks_url: Option<String>,
+    /// `SIGNPOST_BODY_LIMIT_ROUTES`.
+    pub body_limit_routes: Option<String>,
     /// `SIGNPOST_UPSTREAMS`.
     pub upstreams: Option<String>,
     /// `SIGNPOST_ROUTES`.
@@ -325,6 +327,7 @@ struct Raw {
     rate_limit_on_error: Option<String>,
     jwt_issuer: Option<String>,
     jwks_url: Option<String>,
+    body_limit_routes: Option<String>,
     upstreams: Option<String>,
     routes: Option<String>,
     upstream_connect_timeout: Option<TomlScalar>,
@@ -455,6 +458,7 @@ impl Raw {
         take!(rate_limit_on_error, "SIGNPOST_RATE_LIMIT_ON_ERROR");
         take!(jwt_issuer, "SIGNPOST_JWT_ISSUER");
         take!(jwks_url, "SIGNPOST_JWKS_URL");
+        take!(body_limit_routes, "SIGNPOST_BODY_LIMIT_ROUTES");
         take!(upstreams, "SIGNPOST_UPSTREAMS");
         take!(routes, "SIGNPOST_ROUTES");
         take!(upstream_connect_timeout, "SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", scalar);
@@ -670,6 +674,7 @@ impl Raw {
                 rate_limit_on_error: self.rate_limit_on_error,
                 jwt_issuer: self.jwt_issuer,
                 jwks_url: self.jwks_url,
+                body_limit_routes: self.body_limit_routes,
                 upstreams: self.upstreams,
                 routes: self.routes,
                 upstream_connect_timeout: self.upstream_connect_timeout.map(|s| s.text()),

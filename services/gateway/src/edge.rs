@@ -274,6 +274,21 @@ async fn admit(
         log.tenant_id = Some(c.tenant.to_string());
         req.extensions_mut().insert(c.clone());
     }
+    if let Some(limit) = g.settings.body_limit(&path) {
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(
+                Problem::payload_too_large(usize::try_from(limit).unwrap_or(usize::MAX)).into_response()
+            );
+        }
+        if declared.is_none() && req.headers().contains_key(header::TRANSFER_ENCODING) {
+            // A chunked body is capped while it is read.
+            let limited = std::mem::take(req.body_mut());
+            let capped = http_body_util::Limited::new(limited, usize::try_from(limit).unwrap_or(usize::MAX));
+            *req.body_mut() = axum::body::Body::new(capped);
+        }
+    }
     if json_body_required(req) && !is_json(req.headers()) {
         return Err(
             Problem::unsupported_media_type("expected Content-Type: application/json").into_response()

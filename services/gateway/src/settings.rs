@@ -85,6 +85,8 @@ pub struct Settings {
     pub issuer: String,
     /// Where Ed25519 keys come from.
     pub jwks_url: String,
+    /// Body limits per path prefix (tighter than the global one), longest first.
+    pub body_limits: Vec<(String, u64)>,
     /// Proxy mode: instances per service; empty = in-process mode.
     pub upstreams: Vec<(String, Vec<String>)>,
     /// Proxy mode: prefix → service, longest prefix first.
@@ -193,6 +195,20 @@ impl Settings {
         if !(jwks_url.starts_with("http://") || jwks_url.starts_with("https://")) {
             return Err(err("SIGNPOST_JWKS_URL", format!("{jwks_url:?} is not an http(s) URL")));
         }
+        let mut body_limits = Vec::new();
+        let spec = e.body_limit_routes.as_deref().unwrap_or("/v1/auth=65536");
+        for pair in spec.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            let parsed = pair
+                .split_once('=')
+                .filter(|(p, _)| p.starts_with('/'))
+                .and_then(|(p, n)| Some((p.to_string(), n.trim().parse::<u64>().ok().filter(|n| *n > 0)?)));
+            body_limits.push(
+                parsed.ok_or_else(|| {
+                    err("SIGNPOST_BODY_LIMIT_ROUTES", format!("{pair:?} is not PREFIX=BYTES"))
+                })?,
+            );
+        }
+        body_limits.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         let mut upstreams = Vec::new();
         for entry in e.upstreams.as_deref().unwrap_or("").split(';').map(str::trim).filter(|x| !x.is_empty())
         {
@@ -251,11 +267,17 @@ impl Settings {
             on_error,
             issuer,
             jwks_url,
+            body_limits,
             upstreams,
             routes_table,
             connect_timeout,
             upstream_timeout,
         })
+    }
+
+    /// The body limit of a path when it is tighter than the global one.
+    pub fn body_limit(&self, path: &str) -> Option<u64> {
+        self.body_limits.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, n)| *n)
     }
 
     /// The override for a path, if any.

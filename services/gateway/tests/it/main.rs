@@ -439,3 +439,67 @@ async fn oversized_headers_are_431_and_a_slow_client_is_cut_off() {
     assert!(waited <= std::time::Duration::from_secs(13), "cut off after the header timeout: {waited:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn routes_can_have_tighter_body_limits() {
+    let app = spawn(&[("SIGNPOST_BODY_LIMIT_ROUTES", "/v1/fixture/notes=64")]).await;
+    let t = token(&claims(&app, TenantId::new()));
+    let long = json!({ "body": "x".repeat(200) });
+    let res = app.client.post(app.url("/v1/fixture/notes")).bearer_auth(&t).json(&long).send().await.unwrap();
+    assert_problem(res, 413).await;
+    let res = app
+        .client
+        .post(app.url("/v1/fixture/notes"))
+        .bearer_auth(&t)
+        .json(&json!({"body": "short"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    app.stop().await;
+}
+
+/// A Redis of the test's own, so that the test can take it away.
+fn private_redis() -> Option<(std::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("redis-server is required in CI: {e}")
+        }
+        Err(_) => return None,
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((child, format!("redis://127.0.0.1:{port}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_down_limiter_fails_open_by_default_and_closed_when_configured() {
+    for (mode, expect) in [("open", 200u16), ("closed", 503)] {
+        let Some((mut redis, url)) = private_redis() else {
+            eprintln!("skipped: redis-server is not installed");
+            return;
+        };
+        let app = spawn(&[("REDIS_URL", &url), ("SIGNPOST_RATE_LIMIT_ON_ERROR", mode)]).await;
+        let t = token(&claims(&app, TenantId::new()));
+        assert_eq!(get(&app, "/v1/fixture/whoami", Some(&t), &[]).await.status(), 200);
+        redis.kill().unwrap();
+        let _ = redis.wait();
+        let res = get(&app, "/v1/fixture/whoami", Some(&t), &[]).await;
+        assert_eq!(res.status().as_u16(), expect, "{mode}");
+        if mode == "open" {
+            let metrics = get(&app, "/metrics", None, &[]).await.text().await.unwrap();
+            assert!(metrics.contains("rate_limit_errors_total"), "the failure is counted");
+        }
+        app.stop().await;
+    }
+}
