@@ -1,5 +1,9 @@
-//! Rate limiting: an exact sliding log, decided atomically — one `EVALSHA` on
-//! Redis using the server's clock, a mutex-guarded log in-process.
+//! Rate limiting, decided atomically — one `EVALSHA` on Redis using the
+//! server's clock, a mutex-guarded state in-process. Limits up to
+//! [`EXACT_LIMIT`] use an exact sliding log (login failures, 100/min per
+//! tenant); larger ones use a sliding-window counter (the previous window
+//! weighted by its overlap), which keeps two integers instead of one entry per
+//! request.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -35,11 +39,16 @@ pub trait RateLimiter: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// In-process sliding log.
+/// The largest limit decided by an exact sliding log.
+pub const EXACT_LIMIT: u64 = 1000;
+
+/// In-process limiter.
 #[derive(Default)]
 pub struct MemoryLimiter {
     logs: Mutex<HashMap<String, VecDeque<Instant>>>,
+    windows: Mutex<HashMap<String, (u64, u64, u64)>>,
     calls: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 impl MemoryLimiter {
@@ -48,7 +57,43 @@ impl MemoryLimiter {
         Self::default()
     }
 
+    /// Sliding-window counter: `(window index, count in it, count in the one before)`.
+    fn decide_counter(&self, key: &str, limit: u64, window: Duration, record: bool) -> Decision {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let w = u64::try_from(window.as_micros()).unwrap_or(u64::MAX).max(1);
+        let (idx, into) = (now / w, now % w);
+        let Ok(mut windows) = self.windows.lock() else {
+            return Decision { allowed: true, limit, remaining: limit, reset_after: Duration::ZERO };
+        };
+        let calls = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if calls.is_multiple_of(4096) && windows.len() > 10_000 {
+            windows.retain(|_, (i, _, _)| *i + 1 >= idx);
+        }
+        let entry = windows.entry(key.to_string()).or_insert((idx, 0, 0));
+        if entry.0 != idx {
+            let previous = if entry.0 + 1 == idx { entry.1 } else { 0 };
+            *entry = (idx, 0, previous);
+        }
+        let weight = (w - into) as f64 / w as f64;
+        let estimate = (entry.2 as f64 * weight).floor() as u64 + entry.1;
+        let allowed = estimate < limit;
+        if allowed && record {
+            entry.1 += 1;
+        }
+        let used = estimate + u64::from(allowed && record);
+        Decision {
+            allowed,
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_after: Duration::from_micros(w - into),
+        }
+    }
+
     fn decide(&self, key: &str, limit: u64, window: Duration, record: bool) -> Decision {
+        if limit > EXACT_LIMIT {
+            return self.decide_counter(key, limit, window, record);
+        }
         let now = Instant::now();
         let Ok(mut logs) = self.logs.lock() else {
             return Decision { allowed: true, limit, remaining: limit, reset_after: Duration::ZERO };
@@ -88,6 +133,9 @@ impl RateLimiter for MemoryLimiter {
         if let Ok(mut logs) = self.logs.lock() {
             logs.remove(key);
         }
+        if let Ok(mut windows) = self.windows.lock() {
+            windows.remove(key);
+        }
         Ok(())
     }
 
@@ -105,6 +153,24 @@ local window = tonumber(ARGV[2])
 local record = ARGV[3] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if limit > tonumber(ARGV[5]) then
+  local idx = math.floor(now / window)
+  local into = now % window
+  local cur_key = key .. ':' .. idx
+  local current = tonumber(redis.call('GET', cur_key) or '0')
+  local previous = tonumber(redis.call('GET', key .. ':' .. (idx - 1)) or '0')
+  local estimate = math.floor(previous * (window - into) / window) + current
+  local allowed = 0
+  if estimate < limit then
+    allowed = 1
+    if record then
+      redis.call('INCR', cur_key)
+      redis.call('PEXPIRE', cur_key, math.ceil(2 * window / 1000))
+      estimate = estimate + 1
+    end
+  end
+  return {allowed, estimate, window - into}
+end
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
 local allowed = 0
@@ -150,6 +216,7 @@ impl RedisLimiter {
             .arg(window_us)
             .arg(if record { "1" } else { "0" })
             .arg(uuid::Uuid::new_v4().to_string())
+            .arg(EXACT_LIMIT)
             .invoke_async(&mut c)
             .await?;
         Ok(Decision {
@@ -172,8 +239,13 @@ impl RateLimiter for RedisLimiter {
     }
 
     async fn reset(&self, key: &str) -> Result<(), CacheError> {
+        // The log, and the counter windows of large limits (current and previous).
         let mut c = self.redis.conn.clone();
-        let _: u64 = redis::AsyncCommands::del(&mut c, self.redis.key(&format!("rl:{key}"))).await?;
+        let base = self.redis.key(&format!("rl:{key}"));
+        let pattern = format!("{base}:*");
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await?;
+        keys.push(base);
+        let _: u64 = redis::AsyncCommands::del(&mut c, keys).await?;
         Ok(())
     }
 

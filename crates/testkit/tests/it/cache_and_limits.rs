@@ -27,7 +27,7 @@ async fn count_allowed(limiters: &[Arc<dyn RateLimiter>], key: &str, attempts: u
     for i in 0..attempts {
         let limiter = limiters[i % limiters.len()].clone();
         let key = key.to_string();
-        tasks.push(tokio::spawn(async move { limiter.hit(&key, limit, Duration::from_secs(60)).await }));
+        tasks.push(tokio::spawn(async move { limiter.hit(&key, limit, Duration::from_secs(3600)).await }));
     }
     let mut allowed = 0;
     for t in tasks {
@@ -86,5 +86,19 @@ async fn the_window_slides_and_peek_does_not_count() {
     );
     l.reset("slide").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(l.peek("slide", 2, w).await.map(|d| d.remaining).unwrap_or(0), 2, "reset forgets");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn large_limits_use_a_window_counter_that_still_refuses_at_the_limit() {
+    let app = TestApp::spawn().await;
+    let l = &app.kernel.limiter;
+    let limit = kernel::ratelimit::EXACT_LIMIT + 500;
+    let allowed = count_allowed(std::slice::from_ref(l), "big", (limit + 300) as usize, limit).await;
+    assert_eq!(allowed as u64, limit, "exact within one window");
+    let d = l.peek("big", limit, Duration::from_secs(3600)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.allowed && d.remaining == 0);
+    l.reset("big").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(l.hit("big", limit, Duration::from_secs(3600)).await.map(|d| d.allowed).unwrap_or(false));
     app.stop().await;
 }
