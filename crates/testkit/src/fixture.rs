@@ -295,7 +295,7 @@ async fn echo_upgrade(mut req: axum::extract::Request) -> Response {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "upgrade")
-        .header("upgrade", "echo")
+        .header("upgrade", "websocket")
         .body(axum::body::Body::empty())
         .unwrap_or_default()
 }

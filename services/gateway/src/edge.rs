@@ -34,17 +34,22 @@ pub enum Access {
 }
 
 const PUBLIC_EXACT: &[&str] = &["/healthz", "/readyz", "/metrics", "/v1/openapi.json"];
+/// Anonymous API paths: each matches itself and what lies below it, by whole segments.
 const ANONYMOUS_PREFIXES: &[&str] = &[
-    "/v1/storage/",
+    "/v1/storage",
     "/v1/auth/register",
     "/v1/auth/login",
     "/v1/auth/refresh",
-    "/v1/auth/password-reset/",
+    "/v1/auth/password-reset",
     "/v1/auth/verify-email",
-    "/v1/auth/.well-known/",
-    "/v1/auth/oauth/",
+    "/v1/auth/.well-known",
+    "/v1/auth/oauth",
     "/v1/auth/invitations/accept",
 ];
+
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
 /// Routes whose bodies are not JSON (uploads, CSV imports).
 const NON_JSON_PREFIXES: &[&str] = &["/v1/storage/", "/v1/assets/", "/v1/links/import"];
 
@@ -52,7 +57,7 @@ const NON_JSON_PREFIXES: &[&str] = &["/v1/storage/", "/v1/assets/", "/v1/links/i
 pub fn access(path: &str) -> Access {
     if PUBLIC_EXACT.contains(&path) || !path.starts_with("/v1/") {
         Access::Public
-    } else if ANONYMOUS_PREFIXES.iter().any(|p| path.starts_with(p)) {
+    } else if ANONYMOUS_PREFIXES.iter().any(|p| under(path, p)) {
         Access::Anonymous
     } else {
         Access::Authenticated
@@ -95,9 +100,13 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
     Ok(Some(token.trim()))
 }
 
+fn has_body(req: &Request) -> bool {
+    !http_body::Body::is_end_stream(req.body())
+        && req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() != b"0")
+}
+
 fn json_body_required(req: &Request) -> bool {
-    let has_body = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
-        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let has_body = has_body(req);
     matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
         && has_body
         && req.uri().path().starts_with("/v1/")
@@ -218,9 +227,10 @@ async fn admit(
     let claimed_tenant = req.headers_mut().remove(&X_TENANT_ID);
     req.headers_mut().remove(&X_USER_ID);
     req.headers_mut().remove(&X_USER_ROLE);
-    if let Some(q) = req.uri().query() {
-        let keys = q.split('&').filter_map(|kv| kv.split('=').next());
-        if keys.into_iter().any(|k| matches!(k, "api_key" | "access_token" | "token")) {
+    if let (true, Some(q)) = (path.starts_with("/v1/"), req.uri().query()) {
+        let decoded = |k: &str| k.replace("%5F", "_").replace("%5f", "_").to_ascii_lowercase();
+        let mut keys = q.split('&').filter_map(|kv| kv.split('=').next()).map(decoded);
+        if keys.any(|k| matches!(k.as_str(), "api_key" | "apikey" | "access_token" | "token")) {
             return Err(
                 Problem::unauthorized("credentials are not accepted in the query string").into_response()
             );
@@ -240,10 +250,10 @@ async fn admit(
                 Ok(false) => {}
                 Ok(true) => return Err(Problem::unauthorized("the session was revoked").into_response()),
                 Err(e) => {
+                    // A revoked session must never pass, so this fails closed whatever
+                    // the rate limiter's policy.
                     tracing::warn!(error = %e, "revocation list unreachable");
-                    if g.settings.on_error == OnError::Closed {
-                        return Err(Problem::unavailable("cannot check the session").into_response());
-                    }
+                    return Err(Problem::unavailable("cannot check the session").into_response());
                 }
             }
             Some(Caller::from_claims(&claims))
@@ -282,8 +292,8 @@ async fn admit(
                 Problem::payload_too_large(usize::try_from(limit).unwrap_or(usize::MAX)).into_response()
             );
         }
-        if declared.is_none() && req.headers().contains_key(header::TRANSFER_ENCODING) {
-            // A chunked body is capped while it is read.
+        if declared.is_none() && has_body(req) {
+            // A body without a length (chunked, HTTP/2) is capped while it is read.
             let limited = std::mem::take(req.body_mut());
             let capped = http_body_util::Limited::new(limited, usize::try_from(limit).unwrap_or(usize::MAX));
             *req.body_mut() = axum::body::Body::new(capped);
@@ -299,7 +309,17 @@ async fn admit(
         return Ok(None);
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let ip = client_ip(g, peer, req.headers()).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    // One IPv6 host usually owns a whole /64: count it as one client.
+    let ip = client_ip(g, peer, req.headers()).map_or_else(
+        || "unknown".to_string(),
+        |ip| match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            other => other.to_string(),
+        },
+    );
     let endpoint =
         req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
     let who = caller.as_ref().map(|c| c.tenant.to_string());

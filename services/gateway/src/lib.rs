@@ -39,7 +39,8 @@ impl Gateway {
             Some(secret) => Verifier::hs256(secret.expose().as_bytes(), &settings.issuer),
             None => Verifier::jwks(&settings.jwks_url, &settings.issuer),
         };
-        let proxy = (!settings.upstreams.is_empty()).then(|| Proxy::new(&settings));
+        let proxy =
+            (!settings.upstreams.is_empty()).then(|| Proxy::new(&settings, kernel.config.tls.is_some()));
         Ok(Self { kernel, settings, proxy, verifier })
     }
 

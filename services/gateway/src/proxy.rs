@@ -80,6 +80,23 @@ impl Instance {
     }
 }
 
+/// Counts a request in flight on an instance until dropped (also when the
+/// client goes away mid-request and the future is dropped).
+struct InFlight<'a>(&'a Instance);
+
+impl<'a> InFlight<'a> {
+    fn new(inst: &'a Instance) -> Self {
+        inst.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(inst)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The upstream side of the gateway.
 pub struct Proxy {
     routes: Vec<(String, String)>,
@@ -88,14 +105,29 @@ pub struct Proxy {
     h2: Client<HttpConnector, Body>,
     timeout: Duration,
     trusted: Vec<Net>,
+    tls: bool,
 }
 
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+/// Headers a client must not remove by naming them in `Connection`.
+const PROTECTED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-tenant-id",
+    "x-user-id",
+    "x-user-role",
+    "x-request-id",
+    "authorization",
+    "host",
+    "content-length",
+    "content-type",
+];
 
 impl Proxy {
     /// Builds the proxy from the settings and starts the health checks.
-    pub fn new(settings: &Settings) -> Arc<Self> {
+    pub fn new(settings: &Settings, tls: bool) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
@@ -133,6 +165,7 @@ impl Proxy {
             h2,
             timeout: settings.upstream_timeout,
             trusted: settings.trusted_proxies.clone(),
+            tls,
         });
         tokio::spawn(health_checks(Arc::downgrade(&proxy)));
         proxy
@@ -222,6 +255,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !PROTECTED.contains(&n.as_str()))
         .collect();
     for name in listed {
         h.remove(name);
@@ -232,7 +266,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+    // Only WebSocket is tunnelled; other upgrade tokens (h2c, …) are not ours to pass.
+    h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -244,9 +279,9 @@ fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
     let h = req.headers_mut();
     let host = h.get(header::HOST).cloned();
     if !trusted {
-        h.remove("x-forwarded-for");
-        h.remove("x-forwarded-proto");
-        h.remove("x-forwarded-host");
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+            h.remove(name);
+        }
     }
     if let Some(peer) = peer {
         let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -258,7 +293,7 @@ fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
         }
     }
     if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static(if proxy.tls { "https" } else { "http" }));
     }
     if let (Some(host), false) = (host, h.contains_key("x-forwarded-host")) {
         h.insert("x-forwarded-host", host);
@@ -285,8 +320,8 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
         parts.headers.insert(header::CONNECTION, conn.unwrap_or(HeaderValue::from_static("upgrade")));
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let no_body = parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
-        && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let no_body = http_body::Body::is_end_stream(&body)
+        || parts.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
     let retryable = idempotent && no_body && !upgrade;
@@ -313,9 +348,9 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
             Err(_) => return Problem::bad_request("unusable request").into_response(),
         };
         let client = if inst.h2 { &proxy.h2 } else { &proxy.h1 };
-        inst.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight::new(&inst);
         let result = tokio::time::timeout(proxy.timeout, client.request(out)).await;
-        inst.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
         match result {
             Ok(Ok(mut res)) => {
                 if res.status().is_server_error()
@@ -346,7 +381,11 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
                 return response;
             }
             Ok(Err(e)) => {
-                inst.failed();
+                // With a body, the failure may be the client's (aborted or oversized
+                // upload): only failures without one count against the instance.
+                if e.is_connect() || no_body {
+                    inst.failed();
+                }
                 last_error = e.to_string();
                 // A connect error never reached the instance: another may take it.
                 if !e.is_connect() {

@@ -489,13 +489,21 @@ async fn a_down_limiter_fails_open_by_default_and_closed_when_configured() {
             eprintln!("skipped: redis-server is not installed");
             return;
         };
-        let app = spawn(&[("REDIS_URL", &url), ("SIGNPOST_RATE_LIMIT_ON_ERROR", mode)]).await;
+        let env = [
+            ("REDIS_URL", url.as_str()),
+            ("SIGNPOST_RATE_LIMIT_ON_ERROR", mode),
+            ("SIGNPOST_RATE_LIMIT_PUBLIC", "1000/60s"),
+        ];
+        let app = spawn(&env).await;
         let t = token(&claims(&app, TenantId::new()));
         assert_eq!(get(&app, "/v1/fixture/whoami", Some(&t), &[]).await.status(), 200);
+        assert_eq!(get(&app, "/healthz", None, &[]).await.status(), 200);
         redis.kill().unwrap();
         let _ = redis.wait();
-        let res = get(&app, "/v1/fixture/whoami", Some(&t), &[]).await;
-        assert_eq!(res.status().as_u16(), expect, "{mode}");
+        let res = get(&app, "/healthz", None, &[]).await;
+        assert_eq!(res.status().as_u16(), expect, "a limited public route, {mode}");
+        // Revocation cannot be checked: a token is refused whatever the limiter's policy.
+        assert_problem(get(&app, "/v1/fixture/whoami", Some(&t), &[]).await, 503).await;
         if mode == "open" {
             let metrics = get(&app, "/metrics", None, &[]).await.text().await.unwrap();
             assert!(metrics.contains("rate_limit_errors_total"), "the failure is counted");

@@ -41,7 +41,7 @@ async fn proxied_requests_carry_verified_identity_and_forwarding_headers_only() 
         .bearer_auth(token(&c))
         .header("x-user-role", "owner")
         .header("x-forwarded-for", "6.6.6.6")
-        .header("connection", "x-hop-secret")
+        .header("connection", "x-hop-secret, x-forwarded-for, x-tenant-id, x-user-id")
         .header("x-hop-secret", "must not pass")
         .send()
         .await
@@ -158,7 +158,7 @@ async fn upgrades_pass_through_both_ways() {
     let t = token(&claims(&gw, TenantId::new()));
     let mut s = tokio::net::TcpStream::connect(gw.address.trim_start_matches("http://")).await.unwrap();
     let req = format!(
-        "GET /v1/fixture/echo HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        "GET /v1/fixture/echo HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
