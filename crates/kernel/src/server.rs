@@ -28,6 +28,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADERS: usize = 100;
 /// Largest read buffer for a request head (bounds the total header size).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most connections served at once; beyond it, new ones wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 16_384;
 
 /// Loads a rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1 by ALPN).
 pub fn tls_config(
@@ -71,11 +73,22 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        // Dead or silent HTTP/2 peers are found and dropped.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let builder = Arc::new(builder);
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -98,14 +111,24 @@ pub async fn serve(
         let watcher = graceful.watcher();
         match &acceptor {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
+                    let _permit = permit;
+                    // A client must start talking within the header timeout: the protocol
+                    // sniffing before HTTP/1's own header timer has no timer of its own.
+                    let mut first = [0u8; 1];
+                    if !matches!(tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0)
+                    {
+                        return;
+                    }
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(conn).await;
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // The handshake gets the same budget as reading headers.
                     let Ok(Ok(tls)) =
                         tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await

@@ -12,6 +12,8 @@ use kernel::cache::Cache;
 
 /// How often an unknown `kid` may trigger a key-set fetch.
 pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// How soon a failed fetch may be retried.
+pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const TOKEN_CACHE_ENTRIES: usize = 50_000;
 
 /// Verifies access tokens.
@@ -19,7 +21,10 @@ pub struct Verifier {
     keys: RwLock<KeySet>,
     jwks_url: Option<String>,
     issuer: String,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the last fetch started, and whether it succeeded.
+    last_fetch: Mutex<Option<(Instant, bool)>>,
+    /// Requests that meet an unknown key wait for the one fetch in progress.
+    fetching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     verified: Mutex<HashMap<String, Claims>>,
     /// Key-set fetches made (for tests and metrics).
@@ -49,6 +54,7 @@ impl Verifier {
             jwks_url,
             issuer: issuer.to_string(),
             last_fetch: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
             http,
             verified: Mutex::new(HashMap::new()),
             fetches: std::sync::atomic::AtomicU64::new(0),
@@ -68,9 +74,16 @@ impl Verifier {
         }
         let first = self.check(token, now);
         let claims = match first {
-            Err(TokenError::UnknownKey | TokenError::Algorithm) if self.refresh_allowed() => {
-                self.fetch_keys().await;
-                self.check(token, now)?
+            Err(TokenError::UnknownKey | TokenError::Algorithm) if self.jwks_url.is_some() => {
+                let _one_at_a_time = self.fetching.lock().await;
+                // Another request may have fetched the keys while this one waited.
+                match self.check(token, now) {
+                    Err(TokenError::UnknownKey | TokenError::Algorithm) if self.refresh_allowed() => {
+                        self.fetch_keys().await;
+                        self.check(token, now)?
+                    }
+                    other => other?,
+                }
             }
             other => other?,
         };
@@ -96,13 +109,13 @@ impl Verifier {
         if self.jwks_url.is_none() {
             return false;
         }
-        let Ok(mut last) = self.last_fetch.lock() else { return false };
+        let Ok(last) = self.last_fetch.lock() else { return false };
         match *last {
-            Some(t) if t.elapsed() < JWKS_REFRESH_INTERVAL => false,
-            _ => {
-                *last = Some(Instant::now());
-                true
-            }
+            // After a success, an unknown kid is likely forged: refresh rarely.
+            Some((t, true)) => t.elapsed() >= JWKS_REFRESH_INTERVAL,
+            // After a failure (identity starting, network blip), try again soon.
+            Some((t, false)) => t.elapsed() >= JWKS_RETRY_AFTER_FAILURE,
+            None => true,
         }
     }
 
@@ -117,6 +130,9 @@ impl Verifier {
             res.json::<serde_json::Value>().await.map_err(|e| e.to_string())
         }
         .await;
+        if let Ok(mut last) = self.last_fetch.lock() {
+            *last = Some((Instant::now(), fetched.is_ok()));
+        }
         match fetched {
             Ok(doc) => {
                 let set = KeySet::from_jwks(&doc);
