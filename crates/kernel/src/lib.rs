@@ -19,7 +19,9 @@ pub mod storage;
 pub mod telemetry;
 pub mod tenant;
 
-pub use platform::{BoxError, Edge, Kernel, Platform, Service, ServiceContext, ServiceParts, StartError};
+pub use platform::{
+    BoxError, Edge, Kernel, OpenApiSource, Platform, Service, ServiceContext, ServiceParts, StartError,
+};
 pub use problem::{ApiError, ApiResult, Problem};
 pub use secret::Secret;
 pub use tenant::TenantId;

@@ -57,6 +57,13 @@ pub struct ServiceContext {
 /// Wraps the whole platform router (the gateway's edge middleware).
 pub type Edge = Box<dyn FnOnce(Router) -> Router + Send>;
 
+/// OpenAPI paths known only at run time (the gateway's remote services).
+#[async_trait]
+pub trait OpenApiSource: Send + Sync + 'static {
+    /// The `paths` to merge into `/v1/openapi.json` now.
+    async fn paths(&self) -> serde_json::Map<String, Value>;
+}
+
 /// What a started service hands back.
 pub struct ServiceParts {
     /// Its routes (under its own `/v1/...` prefixes, or public root paths).
@@ -67,6 +74,8 @@ pub struct ServiceParts {
     pub consumers: Vec<Consumer>,
     /// Its OpenAPI `paths` object (merged into `/v1/openapi.json`).
     pub openapi_paths: Value,
+    /// More paths, fetched when the document is asked for.
+    pub openapi_source: Option<Arc<dyn OpenApiSource>>,
 }
 
 /// The handles every service shares.
@@ -250,6 +259,7 @@ impl Platform {
         let mut consumers = Vec::new();
         let mut paths = serde_json::Map::new();
         let mut edges = Vec::new();
+        let mut sources = Vec::new();
         for service in &services {
             let service_db = match service.migrations() {
                 Some(m) => {
@@ -265,6 +275,7 @@ impl Platform {
                 .map_err(|error| StartError::Service { service: service.name(), error })?;
             routers.push(parts.router);
             edges.extend(parts.edge);
+            sources.extend(parts.openapi_source);
             if let Value::Object(p) = parts.openapi_paths {
                 paths.extend(p);
             }
@@ -291,7 +302,7 @@ impl Platform {
             .map(|d| tokio::spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
 
-        let router = build_router(&kernel, &db, &dbs, routers, edges, paths);
+        let router = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
         Ok(Self { kernel, db, dbs, router, relay_stop, relays, consumer_stop, consumers: consumer_tasks })
     }
 
@@ -377,6 +388,7 @@ struct KernelState {
     database: &'static str,
     probe: Option<Db>,
     openapi: Arc<Value>,
+    openapi_sources: Arc<Vec<Arc<dyn OpenApiSource>>>,
 }
 
 fn build_router(
@@ -386,12 +398,14 @@ fn build_router(
     services: Vec<Router>,
     edges: Vec<Edge>,
     paths: serde_json::Map<String, Value>,
+    sources: Vec<Arc<dyn OpenApiSource>>,
 ) -> Router {
     let state = KernelState {
         kernel: kernel.clone(),
         database: db.kind(),
         probe: dbs.first().cloned(),
         openapi: Arc::new(openapi(paths, kernel.storage.serves_signed_urls())),
+        openapi_sources: Arc::new(sources),
     };
     let limit = kernel.config.body_limit;
     let mut app = Router::new()
@@ -467,7 +481,17 @@ async fn metrics_text() -> Response {
 }
 
 async fn openapi_json(State(s): State<KernelState>) -> Response {
-    axum::Json(s.openapi.as_ref().clone()).into_response()
+    let mut doc = s.openapi.as_ref().clone();
+    for source in s.openapi_sources.iter() {
+        let extra = source.paths().await;
+        if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+            for (path, item) in extra {
+                // The process's own routes win over what another process reports.
+                paths.entry(path).or_insert(item);
+            }
+        }
+    }
+    axum::Json(doc).into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -341,6 +341,7 @@ impl Service for Fixture {
         Ok(ServiceParts {
             router,
             edge: None,
+            openapi_source: None,
             consumers: vec![Consumer {
                 name: "fixture.stats",
                 event_types: &["note.created", "note.viewed"],

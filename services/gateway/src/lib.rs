@@ -69,8 +69,13 @@ impl Service for GatewayService {
                 .with_state(p.clone()),
             None => Router::new(),
         };
+        let openapi_source = gateway
+            .proxy
+            .as_ref()
+            .map(|p| proxy::RemoteOpenApi::new(p.clone()) as Arc<dyn kernel::OpenApiSource>);
         Ok(ServiceParts {
             router,
+            openapi_source,
             edge: Some(Box::new(move |router| gateway.wrap(router))),
             consumers: Vec::new(),
             openapi_paths: serde_json::json!({}),

@@ -413,3 +413,61 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
     tracing::warn!(service = %service, error = %last_error, "no upstream instance answered");
     Problem::unavailable(format!("{service} is unavailable")).into_response()
 }
+
+/// The OpenAPI paths of the services this gateway fronts, fetched from one
+/// available instance of each and kept for a minute.
+pub struct RemoteOpenApi {
+    proxy: Arc<Proxy>,
+    cached: tokio::sync::Mutex<Option<(Instant, serde_json::Map<String, serde_json::Value>)>>,
+}
+
+impl RemoteOpenApi {
+    /// A source over the proxy's services.
+    pub fn new(proxy: Arc<Proxy>) -> Arc<Self> {
+        Arc::new(Self { proxy, cached: tokio::sync::Mutex::new(None) })
+    }
+
+    async fn fetch(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut merged = serde_json::Map::new();
+        for (service, _) in &self.proxy.services {
+            let Some(inst) = self.proxy.pick(service, &[]) else { continue };
+            let client = if inst.h2 { &self.proxy.h2 } else { &self.proxy.h1 };
+            let Ok(uri) = format!("{}/v1/openapi.json", inst.base).parse::<Uri>() else { continue };
+            let Ok(req) = Request::get(uri).body(Body::empty()) else { continue };
+            let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await else {
+                tracing::warn!(service = %service, "cannot fetch the OpenAPI document");
+                continue;
+            };
+            let Ok(body) =
+                http_body_util::BodyExt::collect(http_body_util::Limited::new(res.into_body(), 8 << 20))
+                    .await
+            else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) else { continue };
+            // Only the paths this gateway actually routes to that service.
+            for (path, item) in doc.get("paths").and_then(|p| p.as_object()).into_iter().flatten() {
+                if self.proxy.service_for(path) == Some(service.as_str()) {
+                    merged.insert(path.clone(), item.clone());
+                }
+            }
+        }
+        merged
+    }
+}
+
+#[async_trait::async_trait]
+impl kernel::OpenApiSource for RemoteOpenApi {
+    async fn paths(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut cached = self.cached.lock().await;
+        // An empty answer (instances not up yet) is asked again next time.
+        if let Some((_, paths)) =
+            cached.as_ref().filter(|(at, p)| at.elapsed() < Duration::from_secs(60) && !p.is_empty())
+        {
+            return paths.clone();
+        }
+        let fresh = self.fetch().await;
+        *cached = Some((Instant::now(), fresh.clone()));
+        fresh
+    }
+}

@@ -67,6 +67,10 @@ async fn proxied_requests_carry_verified_identity_and_forwarding_headers_only() 
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
+    // The gateway's document lists the remote service's routes.
+    let doc: Value = get(&gw, "/v1/openapi.json", None, &[]).await.json().await.unwrap();
+    assert!(doc["paths"].get("/v1/fixture/notes").is_some(), "{}", doc["paths"]);
+    assert!(doc["paths"].get("/healthz").is_some());
     // Unknown prefixes are 404 at the gateway; unauthenticated ones are refused before any hop.
     assert_problem(get(&gw, "/v1/nothing", Some(&token(&c)), &[]).await, 404).await;
     assert_problem(get(&gw, "/v1/fixture/whoami", None, &[]).await, 401).await;
