@@ -252,6 +252,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Plain-HTTP listener that redirects to HTTPS.
     pub http_redirect_listen: Option<SocketAddr>,
+    /// Listener for the operator endpoints (metrics, readiness).
+    pub admin_listen: Option<SocketAddr>,
     /// The gateway's settings, validated by the gateway when it starts.
     pub edge: EdgeSettings,
 }
@@ -315,6 +317,7 @@ struct Raw {
     log_format: Option<String>,
     shutdown_timeout: Option<TomlScalar>,
     body_limit: Option<TomlScalar>,
+    admin_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
     http_redirect_listen: Option<String>,
@@ -446,6 +449,7 @@ impl Raw {
         take!(log_format, "SIGNPOST_LOG_FORMAT");
         take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
         take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
+        take!(admin_listen, "SIGNPOST_ADMIN_LISTEN");
         take!(tls_cert, "SIGNPOST_TLS_CERT");
         take!(tls_key, "SIGNPOST_TLS_KEY");
         take!(http_redirect_listen, "SIGNPOST_HTTP_REDIRECT_LISTEN");
@@ -648,9 +652,19 @@ impl Raw {
                 )
             })?),
         };
+        let admin_listen = match self.admin_listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "SIGNPOST_ADMIN_LISTEN",
+                    format!("{a:?} is not an address like 127.0.0.1:9090"),
+                )
+            })?),
+        };
         Ok(Config {
             tls,
             http_redirect_listen,
+            admin_listen,
             listen,
             data_dir,
             public_url,

@@ -208,6 +208,7 @@ pub struct Platform {
     db: DbBackend,
     dbs: Vec<Db>,
     router: Router,
+    admin: Router,
     relay_stop: CancellationToken,
     relays: Vec<JoinHandle<()>>,
     consumer_stop: CancellationToken,
@@ -302,8 +303,18 @@ impl Platform {
             .map(|d| tokio::spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
 
-        let router = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
-        Ok(Self { kernel, db, dbs, router, relay_stop, relays, consumer_stop, consumers: consumer_tasks })
+        let (router, admin) = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
+        Ok(Self {
+            kernel,
+            db,
+            dbs,
+            router,
+            admin,
+            relay_stop,
+            relays,
+            consumer_stop,
+            consumers: consumer_tasks,
+        })
     }
 
     /// The complete router (services + kernel routes + middleware).
@@ -343,6 +354,18 @@ impl Platform {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let router = crate::server::https_redirect(local.port());
             tokio::spawn(crate::server::serve(redirect, router, None, stop.clone(), config.shutdown_timeout));
+        }
+        if let Some(addr) = config.admin_listen {
+            let admin = TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            tokio::spawn(crate::server::serve(
+                admin,
+                self.admin.clone(),
+                None,
+                stop.clone(),
+                config.shutdown_timeout,
+            ));
         }
         crate::server::serve(listener, self.router.clone(), tls, stop, config.shutdown_timeout).await?;
         metrics::gauge!("signpost_up").set(0.0);
@@ -399,7 +422,7 @@ fn build_router(
     edges: Vec<Edge>,
     paths: serde_json::Map<String, Value>,
     sources: Vec<Arc<dyn OpenApiSource>>,
-) -> Router {
+) -> (Router, Router) {
     let state = KernelState {
         kernel: kernel.clone(),
         database: db.kind(),
@@ -408,12 +431,19 @@ fn build_router(
         openapi_sources: Arc::new(sources),
     };
     let limit = kernel.config.body_limit;
-    let mut app = Router::new()
+    // Operator endpoints: on their own listener when one is configured.
+    let operator = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/v1/openapi.json", get(openapi_json))
         .with_state(state.clone());
+    let admin = operator.clone().fallback(http::not_found).layer(axum::middleware::from_fn(http::observe));
+    let mut app = if kernel.config.admin_listen.is_some() {
+        Router::new().route("/healthz", get(healthz)).with_state(state.clone())
+    } else {
+        operator
+    };
+    app = app.route("/v1/openapi.json", get(openapi_json).with_state(state.clone()));
     for r in services {
         app = app.merge(r);
     }
@@ -434,7 +464,10 @@ fn build_router(
     for edge in edges {
         app = edge(app);
     }
-    app.layer(CatchPanicLayer::custom(http::panic_response)).layer(axum::middleware::from_fn(http::observe))
+    let app = app
+        .layer(CatchPanicLayer::custom(http::panic_response))
+        .layer(axum::middleware::from_fn(http::observe));
+    (app, admin)
 }
 
 async fn healthz() -> Response {

@@ -256,3 +256,33 @@ async fn openapi_document_lists_the_platform_and_service_routes() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn operator_endpoints_move_to_the_admin_listener_when_configured() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    let admin = format!("127.0.0.1:{port}");
+    let app = TestApp::spawn_with(
+        vec![std::sync::Arc::new(testkit::fixture::Fixture)],
+        &[("SIGNPOST_ADMIN_LISTEN", &admin)],
+    )
+    .await;
+    let metrics = crate::eventually("the admin listener", || async {
+        let res = app.client.get(format!("http://{admin}/metrics")).send().await.ok()?;
+        (res.status() == 200).then_some(())?;
+        res.text().await.ok()
+    })
+    .await;
+    assert!(metrics.contains("# TYPE"), "Prometheus text on the admin listener");
+    let res = app.client.get(format!("http://{admin}/readyz")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::OK);
+    for path in ["/metrics", "/readyz"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap_or_else(|e| panic!("{e}"));
+        problem(res, 404).await;
+    }
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::OK, "liveness stays on the public listener");
+    app.stop().await;
+}
