@@ -17,17 +17,30 @@ UP=18080 NGX=18081 GW=18082
 SECRET=bench-secret-0123456789abcdef0123456789
 ISSUER=https://bench.signpost.local
 
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+# Two nginx instances: the upstream (1 worker) that both proxies call, and the
+# nginx proxy (2 workers, like the gateway's 2 runtime threads). Sharing one
+# nginx for both roles would give the nginx proxy an in-process upstream.
+cat > "$WORK/upstream.conf" <<NGINX
+worker_processes 1;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
     # Both proxies keep upstream connections open; let them stay open.
     keepalive_requests 1000000;
-    upstream backend { server 127.0.0.1:$UP; keepalive 256; }
     server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+}
+NGINX
+cat > "$WORK/proxy.conf" <<NGINX
+worker_processes 2;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream backend { server 127.0.0.1:$UP; keepalive 256; }
     server {
         listen 127.0.0.1:$NGX;
         location / {
@@ -39,7 +52,8 @@ http {
     }
 }
 NGINX
-nginx -c "$WORK/nginx.conf"
+nginx -c "$WORK/upstream.conf"
+nginx -c "$WORK/proxy.conf"
 
 SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
 JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
@@ -47,7 +61,11 @@ SIGNPOST_UPSTREAMS="bench=http://127.0.0.1:$UP" SIGNPOST_ROUTES="/v1/bench=bench
 SIGNPOST_RATE_LIMIT_TENANT="1000000000/60s" \
     "$BIN" serve gateway --listen "127.0.0.1:$GW" > "$WORK/gateway.log" 2>&1 &
 GW_PID=$!
-cleanup() { kill "$GW_PID" 2>/dev/null || true; nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; }
+cleanup() {
+    kill "$GW_PID" 2>/dev/null || true
+    nginx -c "$WORK/proxy.conf" -s stop 2>/dev/null || true
+    nginx -c "$WORK/upstream.conf" -s stop 2>/dev/null || true
+}
 trap cleanup EXIT
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$GW/healthz" >/dev/null && break; sleep 0.1; done
 
