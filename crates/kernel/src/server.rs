@@ -113,11 +113,9 @@ pub async fn serve(
             None => {
                 tokio::spawn(async move {
                     let _permit = permit;
-                    // A client must start talking within the header timeout: the protocol
-                    // sniffing before HTTP/1's own header timer has no timer of its own.
-                    let mut first = [0u8; 1];
-                    if !matches!(tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0)
-                    {
+                    // The protocol sniffing before HTTP/1's header timer has no timer of
+                    // its own: make sure it can decide within the header timeout.
+                    if tokio::time::timeout(HEADER_READ_TIMEOUT, sniffable(&stream)).await != Ok(true) {
                         return;
                     }
                     let conn =
@@ -147,6 +145,30 @@ pub async fn serve(
         tracing::warn!(?deadline, "in-flight requests outlived the shutdown deadline");
     }
     Ok(())
+}
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until the bytes received tell HTTP/1 from HTTP/2: the first byte that
+/// leaves the HTTP/2 preface, or the whole preface. False if the peer closed.
+async fn sniffable(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    let mut seen = 0;
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            return true;
+        }
+        if n == seen {
+            // Nothing new yet: peek returns at once while bytes sit unread.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen = n;
+    }
 }
 
 /// Answers every plain-HTTP request with a permanent redirect to HTTPS on `https_port`.

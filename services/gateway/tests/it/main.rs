@@ -435,8 +435,11 @@ async fn oversized_headers_are_431_and_a_slow_client_is_cut_off() {
     let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
     partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (a, b) = tokio::join!(read_head(partial), read_head(silent));
+    let mut preface = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2").await.unwrap();
+    let (a, b, c) = tokio::join!(read_head(partial), read_head(silent), read_head(preface));
     assert!(!a.starts_with("HTTP/1.1 200") && !b.starts_with("HTTP/1.1 200"), "{a:?} {b:?}");
+    assert!(c.is_empty(), "a stalled HTTP/2 preface is closed too: {c:?}");
     let waited = started.elapsed();
     assert!(waited <= std::time::Duration::from_secs(13), "cut off after the header timeout: {waited:?}");
     app.stop().await;
