@@ -70,7 +70,12 @@ impl MemoryLimiter {
         if calls.is_multiple_of(4096) && windows.len() > 10_000 {
             windows.retain(|_, (i, _, _)| *i + 1 >= idx);
         }
-        let entry = windows.entry(key.to_string()).or_insert((idx, 0, 0));
+        if !windows.contains_key(key) {
+            windows.insert(key.to_string(), (idx, 0, 0));
+        }
+        let Some(entry) = windows.get_mut(key) else {
+            return Decision { allowed: true, limit, remaining: limit, reset_after: Duration::ZERO };
+        };
         if entry.0 != idx {
             let previous = if entry.0 + 1 == idx { entry.1 } else { 0 };
             *entry = (idx, 0, previous);
@@ -103,7 +108,13 @@ impl MemoryLimiter {
         if calls.is_multiple_of(4096) && logs.len() > 10_000 {
             logs.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
         }
-        let log = logs.entry(key.to_string()).or_default();
+        // Look up before inserting: the key is only copied the first time it is seen.
+        if !logs.contains_key(key) {
+            logs.insert(key.to_string(), VecDeque::new());
+        }
+        let Some(log) = logs.get_mut(key) else {
+            return Decision { allowed: true, limit, remaining: limit, reset_after: Duration::ZERO };
+        };
         while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
             log.pop_front();
         }

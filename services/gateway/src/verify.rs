@@ -4,7 +4,7 @@
 //! sessions refused at once.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use kernel::auth::{Claims, KeySet, TokenError};
@@ -26,7 +26,7 @@ pub struct Verifier {
     /// Requests that meet an unknown key wait for the one fetch in progress.
     fetching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
-    verified: Mutex<HashMap<String, Claims>>,
+    verified: Mutex<HashMap<String, Arc<Claims>>>,
     /// Key-set fetches made (for tests and metrics).
     pub fetches: std::sync::atomic::AtomicU64,
 }
@@ -66,7 +66,7 @@ impl Verifier {
     }
 
     /// The claims of a valid token.
-    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         let now = Self::now();
         let cached = self.verified.lock().ok().and_then(|m| m.get(token).cloned());
         if let Some(c) = cached.filter(|c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now) {
@@ -87,6 +87,7 @@ impl Verifier {
             }
             other => other?,
         };
+        let claims = Arc::new(claims);
         if let Ok(mut m) = self.verified.lock() {
             if m.len() >= TOKEN_CACHE_ENTRIES {
                 m.retain(|_, c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now);
