@@ -116,24 +116,12 @@ async fn metrics_are_prometheus_text_that_promtool_accepts() {
 #[tokio::test]
 async fn request_id_is_propagated_or_generated() {
     let app = TestApp::spawn().await;
-    let res = app
-        .client
-        .get(app.url("/healthz"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let res = crate::get_with(&app, "/healthz", &[("x-request-id", "abc-123")]).await;
     assert_eq!(res.headers()["x-request-id"], "abc-123");
-    let res = app.client.get(app.url("/healthz")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let res = crate::get_with(&app, "/healthz", &[]).await;
     let generated = res.headers()["x-request-id"].to_str().unwrap_or("").to_string();
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "generated id is a UUID: {generated}");
-    let res = app
-        .client
-        .get(app.url("/healthz"))
-        .header("x-request-id", "bad id with spaces")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let res = crate::get_with(&app, "/healthz", &[("x-request-id", "bad id with spaces")]).await;
     assert_ne!(res.headers()["x-request-id"], "bad id with spaces", "unsafe ids are replaced");
     app.stop().await;
 }
@@ -213,16 +201,7 @@ async fn bad_bodies_get_4xx_problems_and_store_nothing() {
     let head = String::from_utf8_lossy(&head[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 413") || head.starts_with("HTTP/1.1 400"), "{head}");
     // Nothing was stored by any of the above.
-    let list: Value = app
-        .client
-        .get(app.url("/v1/fixture/notes"))
-        .header("x-tenant-id", tenant.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
+    let list = crate::get_json(&app, "/v1/fixture/notes", tenant).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0));
     app.stop().await;
 }

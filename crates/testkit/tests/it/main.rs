@@ -51,18 +51,25 @@ pub async fn create_note(app: &TestApp, tenant: TenantId, body: &str) -> Value {
     res.json().await.unwrap_or_else(|e| panic!("json: {e}"))
 }
 
+/// GET `path` (a path, or a full URL) with extra headers.
+pub async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let url = if path.starts_with("http") { path.to_string() } else { app.url(path) };
+    let mut req = app.client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap_or_else(|e| panic!("request: {e}"))
+}
+
+/// GET `path` as `tenant` and read the JSON body.
+pub async fn get_json(app: &TestApp, path: &str, tenant: TenantId) -> Value {
+    let res = get_with(app, path, &[("x-tenant-id", &tenant.to_string())]).await;
+    res.json().await.unwrap_or_else(|e| panic!("json: {e}"))
+}
+
 /// The fixture's counters for `tenant`.
 pub async fn stats(app: &TestApp, tenant: TenantId) -> (i64, i64) {
-    let v: Value = app
-        .client
-        .get(app.url("/v1/fixture/stats"))
-        .header("x-tenant-id", tenant.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("request: {e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("json: {e}"));
+    let v = get_json(app, "/v1/fixture/stats", tenant).await;
     (v["notes"].as_i64().unwrap_or(-1), v["views"].as_i64().unwrap_or(-1))
 }
 

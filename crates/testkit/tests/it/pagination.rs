@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use kernel::TenantId;
-use serde_json::Value;
 use testkit::TestApp;
 
 use crate::create_note;
@@ -26,16 +25,7 @@ async fn cursor_pages_walk_every_item_once_in_order() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app
-            .client
-            .get(url)
-            .header("x-tenant-id", tenant.to_string())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .json()
-            .await
-            .unwrap_or_default();
+        let page = crate::get_json(&app, &url, tenant).await;
         pages += 1;
         for item in page["items"].as_array().cloned().unwrap_or_default() {
             seen.push(item["id"].as_str().unwrap_or("").to_string());
