@@ -7,5 +7,5 @@ use kernel::Service;
 
 /// Every service this build contains.
 pub fn services() -> Vec<Arc<dyn Service>> {
-    vec![Arc::new(gateway::GatewayService)]
+    vec![Arc::new(identity::IdentityService), Arc::new(gateway::GatewayService)]
 }

@@ -358,6 +358,18 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller {
     }
 }
 
+/// What identity offers other services of the same process (the gateway).
+#[async_trait::async_trait]
+pub trait Authority: Send + Sync + 'static {
+    /// The keys that verify access tokens now.
+    fn key_set(&self) -> KeySet;
+    /// The caller an API key stands for; `None` when it is unknown, revoked or expired.
+    async fn resolve_api_key(&self, key: &str) -> Result<Option<Caller>, crate::BoxError>;
+}
+
+/// The prefix of every API key.
+pub const API_KEY_PREFIX: &str = "sp_";
+
 /// The cache key that marks a session revoked; identity sets it, the gateway reads it.
 pub fn revoked_session_key(session: Uuid) -> String {
     format!("auth:revoked:{session}")

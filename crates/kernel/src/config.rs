@@ -142,6 +142,49 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "jwks_url",
         "gateway: where Ed25519 keys are fetched [default: <public URL>/v1/auth/.well-known/jwks.json]",
     ),
+    (
+        "SIGNPOST_LOGIN_LIMIT_ACCOUNT",
+        "login_limit_account",
+        "identity: failed logins per account, N/SECONDSs [default: 5/900s]",
+    ),
+    ("SIGNPOST_LOGIN_LIMIT_IP", "login_limit_ip", "identity: failed logins per client IP [default: 50/900s]"),
+    (
+        "SIGNPOST_ACCESS_TOKEN_TTL",
+        "access_token_ttl",
+        "identity: access-token lifetime in seconds, at most 900 [default: 900]",
+    ),
+    (
+        "SIGNPOST_SESSION_MAX_AGE",
+        "session_max_age",
+        "identity: seconds a session and its refresh tokens live at most [default: 2592000]",
+    ),
+    (
+        "SIGNPOST_ARGON2_MEMORY_KIB",
+        "argon2_memory_kib",
+        "identity: Argon2id memory in KiB, at least 19456 [default: 19456]",
+    ),
+    ("SIGNPOST_ARGON2_ITERATIONS", "argon2_iterations", "identity: Argon2id passes, at least 2 [default: 2]"),
+    (
+        "SIGNPOST_PASSWORD_HASHERS",
+        "password_hashers",
+        "identity: password hashes computed at once, on their own threads [default: number of CPUs]",
+    ),
+    (
+        "SIGNPOST_APP_URL",
+        "app_url",
+        "identity: base URL of links in emails (reset, invitations); never the Host header [default: the public URL]",
+    ),
+    (
+        "SMTP_URL",
+        "smtp_url",
+        "smtp://[USER:PASS@]HOST:PORT or smtps://…; unset = emails are written to <data_dir>/mail",
+    ),
+    ("SIGNPOST_MAIL_FROM", "mail_from", "sender of emails [default: Signpost <no-reply@localhost>]"),
+    (
+        "SIGNPOST_PLATFORM_ADMINS",
+        "platform_admins",
+        "identity: comma-separated emails of platform admins, who see every workspace [default: none]",
+    ),
 ];
 
 /// Where the data lives.
@@ -256,6 +299,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// The gateway's settings, validated by the gateway when it starts.
     pub edge: EdgeSettings,
+    /// Identity's and mail's settings, validated by identity when it starts.
+    pub identity: IdentitySettings,
 }
 
 /// Settings of the security gateway, as given (the gateway parses and validates
@@ -290,6 +335,34 @@ pub struct EdgeSettings {
     pub upstream_connect_timeout: Option<String>,
     /// `SIGNPOST_UPSTREAM_TIMEOUT`.
     pub upstream_timeout: Option<String>,
+}
+
+/// Settings of the identity service and of outgoing mail, as given (identity
+/// validates them at start-up, naming the variable at fault).
+#[derive(Debug, Clone, Default)]
+pub struct IdentitySettings {
+    /// `SIGNPOST_LOGIN_LIMIT_ACCOUNT`.
+    pub login_limit_account: Option<String>,
+    /// `SIGNPOST_LOGIN_LIMIT_IP`.
+    pub login_limit_ip: Option<String>,
+    /// `SIGNPOST_ACCESS_TOKEN_TTL`.
+    pub access_token_ttl: Option<String>,
+    /// `SIGNPOST_SESSION_MAX_AGE`.
+    pub session_max_age: Option<String>,
+    /// `SIGNPOST_ARGON2_MEMORY_KIB`.
+    pub argon2_memory_kib: Option<String>,
+    /// `SIGNPOST_ARGON2_ITERATIONS`.
+    pub argon2_iterations: Option<String>,
+    /// `SIGNPOST_PASSWORD_HASHERS`.
+    pub password_hashers: Option<String>,
+    /// `SIGNPOST_APP_URL`.
+    pub app_url: Option<String>,
+    /// `SIGNPOST_MAIL_FROM`.
+    pub mail_from: Option<String>,
+    /// `SIGNPOST_PLATFORM_ADMINS`.
+    pub platform_admins: Option<String>,
+    /// `SMTP_URL` (may hold a password).
+    pub smtp_url: Option<Secret<String>>,
 }
 
 /// The unvalidated layer: every key optional, as read from a file or the environment.
@@ -335,6 +408,17 @@ struct Raw {
     routes: Option<String>,
     upstream_connect_timeout: Option<TomlScalar>,
     upstream_timeout: Option<TomlScalar>,
+    login_limit_account: Option<String>,
+    login_limit_ip: Option<String>,
+    access_token_ttl: Option<String>,
+    session_max_age: Option<String>,
+    argon2_memory_kib: Option<String>,
+    argon2_iterations: Option<String>,
+    password_hashers: Option<String>,
+    app_url: Option<String>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
+    platform_admins: Option<String>,
 }
 
 /// A number written either as a TOML integer or as a string (as environment variables are).
@@ -467,6 +551,17 @@ impl Raw {
         take!(routes, "SIGNPOST_ROUTES");
         take!(upstream_connect_timeout, "SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", scalar);
         take!(upstream_timeout, "SIGNPOST_UPSTREAM_TIMEOUT", scalar);
+        take!(login_limit_account, "SIGNPOST_LOGIN_LIMIT_ACCOUNT");
+        take!(login_limit_ip, "SIGNPOST_LOGIN_LIMIT_IP");
+        take!(access_token_ttl, "SIGNPOST_ACCESS_TOKEN_TTL");
+        take!(session_max_age, "SIGNPOST_SESSION_MAX_AGE");
+        take!(argon2_memory_kib, "SIGNPOST_ARGON2_MEMORY_KIB");
+        take!(argon2_iterations, "SIGNPOST_ARGON2_ITERATIONS");
+        take!(password_hashers, "SIGNPOST_PASSWORD_HASHERS");
+        take!(app_url, "SIGNPOST_APP_URL");
+        take!(smtp_url, "SMTP_URL");
+        take!(mail_from, "SIGNPOST_MAIL_FROM");
+        take!(platform_admins, "SIGNPOST_PLATFORM_ADMINS");
         for key in env.keys().filter(|k| k.starts_with("SIGNPOST_")) {
             // SIGNPOST_TEST_* belong to the test kit, not to the server.
             if !key.starts_with("SIGNPOST_TEST_") && !SETTINGS.iter().any(|(k, _, _)| k == key) {
@@ -693,6 +788,19 @@ impl Raw {
                 routes: self.routes,
                 upstream_connect_timeout: self.upstream_connect_timeout.map(|s| s.text()),
                 upstream_timeout: self.upstream_timeout.map(|s| s.text()),
+            },
+            identity: IdentitySettings {
+                login_limit_account: self.login_limit_account,
+                login_limit_ip: self.login_limit_ip,
+                access_token_ttl: self.access_token_ttl,
+                session_max_age: self.session_max_age,
+                argon2_memory_kib: self.argon2_memory_kib,
+                argon2_iterations: self.argon2_iterations,
+                password_hashers: self.password_hashers,
+                app_url: self.app_url,
+                mail_from: self.mail_from,
+                platform_admins: self.platform_admins,
+                smtp_url: self.smtp_url.map(Secret::new),
             },
         })
     }

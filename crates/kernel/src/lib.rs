@@ -10,6 +10,7 @@ pub mod db;
 pub mod events;
 pub mod http;
 pub mod keys;
+pub mod mail;
 pub mod platform;
 pub mod problem;
 pub mod ratelimit;

@@ -91,6 +91,9 @@ pub struct Kernel {
     pub storage: Storage,
     /// Event bus (in-process or NATS).
     pub bus: Arc<dyn Bus>,
+    /// Identity, when it runs in this process: the gateway verifies tokens and
+    /// resolves API keys through it without a network hop.
+    pub authority: Arc<std::sync::OnceLock<Arc<dyn crate::auth::Authority>>>,
     redis: Option<RedisConn>,
     appenders: Arc<Mutex<Vec<JoinHandle<()>>>>,
     append_stop: CancellationToken,
@@ -250,6 +253,7 @@ impl Platform {
             limiter,
             storage,
             bus,
+            authority: Arc::default(),
             redis,
             appenders: Arc::default(),
             append_stop: CancellationToken::new(),

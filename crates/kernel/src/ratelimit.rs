@@ -36,6 +36,9 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// Forgets a key (e.g. failures after a successful login).
     async fn reset(&self, key: &str) -> Result<(), CacheError>;
     /// `memory` or `redis`.
+    /// Takes back the most recent hit on `key` (a login that succeeded after
+    /// its attempt was counted). Exact for limits up to [`EXACT_LIMIT`].
+    async fn undo(&self, key: &str) -> Result<(), CacheError>;
     fn kind(&self) -> &'static str;
 }
 
@@ -150,6 +153,20 @@ impl RateLimiter for MemoryLimiter {
         Ok(())
     }
 
+    async fn undo(&self, key: &str) -> Result<(), CacheError> {
+        if let Ok(mut logs) = self.logs.lock()
+            && let Some(log) = logs.get_mut(key)
+        {
+            log.pop_back();
+        }
+        if let Ok(mut windows) = self.windows.lock()
+            && let Some(entry) = windows.get_mut(key)
+        {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+        Ok(())
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -198,6 +215,32 @@ local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 if oldest[2] then reset = tonumber(oldest[2]) + window - now end
 return {allowed, count, reset}
 ";
+
+/// A limit: `count` hits per sliding `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Hits allowed in the window.
+    pub count: u64,
+    /// The sliding window.
+    pub window: Duration,
+}
+
+impl Limit {
+    /// Parses `N/SECONDS` (`100/60s`, `5/900`); the error names `key`.
+    pub fn parse(key: &str, text: &str) -> Result<Self, crate::config::ConfigError> {
+        let bad = || crate::config::ConfigError {
+            key: key.to_string(),
+            message: format!("{text:?} is not a limit like 100/60s"),
+        };
+        let (count, window) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let secs: u64 = window.trim().trim_end_matches('s').parse().map_err(|_| bad())?;
+        if count == 0 || secs == 0 || secs > 86_400 {
+            return Err(bad());
+        }
+        Ok(Self { count, window: Duration::from_secs(secs) })
+    }
+}
 
 /// Redis sliding log.
 pub struct RedisLimiter {
@@ -257,6 +300,13 @@ impl RateLimiter for RedisLimiter {
         let mut keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await?;
         keys.push(base);
         let _: u64 = redis::AsyncCommands::del(&mut c, keys).await?;
+        Ok(())
+    }
+
+    async fn undo(&self, key: &str) -> Result<(), CacheError> {
+        let mut c = self.redis.conn.clone();
+        let _: Vec<String> =
+            redis::cmd("ZPOPMAX").arg(self.redis.key(&format!("rl:{key}"))).query_async(&mut c).await?;
         Ok(())
     }
 

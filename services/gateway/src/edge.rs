@@ -238,11 +238,42 @@ async fn admit(
     }
     let token = bearer(req.headers()).map_err(IntoResponse::into_response)?.map(str::to_string);
     let caller = match token {
-        Some(t) if t.starts_with("sp_") => {
-            return Err(Problem::unauthorized(
-                "API keys are not accepted yet: the identity service resolves them",
-            )
-            .into_response());
+        Some(t) if t.starts_with(kernel::auth::API_KEY_PREFIX) => {
+            let proxy = g.proxy.clone();
+            let key = t.clone();
+            let resolved = g
+                .verifier
+                .api_key(&t, || async move {
+                    match proxy {
+                        Some(p) => p.introspect(&key).await,
+                        None => Ok(None),
+                    }
+                })
+                .await;
+            let caller = match resolved {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    return Err(Problem::unauthorized("the API key is invalid, expired or revoked")
+                        .with_header(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                        )
+                        .into_response());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resolve an API key");
+                    return Err(Problem::unavailable("cannot check the API key").into_response());
+                }
+            };
+            match g.kernel.cache.get(&kernel::auth::revoked_session_key(caller.session_id)).await {
+                Ok(None) => {}
+                Ok(Some(_)) => return Err(Problem::unauthorized("the API key was revoked").into_response()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation list unreachable");
+                    return Err(Problem::unavailable("cannot check the API key").into_response());
+                }
+            }
+            Some(caller)
         }
         Some(t) => {
             let claims = g.verifier.verify(&t).await.map_err(|e| Problem::from(e).into_response())?;
@@ -320,6 +351,7 @@ async fn admit(
             other => other.to_string(),
         },
     );
+    req.extensions_mut().insert(kernel::http::ClientIp(ip.clone()));
     let endpoint =
         req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
     let who = caller.as_ref().map(|c| c.tenant.to_string());

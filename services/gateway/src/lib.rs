@@ -38,7 +38,8 @@ impl Gateway {
         let verifier = match &kernel.config.jwt_secret_key {
             Some(secret) => Verifier::hs256(secret.expose().as_bytes(), &settings.issuer),
             None => Verifier::jwks(&settings.jwks_url, &settings.issuer),
-        };
+        }
+        .with_local(kernel.authority.clone());
         let proxy =
             (!settings.upstreams.is_empty()).then(|| Proxy::new(&settings, kernel.config.tls.is_some()));
         Ok(Self { kernel, settings, proxy, verifier })

@@ -471,3 +471,44 @@ impl kernel::OpenApiSource for RemoteOpenApi {
         fresh
     }
 }
+
+impl Proxy {
+    /// Asks identity (through this proxy) who an API key stands for: the key
+    /// authenticates its own lookup at `/v1/auth/introspect`.
+    pub async fn introspect(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<Option<kernel::auth::Caller>, kernel::BoxError> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("/v1/auth/introspect")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::empty())?;
+        let res = handle(State(self.clone()), req).await;
+        match res.status() {
+            axum::http::StatusCode::OK => {}
+            axum::http::StatusCode::UNAUTHORIZED | axum::http::StatusCode::FORBIDDEN => return Ok(None),
+            other => return Err(format!("identity answered {other} to an API-key lookup").into()),
+        }
+        let body = http_body_util::BodyExt::collect(res.into_body()).await?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let uuid = |k: &str| v.get(k).and_then(|x| x.as_str()).and_then(|s| uuid::Uuid::parse_str(s).ok());
+        let (Some(user_id), Some(tenant), Some(session_id)) =
+            (uuid("user_id"), uuid("tenant_id"), uuid("session_id"))
+        else {
+            return Err("identity's API-key lookup answered an unexpected document".into());
+        };
+        Ok(Some(kernel::auth::Caller {
+            user_id,
+            tenant: kernel::TenantId::from_uuid(tenant),
+            role: v.get("role").and_then(|r| r.as_str()).unwrap_or("viewer").to_string(),
+            session_id,
+            scopes: v
+                .get("scopes")
+                .and_then(|s| s.as_array())
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            kind: kernel::auth::CallerKind::ApiKey,
+        }))
+    }
+}

@@ -6,15 +6,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use kernel::config::{Config, ConfigError};
-
-/// A limit: `count` requests per `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    /// Requests allowed in the window.
-    pub count: u64,
-    /// The sliding window.
-    pub window: Duration,
-}
+pub use kernel::ratelimit::Limit;
 
 /// What the gateway does when the limiter's store fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,15 +113,7 @@ pub const DEFAULT_ROUTES: &[(&str, &str)] = &[
 ];
 
 fn limit(key: &str, text: &str) -> Result<Limit, ConfigError> {
-    let bad =
-        || ConfigError { key: key.to_string(), message: format!("{text:?} is not a limit like 100/60s") };
-    let (count, window) = text.trim().split_once('/').ok_or_else(bad)?;
-    let count: u64 = count.trim().parse().map_err(|_| bad())?;
-    let secs: u64 = window.trim().trim_end_matches('s').parse().map_err(|_| bad())?;
-    if count == 0 || secs == 0 || secs > 86_400 {
-        return Err(bad());
-    }
-    Ok(Limit { count, window: Duration::from_secs(secs) })
+    Limit::parse(key, text)
 }
 
 impl Settings {

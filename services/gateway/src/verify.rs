@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use kernel::auth::{Claims, KeySet, TokenError};
+use kernel::auth::{Caller, Claims, KeySet, TokenError};
 use kernel::cache::Cache;
 
 /// How often an unknown `kid` may trigger a key-set fetch.
@@ -15,6 +15,9 @@ pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// How soon a failed fetch may be retried.
 pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const TOKEN_CACHE_ENTRIES: usize = 50_000;
+/// How long a resolved API key is trusted without asking identity again
+/// (revocation is still checked on every request).
+pub const API_KEY_CACHE: Duration = Duration::from_secs(30);
 
 /// Verifies access tokens.
 pub struct Verifier {
@@ -27,6 +30,10 @@ pub struct Verifier {
     fetching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     verified: Mutex<HashMap<String, Arc<Claims>>>,
+    /// Identity in this process, when there is one: its keys need no fetching.
+    local: Option<Arc<std::sync::OnceLock<Arc<dyn kernel::auth::Authority>>>>,
+    /// Resolved API keys, kept briefly (revocation is checked on every request).
+    api_keys: Mutex<HashMap<String, (Instant, Caller)>>,
     /// Key-set fetches made (for tests and metrics).
     pub fetches: std::sync::atomic::AtomicU64,
 }
@@ -57,8 +64,47 @@ impl Verifier {
             fetching: tokio::sync::Mutex::new(()),
             http,
             verified: Mutex::new(HashMap::new()),
+            local: None,
+            api_keys: Mutex::new(HashMap::new()),
             fetches: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Verifies with the keys of an identity service in this process when one
+    /// has registered itself (embedded mode), before any fetching.
+    pub fn with_local(mut self, local: Arc<std::sync::OnceLock<Arc<dyn kernel::auth::Authority>>>) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    fn local(&self) -> Option<&Arc<dyn kernel::auth::Authority>> {
+        self.local.as_ref().and_then(|l| l.get())
+    }
+
+    /// The caller behind an API key: identity in this process, or `remote` (the
+    /// proxy's introspection call); cached for [`API_KEY_CACHE`].
+    pub async fn api_key<F, Fut>(&self, key: &str, remote: F) -> Result<Option<Caller>, kernel::BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Caller>, kernel::BoxError>>,
+    {
+        let cached = self.api_keys.lock().ok().and_then(|m| m.get(key).cloned());
+        if let Some((at, caller)) = cached
+            && at.elapsed() < API_KEY_CACHE
+        {
+            return Ok(Some(caller));
+        }
+        let caller = match self.local() {
+            Some(authority) => authority.resolve_api_key(key).await?,
+            None => remote().await?,
+        };
+        if let (Some(c), Ok(mut m)) = (&caller, self.api_keys.lock()) {
+            if m.len() >= TOKEN_CACHE_ENTRIES {
+                m.clear();
+            }
+            m.insert(key.to_string(), (Instant::now(), c.clone()));
+        }
+        Ok(caller)
     }
 
     fn now() -> i64 {
@@ -72,9 +118,18 @@ impl Verifier {
         if let Some(c) = cached.filter(|c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now) {
             return Ok(c);
         }
-        let first = self.check(token, now);
+        let mut first = self.check(token, now);
+        if let (Err(TokenError::UnknownKey | TokenError::Algorithm), Some(authority)) = (&first, self.local())
+        {
+            if let Ok(mut keys) = self.keys.write() {
+                *keys = authority.key_set();
+            }
+            first = self.check(token, now);
+        }
         let claims = match first {
-            Err(TokenError::UnknownKey | TokenError::Algorithm) if self.jwks_url.is_some() => {
+            Err(TokenError::UnknownKey | TokenError::Algorithm)
+                if self.jwks_url.is_some() && self.local().is_none() =>
+            {
                 let _one_at_a_time = self.fetching.lock().await;
                 // Another request may have fetched the keys while this one waited.
                 match self.check(token, now) {

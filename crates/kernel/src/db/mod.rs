@@ -10,6 +10,7 @@ mod migrate;
 mod pg;
 mod sqlite;
 mod tx;
+mod types;
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use tokio::sync::Notify;
 pub use migrate::{Migration, Migrations};
 pub use pg::{PgBackend, PgDb};
 pub use sqlite::{SqliteBackend, SqliteDb};
-pub use tx::{PgTx, Scoped, SqliteTx};
+pub use tx::{PgGlobalTx, PgTx, Scoped, SqliteGlobalTx, SqliteTx};
+pub use types::{Id, Timestamp};
 
 use crate::problem::Problem;
 

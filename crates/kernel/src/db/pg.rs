@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Executor as _, Row as _};
 use tokio::sync::Notify;
 
 use super::migrate::Migrations;
-use super::tx::PgTx;
+use super::tx::{PgGlobalTx, PgTx};
 use super::{DbError, Engine, KernelSql, SchemaShared};
 use crate::secret::{Secret, redact_url};
 use crate::tenant::TenantId;
@@ -306,6 +306,17 @@ impl PgDb {
     /// A read-only view for `tenant` (same pool on PostgreSQL).
     pub async fn read(&self, tenant: TenantId) -> Result<PgTx, DbError> {
         self.begin(tenant).await
+    }
+
+    /// A transaction with no tenant, for a service's global tables (identity's
+    /// accounts): row-level security hides every tenant table's rows from it.
+    pub async fn begin_global(&self) -> Result<PgGlobalTx, DbError> {
+        Ok(PgGlobalTx::new(self.pool.begin().await?, self.shared.clone()))
+    }
+
+    /// A read of the global tables (same pool on PostgreSQL).
+    pub async fn read_global(&self) -> Result<PgGlobalTx, DbError> {
+        self.begin_global().await
     }
 
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Executor as _};
 use tokio::sync::Notify;
 
 use super::migrate::Migrations;
-use super::tx::SqliteTx;
+use super::tx::{SqliteGlobalTx, SqliteTx};
 use super::{DbError, Engine, KernelSql, SchemaShared};
 use crate::tenant::TenantId;
 
@@ -115,6 +115,16 @@ impl SqliteDb {
     pub async fn read(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
         let tx = self.reader.begin().await?;
         Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
+    }
+
+    /// A write transaction with no tenant, for a service's global tables.
+    pub async fn begin_global(&self) -> Result<SqliteGlobalTx, DbError> {
+        Ok(SqliteGlobalTx::new(self.writer.begin_with("begin immediate").await?, self.shared.clone()))
+    }
+
+    /// A read transaction of the global tables on a reader connection.
+    pub async fn read_global(&self) -> Result<SqliteGlobalTx, DbError> {
+        Ok(SqliteGlobalTx::new(self.reader.begin().await?, self.shared.clone()))
     }
 
     /// A write transaction in the kernel's system scope.

@@ -21,12 +21,8 @@ pub struct Scoped<Q> {
 /// A statement must compare `tenant_id` with `$1` (not `$10`) and must not touch
 /// the session's role or settings, which row-level security relies on.
 pub(crate) fn check(sql: &'static str) -> Result<(), DbError> {
+    check_global(sql)?;
     let lower = sql.to_ascii_lowercase();
-    let forbidden =
-        ["set_config", "set role", "reset", "set session", "set local", "app.scope", "app.tenant_id"];
-    if forbidden.iter().any(|f| lower.contains(f)) {
-        return Err(DbError::Unscoped(sql));
-    }
     let scoped = lower.match_indices("tenant_id").any(|(i, m)| {
         let rest = lower[i + m.len()..].trim_start();
         let Some(rest) = rest.strip_prefix('=') else { return false };
@@ -62,6 +58,79 @@ mod tests {
         assert!(check("select set_config('app.tenant_id', $2, true) where tenant_id = $1").is_err());
         assert!(check("reset role; select 1 where tenant_id = $1").is_err());
     }
+}
+
+/// What every transaction type has: running statements, commit and rollback.
+macro_rules! tx_common {
+    ($DB:ty) => {
+        /// Runs a statement; returns the rows affected.
+        pub async fn execute<'q>(
+            &mut self,
+            q: Scoped<Query<'q, $DB, <$DB as Database>::Arguments>>,
+        ) -> Result<u64, DbError> {
+            Ok(q.inner?.execute(&mut *self.tx).await?.rows_affected())
+        }
+
+        /// All rows.
+        pub async fn fetch_all<'q, O>(
+            &mut self,
+            q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>,
+        ) -> Result<Vec<O>, DbError>
+        where
+            O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+        {
+            Ok(q.inner?.fetch_all(&mut *self.tx).await?)
+        }
+
+        /// At most one row.
+        pub async fn fetch_optional<'q, O>(
+            &mut self,
+            q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>,
+        ) -> Result<Option<O>, DbError>
+        where
+            O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+        {
+            Ok(q.inner?.fetch_optional(&mut *self.tx).await?)
+        }
+
+        /// Exactly one row.
+        pub async fn fetch_one<'q, O>(
+            &mut self,
+            q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>,
+        ) -> Result<O, DbError>
+        where
+            O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+        {
+            Ok(q.inner?.fetch_one(&mut *self.tx).await?)
+        }
+
+        /// One value of one row.
+        pub async fn scalar<'q, O>(
+            &mut self,
+            q: Scoped<QueryScalar<'q, $DB, O, <$DB as Database>::Arguments>>,
+        ) -> Result<O, DbError>
+        where
+            O: Send + Unpin,
+            (O,): Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
+        {
+            Ok(q.inner?.fetch_one(&mut *self.tx).await?)
+        }
+
+        /// Commits, then wakes the outbox relay if an event was written.
+        pub async fn commit(self) -> Result<(), DbError> {
+            let (shared, emitted) = (self.shared.clone(), self.emitted);
+            self.tx.commit().await?;
+            if emitted {
+                shared.relay.notify_one();
+            }
+            Ok(())
+        }
+
+        /// Abandons every change (also what dropping the transaction does).
+        pub async fn rollback(self) -> Result<(), DbError> {
+            Ok(self.tx.rollback().await?)
+        }
+    };
 }
 
 macro_rules! tenant_tx {
@@ -129,43 +198,7 @@ macro_rules! tenant_tx {
                 Scoped { inner: check(sql).map(|()| sqlx::query_scalar(sql).bind($tenant(tenant))) }
             }
 
-            /// Runs a statement; returns the rows affected.
-            pub async fn execute<'q>(&mut self, q: Scoped<Query<'q, $DB, <$DB as Database>::Arguments>>) -> Result<u64, DbError> {
-                Ok(q.inner?.execute(&mut *self.tx).await?.rows_affected())
-            }
-
-            /// All rows.
-            pub async fn fetch_all<'q, O>(&mut self, q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<Vec<O>, DbError>
-            where
-                O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
-            {
-                Ok(q.inner?.fetch_all(&mut *self.tx).await?)
-            }
-
-            /// At most one row.
-            pub async fn fetch_optional<'q, O>(&mut self, q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<Option<O>, DbError>
-            where
-                O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
-            {
-                Ok(q.inner?.fetch_optional(&mut *self.tx).await?)
-            }
-
-            /// Exactly one row.
-            pub async fn fetch_one<'q, O>(&mut self, q: Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<O, DbError>
-            where
-                O: Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
-            {
-                Ok(q.inner?.fetch_one(&mut *self.tx).await?)
-            }
-
-            /// One value of one row.
-            pub async fn scalar<'q, O>(&mut self, q: Scoped<QueryScalar<'q, $DB, O, <$DB as Database>::Arguments>>) -> Result<O, DbError>
-            where
-                O: Send + Unpin,
-                (O,): Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
-            {
-                Ok(q.inner?.fetch_one(&mut *self.tx).await?)
-            }
+            tx_common!($DB);
 
             /// Writes an event into this service's outbox in this transaction: it is
             /// published if and only if the transaction commits.
@@ -199,21 +232,6 @@ macro_rules! tenant_tx {
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
-
-            /// Commits, then wakes the outbox relay if an event was written.
-            pub async fn commit(self) -> Result<(), DbError> {
-                let (shared, emitted) = (self.shared.clone(), self.emitted);
-                self.tx.commit().await?;
-                if emitted {
-                    shared.relay.notify_one();
-                }
-                Ok(())
-            }
-
-            /// Abandons every change (also what dropping the transaction does).
-            pub async fn rollback(self) -> Result<(), DbError> {
-                Ok(self.tx.rollback().await?)
-            }
         }
     };
 }
@@ -226,3 +244,118 @@ tenant_tx!(
     /// A SQLite transaction for one tenant.
     SqliteTx, Sqlite, |t: TenantId| t.to_string(), |u: uuid::Uuid| u.hyphenated().to_string()
 );
+
+/// A statement of a global transaction must not touch the session's role or
+/// settings; it needs no tenant (the tables it may see have no row-level policy).
+pub(crate) fn check_global(sql: &'static str) -> Result<(), DbError> {
+    let lower = sql.to_ascii_lowercase();
+    let forbidden =
+        ["set_config", "set role", "reset", "set session", "set local", "app.scope", "app.tenant_id"];
+    if forbidden.iter().any(|f| lower.contains(f)) { Err(DbError::Unscoped(sql)) } else { Ok(()) }
+}
+
+macro_rules! global_tx {
+    ($(#[$doc:meta])* $Tx:ident, $DB:ty) => {
+        $(#[$doc])*
+        pub struct $Tx {
+            tx: sqlx::Transaction<'static, $DB>,
+            shared: Arc<SchemaShared>,
+            emitted: bool,
+        }
+
+        impl $Tx {
+            pub(crate) fn new(tx: sqlx::Transaction<'static, $DB>, shared: Arc<SchemaShared>) -> Self {
+                Self { tx, shared, emitted: false }
+            }
+
+            /// A statement on the service's global (tenant-less) tables.
+            pub fn query<'q>(&self, sql: &'static str) -> Scoped<Query<'q, $DB, <$DB as Database>::Arguments>> {
+                Scoped { inner: check_global(sql).map(|()| sqlx::query(sql)) }
+            }
+
+            /// A statement returning rows of `O`.
+            pub fn query_as<'q, O>(&self, sql: &'static str) -> Scoped<QueryAs<'q, $DB, O, <$DB as Database>::Arguments>>
+            where
+                O: for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                Scoped { inner: check_global(sql).map(|()| sqlx::query_as(sql)) }
+            }
+
+            /// A statement returning one column.
+            pub fn query_scalar<'q, O>(&self, sql: &'static str) -> Scoped<QueryScalar<'q, $DB, O, <$DB as Database>::Arguments>>
+            where
+                (O,): for<'r> FromRow<'r, <$DB as Database>::Row>,
+            {
+                Scoped { inner: check_global(sql).map(|()| sqlx::query_scalar(sql)) }
+            }
+
+            tx_common!($DB);
+        }
+    };
+}
+
+global_tx!(
+    /// A PostgreSQL transaction with no tenant: it sees the service's global
+    /// tables (identity's accounts and sessions), and no row of a tenant table.
+    PgGlobalTx, Postgres
+);
+global_tx!(
+    /// A SQLite transaction with no tenant (see [`PgGlobalTx`]).
+    SqliteGlobalTx, Sqlite
+);
+
+impl PgGlobalTx {
+    /// Writes an event of `tenant` into the outbox in this transaction.
+    pub async fn emit<T: Serialize>(
+        &mut self,
+        tenant: TenantId,
+        event_type: &str,
+        actor: &str,
+        data: &T,
+    ) -> Result<Envelope, DbError> {
+        let envelope = Envelope::new(event_type, tenant, actor, serde_json::to_value(data)?);
+        if !crate::events::valid_event_type(&envelope.event_type) {
+            return Err(DbError::InvalidEvent(envelope.event_type.clone()));
+        }
+        // The outbox is a tenant table: its policy admits the row for its own tenant only.
+        sqlx::query("select set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(self.shared.sql.outbox_insert.clone()))
+            .bind(envelope.event_id)
+            .bind(envelope.event_type.clone())
+            .bind(tenant.as_uuid())
+            .bind(sqlx::types::Json(envelope.clone()))
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("select set_config('app.tenant_id', '', true)").execute(&mut *self.tx).await?;
+        self.emitted = true;
+        Ok(envelope)
+    }
+}
+
+impl SqliteGlobalTx {
+    /// Writes an event of `tenant` into the outbox in this transaction.
+    pub async fn emit<T: Serialize>(
+        &mut self,
+        tenant: TenantId,
+        event_type: &str,
+        actor: &str,
+        data: &T,
+    ) -> Result<Envelope, DbError> {
+        let envelope = Envelope::new(event_type, tenant, actor, serde_json::to_value(data)?);
+        if !crate::events::valid_event_type(&envelope.event_type) {
+            return Err(DbError::InvalidEvent(envelope.event_type.clone()));
+        }
+        sqlx::query(AssertSqlSafe(self.shared.sql.outbox_insert.clone()))
+            .bind(envelope.event_id.hyphenated().to_string())
+            .bind(envelope.event_type.clone())
+            .bind(tenant.to_string())
+            .bind(sqlx::types::Json(envelope.clone()))
+            .execute(&mut *self.tx)
+            .await?;
+        self.emitted = true;
+        Ok(envelope)
+    }
+}

@@ -22,3 +22,8 @@ pub async fn not_found() -> impl IntoResponse {
 pub async fn method_not_allowed() -> impl IntoResponse {
     Problem::method_not_allowed()
 }
+
+/// The client's address as the gateway determined it (trusted proxies applied,
+/// IPv6 reduced to its /64), put into the request for services that count by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIp(pub String);
