@@ -363,8 +363,9 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller {
 pub trait Authority: Send + Sync + 'static {
     /// The keys that verify access tokens now.
     fn key_set(&self) -> KeySet;
-    /// The caller an API key stands for; `None` when it is unknown, revoked or expired.
-    async fn resolve_api_key(&self, key: &str) -> Result<Option<Caller>, crate::BoxError>;
+    /// The caller an API key stands for and when the key expires (Unix
+    /// seconds); `None` when it is unknown, revoked or expired.
+    async fn resolve_api_key(&self, key: &str) -> Result<Option<(Caller, Option<i64>)>, crate::BoxError>;
 }
 
 /// The prefix of every API key.

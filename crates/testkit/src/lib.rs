@@ -233,6 +233,18 @@ impl TestApp {
         Self::spawn_env(vec![Arc::new(fixture::Fixture)], engines, env, isolation).await
     }
 
+    /// Stops gracefully and starts `services` again on the same data, with `extra`
+    /// added to (or replacing in) the environment.
+    pub async fn restart_with(mut self, services: Vec<Arc<dyn Service>>, extra: &[(&str, &str)]) -> Self {
+        self.shutdown().await;
+        let (engines, mut env, isolation) = (self.engines.clone(), self.env.clone(), self.isolation.clone());
+        for (k, v) in extra {
+            env.insert((*k).to_string(), (*v).to_string());
+        }
+        drop(self);
+        Self::spawn_env(services, engines, env, isolation).await
+    }
+
     /// `address` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)

@@ -478,7 +478,7 @@ impl Proxy {
     pub async fn introspect(
         self: &Arc<Self>,
         key: &str,
-    ) -> Result<Option<kernel::auth::Caller>, kernel::BoxError> {
+    ) -> Result<Option<(kernel::auth::Caller, Option<i64>)>, kernel::BoxError> {
         let req = Request::builder()
             .method(Method::GET)
             .uri("/v1/auth/introspect")
@@ -498,7 +498,8 @@ impl Proxy {
         else {
             return Err("identity's API-key lookup answered an unexpected document".into());
         };
-        Ok(Some(kernel::auth::Caller {
+        let expires_at = v.get("expires_at").and_then(serde_json::Value::as_i64);
+        let caller = kernel::auth::Caller {
             user_id,
             tenant: kernel::TenantId::from_uuid(tenant),
             role: v.get("role").and_then(|r| r.as_str()).unwrap_or("viewer").to_string(),
@@ -509,6 +510,7 @@ impl Proxy {
                 .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
             kind: kernel::auth::CallerKind::ApiKey,
-        }))
+        };
+        Ok(Some((caller, expires_at)))
     }
 }

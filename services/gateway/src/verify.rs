@@ -19,6 +19,9 @@ const TOKEN_CACHE_ENTRIES: usize = 50_000;
 /// (revocation is still checked on every request).
 pub const API_KEY_CACHE: Duration = Duration::from_secs(30);
 
+/// A resolved API key: when it was resolved, when it expires, whom it stands for.
+type CachedKey = (Instant, Option<i64>, Caller);
+
 /// Verifies access tokens.
 pub struct Verifier {
     keys: RwLock<KeySet>,
@@ -33,7 +36,7 @@ pub struct Verifier {
     /// Identity in this process, when there is one: its keys need no fetching.
     local: Option<Arc<std::sync::OnceLock<Arc<dyn kernel::auth::Authority>>>>,
     /// Resolved API keys, kept briefly (revocation is checked on every request).
-    api_keys: Mutex<HashMap<String, (Instant, Caller)>>,
+    api_keys: Mutex<HashMap<String, CachedKey>>,
     /// Key-set fetches made (for tests and metrics).
     pub fetches: std::sync::atomic::AtomicU64,
 }
@@ -86,25 +89,27 @@ impl Verifier {
     pub async fn api_key<F, Fut>(&self, key: &str, remote: F) -> Result<Option<Caller>, kernel::BoxError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<Caller>, kernel::BoxError>>,
+        Fut: std::future::Future<Output = Result<Option<(Caller, Option<i64>)>, kernel::BoxError>>,
     {
+        let now = Self::now();
         let cached = self.api_keys.lock().ok().and_then(|m| m.get(key).cloned());
-        if let Some((at, caller)) = cached
+        if let Some((at, expires, caller)) = cached
             && at.elapsed() < API_KEY_CACHE
+            && expires.is_none_or(|e| e > now)
         {
             return Ok(Some(caller));
         }
-        let caller = match self.local() {
+        let resolved = match self.local() {
             Some(authority) => authority.resolve_api_key(key).await?,
             None => remote().await?,
         };
-        if let (Some(c), Ok(mut m)) = (&caller, self.api_keys.lock()) {
+        if let (Some((c, expires)), Ok(mut m)) = (&resolved, self.api_keys.lock()) {
             if m.len() >= TOKEN_CACHE_ENTRIES {
                 m.clear();
             }
-            m.insert(key.to_string(), (Instant::now(), c.clone()));
+            m.insert(key.to_string(), (Instant::now(), *expires, c.clone()));
         }
-        Ok(caller)
+        Ok(resolved.map(|(c, _)| c))
     }
 
     fn now() -> i64 {

@@ -686,8 +686,19 @@ async fn revoke_key(State(id): AppState, caller: Caller, Path(key): Path<Uuid>) 
 
 /// The caller of the presented credential: how a gateway in another process
 /// resolves an API key (the key authenticates its own lookup).
-async fn introspect(caller: Caller) -> Response {
+async fn introspect(State(id): AppState, caller: Caller, headers: HeaderMap) -> Response {
+    let mut expires_at = None;
+    if caller.kind == CallerKind::ApiKey
+        && let Some(key) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' ').map(|(_, k)| k.trim()))
+        && let Ok(Some((_, exp))) = resolve_key(&id, key).await
+    {
+        expires_at = exp;
+    }
     axum::Json(json!({
+        "expires_at": expires_at,
         "user_id": caller.user_id,
         "tenant_id": caller.tenant,
         "role": caller.role,
@@ -700,17 +711,20 @@ async fn introspect(caller: Caller) -> Response {
 
 /// The caller an API key stands for: its creator, with the lesser of the
 /// creator's current role and the key's scopes.
-pub(crate) async fn resolve_key(id: &Identity, key: &str) -> Result<Option<Caller>, BoxError> {
+pub(crate) async fn resolve_key(id: &Identity, key: &str) -> Result<Option<(Caller, Option<i64>)>, BoxError> {
     if key.len() > 100 || !key.starts_with(kernel::auth::API_KEY_PREFIX) {
         return Ok(None);
     }
     let found = id.store.api_key_by_hash(&tokens::digest(key), Timestamp::now()).await?;
-    Ok(found.filter(|(_, _, status)| status == "active").map(|(k, role, _)| Caller {
-        user_id: k.user_id.0,
-        tenant: TenantId::from_uuid(k.workspace_id.0),
-        role,
-        session_id: k.id.0,
-        scopes: k.scopes.split_whitespace().map(str::to_string).collect(),
-        kind: CallerKind::ApiKey,
+    Ok(found.filter(|(_, _, status)| status == "active").map(|(k, role, _)| {
+        let caller = Caller {
+            user_id: k.user_id.0,
+            tenant: TenantId::from_uuid(k.workspace_id.0),
+            role,
+            session_id: k.id.0,
+            scopes: k.scopes.split_whitespace().map(str::to_string).collect(),
+            kind: CallerKind::ApiKey,
+        };
+        (caller, k.expires_at.map(Timestamp::unix))
     }))
 }

@@ -98,6 +98,7 @@ impl Identity {
                     Problem::unavailable("cannot check the API key")
                 })?
                 .ok_or_else(|| Problem::unauthorized("the API key is invalid, expired or revoked"))?
+                .0
         } else {
             let now = Timestamp::now().unix();
             Caller::from_claims(&self.keys.verify(token, &self.settings.issuer, now).map_err(Problem::from)?)
@@ -117,7 +118,7 @@ impl Authority for Identity {
         self.keys.clone()
     }
 
-    async fn resolve_api_key(&self, key: &str) -> Result<Option<Caller>, BoxError> {
+    async fn resolve_api_key(&self, key: &str) -> Result<Option<(Caller, Option<i64>)>, BoxError> {
         api::resolve_key(self, key).await
     }
 }

@@ -149,6 +149,9 @@ async fn set_role(
     if new > mine || (theirs == Role::Owner && mine != Role::Owner) {
         return Err(roles::forbidden_for(mine).into());
     }
+    if theirs == new {
+        return Ok(StatusCode::NO_CONTENT);
+    }
     match id.store.set_role(ws, user, new).await? {
         MembershipChange::Done => {}
         MembershipChange::NotFound => return Err(Problem::not_found().into()),

@@ -57,6 +57,10 @@ mod tests {
         assert!(check("select id from x.t where tenant_id = $10").is_err());
         assert!(check("select set_config('app.tenant_id', $2, true) where tenant_id = $1").is_err());
         assert!(check("reset role; select 1 where tenant_id = $1").is_err());
+        assert!(check("RESET  ALL; select 1 where tenant_id = $1").is_err());
+        assert!(check("update x.t set used_at = $2 where tenant_id = $1 and purpose = 'reset'").is_ok());
+        assert!(check("update x.t set role = $2 where tenant_id = $1").is_ok());
+        assert!(check("select 1 where tenant_id = $1; set role postgres").is_err());
     }
 }
 
@@ -249,9 +253,13 @@ tenant_tx!(
 /// settings; it needs no tenant (the tables it may see have no row-level policy).
 pub(crate) fn check_global(sql: &'static str) -> Result<(), DbError> {
     let lower = sql.to_ascii_lowercase();
-    let forbidden =
-        ["set_config", "set role", "reset", "set session", "set local", "app.scope", "app.tenant_id"];
-    if forbidden.iter().any(|f| lower.contains(f)) { Err(DbError::Unscoped(sql)) } else { Ok(()) }
+    let forbidden = ["set_config", "app.scope", "app.tenant_id"];
+    // A statement of its own that changes session state: `set role …`, `reset all`, `discard all`.
+    let session = lower
+        .split(';')
+        .map(str::trim_start)
+        .any(|stmt| ["set ", "reset ", "discard ", "set\t", "reset\t"].iter().any(|p| stmt.starts_with(p)));
+    if session || forbidden.iter().any(|f| lower.contains(f)) { Err(DbError::Unscoped(sql)) } else { Ok(()) }
 }
 
 macro_rules! global_tx {
