@@ -185,6 +185,33 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "platform_admins",
         "identity: comma-separated emails of platform admins, who see every workspace [default: none]",
     ),
+    (
+        "SIGNPOST_GOOGLE_CLIENT_ID",
+        "google_client_id",
+        "identity: OAuth client id for Sign in with Google (OIDC) [default: none, Google sign-in off]",
+    ),
+    ("SIGNPOST_GOOGLE_CLIENT_SECRET", "google_client_secret", "identity: OAuth client secret for Google"),
+    (
+        "SIGNPOST_GOOGLE_ISSUER",
+        "google_issuer",
+        "identity: OIDC issuer whose discovery document is read [default: https://accounts.google.com]",
+    ),
+    (
+        "SIGNPOST_GITHUB_CLIENT_ID",
+        "github_client_id",
+        "identity: OAuth client id for Sign in with GitHub [default: none, GitHub sign-in off]",
+    ),
+    ("SIGNPOST_GITHUB_CLIENT_SECRET", "github_client_secret", "identity: OAuth client secret for GitHub"),
+    (
+        "SIGNPOST_GITHUB_URL",
+        "github_url",
+        "identity: GitHub web base URL (authorize, token) [default: https://github.com]",
+    ),
+    (
+        "SIGNPOST_GITHUB_API_URL",
+        "github_api_url",
+        "identity: GitHub API base URL [default: https://api.github.com]",
+    ),
 ];
 
 /// Where the data lives.
@@ -363,6 +390,20 @@ pub struct IdentitySettings {
     pub platform_admins: Option<String>,
     /// `SMTP_URL` (may hold a password).
     pub smtp_url: Option<Secret<String>>,
+    /// `SIGNPOST_GOOGLE_CLIENT_ID`.
+    pub google_client_id: Option<String>,
+    /// `SIGNPOST_GOOGLE_CLIENT_SECRET`.
+    pub google_client_secret: Option<Secret<String>>,
+    /// `SIGNPOST_GOOGLE_ISSUER`.
+    pub google_issuer: Option<String>,
+    /// `SIGNPOST_GITHUB_CLIENT_ID`.
+    pub github_client_id: Option<String>,
+    /// `SIGNPOST_GITHUB_CLIENT_SECRET`.
+    pub github_client_secret: Option<Secret<String>>,
+    /// `SIGNPOST_GITHUB_URL`.
+    pub github_url: Option<String>,
+    /// `SIGNPOST_GITHUB_API_URL`.
+    pub github_api_url: Option<String>,
 }
 
 /// The unvalidated layer: every key optional, as read from a file or the environment.
@@ -419,6 +460,13 @@ struct Raw {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     platform_admins: Option<String>,
+    google_client_id: Option<String>,
+    google_client_secret: Option<String>,
+    google_issuer: Option<String>,
+    github_client_id: Option<String>,
+    github_client_secret: Option<String>,
+    github_url: Option<String>,
+    github_api_url: Option<String>,
 }
 
 /// A number written either as a TOML integer or as a string (as environment variables are).
@@ -562,6 +610,13 @@ impl Raw {
         take!(smtp_url, "SMTP_URL");
         take!(mail_from, "SIGNPOST_MAIL_FROM");
         take!(platform_admins, "SIGNPOST_PLATFORM_ADMINS");
+        take!(google_client_id, "SIGNPOST_GOOGLE_CLIENT_ID");
+        take!(google_client_secret, "SIGNPOST_GOOGLE_CLIENT_SECRET");
+        take!(google_issuer, "SIGNPOST_GOOGLE_ISSUER");
+        take!(github_client_id, "SIGNPOST_GITHUB_CLIENT_ID");
+        take!(github_client_secret, "SIGNPOST_GITHUB_CLIENT_SECRET");
+        take!(github_url, "SIGNPOST_GITHUB_URL");
+        take!(github_api_url, "SIGNPOST_GITHUB_API_URL");
         for key in env.keys().filter(|k| k.starts_with("SIGNPOST_")) {
             // SIGNPOST_TEST_* belong to the test kit, not to the server.
             if !key.starts_with("SIGNPOST_TEST_") && !SETTINGS.iter().any(|(k, _, _)| k == key) {
@@ -801,6 +856,13 @@ impl Raw {
                 mail_from: self.mail_from,
                 platform_admins: self.platform_admins,
                 smtp_url: self.smtp_url.map(Secret::new),
+                google_client_id: self.google_client_id,
+                google_client_secret: self.google_client_secret.map(Secret::new),
+                google_issuer: self.google_issuer,
+                github_client_id: self.github_client_id,
+                github_client_secret: self.github_client_secret.map(Secret::new),
+                github_url: self.github_url,
+                github_api_url: self.github_api_url,
             },
         })
     }

@@ -182,14 +182,44 @@ async fn register(
         None => format!("{name}'s workspace"),
     };
     let hash = id.hasher.hash(b.password).await.map_err(ApiError::internal)?;
+    let (user, tokens) = create_account(
+        &id,
+        email,
+        name,
+        Some(hash),
+        false,
+        Some(workspace_name),
+        "password",
+        &headers,
+        ip.as_deref(),
+    )
+    .await?;
+    send_verification(&id, &user).await;
+    Ok((StatusCode::CREATED, axum::Json(tokens)).into_response())
+}
+
+/// Creates an account with its own workspace and first session.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn create_account(
+    id: &Identity,
+    email: String,
+    name: String,
+    password_hash: Option<String>,
+    email_verified: bool,
+    workspace_name: Option<String>,
+    kind: &'static str,
+    headers: &HeaderMap,
+    ip: Option<&ClientIp>,
+) -> ApiResult<(User, Tokens)> {
     let now = Timestamp::now();
+    let workspace_name = workspace_name.unwrap_or_else(|| format!("{name}'s workspace"));
     let user = User {
         id: Id(Uuid::now_v7()),
         platform_admin: id.settings.platform_admins.contains(&email),
         email,
         name,
-        password_hash: Some(hash),
-        email_verified: false,
+        password_hash,
+        email_verified,
         status: "active".into(),
         avatar_asset_id: None,
         locale: None,
@@ -210,9 +240,9 @@ async fn register(
         id: Uuid::now_v7(),
         user_id: user.id.0,
         workspace_id: workspace.id.0,
-        kind: "password",
-        user_agent: user_agent(&headers),
-        ip: Some(client_ip(&headers, ip.as_deref())),
+        kind,
+        user_agent: user_agent(headers),
+        ip: Some(client_ip(headers, ip)),
         now,
         expires_at: now.plus(id.settings.session_max_age),
         refresh_hash: tokens::digest(&refresh),
@@ -227,9 +257,8 @@ async fn register(
         Problem::conflict("an account with this email already exists; sign in or reset the password")
     })?;
     tracing::info!(user_id = %user.id, tenant_id = %workspace.id, "account registered");
-    send_verification(&id, &user).await;
-    let tokens = pair(&id, &user, &workspace, session.id, refresh);
-    Ok((StatusCode::CREATED, axum::Json(tokens)).into_response())
+    let tokens = pair(id, &user, &workspace, session.id, refresh);
+    Ok((user, tokens))
 }
 
 async fn send_verification(id: &Identity, user: &User) {

@@ -4,6 +4,7 @@
 //! sessions in the cache so that the gateway refuses them at once.
 
 mod api;
+mod oauth;
 mod openapi;
 pub mod password;
 pub mod roles;
@@ -54,6 +55,7 @@ pub struct Identity {
     pub(crate) signing: SigningKey,
     pub(crate) keys: KeySet,
     pub(crate) mailer: Arc<dyn Mailer>,
+    pub(crate) oauth: oauth::Providers,
 }
 
 type AppState = State<Arc<Identity>>;
@@ -190,6 +192,7 @@ impl Service for IdentityService {
             &kernel.config.data_dir,
         )
         .map_err(|e| format!("SMTP_URL: {e}"))?;
+        let oauth = oauth::Providers::from_config(&kernel.config)?;
         let identity = Arc::new(Identity {
             store: store::for_db(&db),
             kernel: kernel.clone(),
@@ -198,11 +201,13 @@ impl Service for IdentityService {
             signing,
             keys,
             mailer,
+            oauth,
         });
         let _ = kernel.authority.set(identity.clone() as Arc<dyn Authority>);
         let router = api::routes()
             .merge(workspaces::routes())
             .merge(users::routes())
+            .merge(oauth::routes())
             .layer(axum::middleware::from_fn_with_state(identity.clone(), authenticate))
             .with_state(identity);
         Ok(ServiceParts {

@@ -66,6 +66,22 @@ const OPERATIONS: &[Operation] = &[
         200,
         false,
     ),
+    (
+        "/v1/auth/oauth/{provider}/start",
+        "get",
+        "Start Google or GitHub sign-in (302 to the provider; PKCE, state, nonce)",
+        None,
+        302,
+        true,
+    ),
+    (
+        "/v1/auth/oauth/{provider}/callback",
+        "get",
+        "Provider callback: tokens as JSON, or a 302 to the app with tokens in the fragment",
+        None,
+        200,
+        true,
+    ),
     ("/v1/workspaces", "post", "Create a workspace (the caller owns it)", Some("Name"), 201, false),
     (
         "/v1/workspaces",
@@ -158,7 +174,14 @@ pub(crate) fn paths() -> Value {
         let params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }))
+            .map(|name| {
+                let schema = if name == "provider" {
+                    json!({ "type": "string", "enum": ["google", "github"] })
+                } else {
+                    json!({ "type": "string", "format": "uuid" })
+                };
+                json!({ "name": name, "in": "path", "required": true, "schema": schema })
+            })
             .collect();
         let mut op = json!({
             "summary": summary,

@@ -17,6 +17,7 @@ use testkit::TestApp;
 
 mod accounts;
 mod keys;
+mod oauth;
 mod workspaces;
 
 pub(crate) fn services() -> Vec<Arc<dyn Service>> {
