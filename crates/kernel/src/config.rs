@@ -136,6 +136,36 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "rate_limit_on_error",
         "gateway: when the limiter's store is down, open (allow, warn) or closed (503) [default: open]",
     ),
+    (
+        "SIGNPOST_BODY_LIMIT_ROUTES",
+        "body_limit_routes",
+        "gateway: per-route body limits in bytes, PREFIX=BYTES,… [default: /v1/auth=65536]",
+    ),
+    (
+        "SIGNPOST_UPSTREAMS",
+        "upstreams",
+        "gateway (proxy mode): SERVICE=URL|URL;… instances per service, http:// or h2c:// [default: none, in-process]",
+    ),
+    (
+        "SIGNPOST_ROUTES",
+        "routes",
+        "gateway (proxy mode): extra PREFIX=SERVICE,… routes over the built-in table",
+    ),
+    (
+        "SIGNPOST_UPSTREAM_CONNECT_TIMEOUT",
+        "upstream_connect_timeout",
+        "gateway (proxy mode): milliseconds to connect to an instance [default: 2000]",
+    ),
+    (
+        "SIGNPOST_UPSTREAM_TIMEOUT",
+        "upstream_timeout",
+        "gateway (proxy mode): milliseconds for an instance to answer [default: 30000]",
+    ),
+    (
+        "SIGNPOST_ADMIN_LISTEN",
+        "admin_listen",
+        "address serving /readyz and /metrics apart from the public listener, e.g. 127.0.0.1:9090 [default: none]",
+    ),
     ("SIGNPOST_JWT_ISSUER", "jwt_issuer", "issuer (iss) of access tokens [default: the public URL]"),
     (
         "SIGNPOST_JWKS_URL",
@@ -1086,6 +1116,18 @@ mod tests {
         let _ = std::fs::write(&file, "lisen = \"x\"\n");
         let e = Config::load_from(Some(&file), &BTreeMap::new(), &Overrides::default()).err();
         assert!(e.is_some_and(|e| e.message.contains("lisen")));
+    }
+
+    #[test]
+    fn every_variable_read_is_documented_in_the_settings_table() {
+        let source = include_str!("config.rs");
+        for line in source.lines().map(str::trim).filter(|l| l.starts_with("take!(")) {
+            let key = line.split('"').nth(1).unwrap_or_default();
+            assert!(
+                SETTINGS.iter().any(|(k, _, _)| *k == key),
+                "{key} is read but missing from SETTINGS (--help)"
+            );
+        }
     }
 
     #[test]

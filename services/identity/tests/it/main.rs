@@ -18,6 +18,7 @@ use testkit::TestApp;
 mod accounts;
 mod keys;
 mod oauth;
+mod scaleout;
 mod workspaces;
 
 pub(crate) fn services() -> Vec<Arc<dyn Service>> {
