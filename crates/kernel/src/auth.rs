@@ -328,6 +328,25 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may act with `scope` (`links:read`, `links:write`,
+    /// `workspace:admin`): by role (viewers read, members write, admins
+    /// administer), and for an API key also only within its scopes.
+    pub fn allows(&self, scope: &str) -> bool {
+        let by_role = role_rank(&self.role) >= role_rank(scope_role(scope));
+        by_role && (self.kind == CallerKind::User || self.scopes.iter().any(|s| s == scope))
+    }
+
+    /// [`Caller::allows`] as a 403 problem.
+    pub fn require(&self, scope: &str) -> Result<(), Problem> {
+        if self.allows(scope) {
+            Ok(())
+        } else if self.kind == CallerKind::ApiKey && role_rank(&self.role) >= role_rank(scope_role(scope)) {
+            Err(Problem::forbidden(format!("this API key lacks the {scope} scope")))
+        } else {
+            Err(Problem::forbidden(format!("the {} role may not do this ({scope})", self.role)))
+        }
+    }
+
     /// The actor string of events this caller causes.
     pub fn actor(&self) -> String {
         match self.kind {
@@ -355,6 +374,29 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<Caller>().cloned())
+    }
+}
+
+/// The least role a scope needs: `…:write` a member, `workspace:admin` an
+/// admin, anything else a viewer.
+pub fn scope_role(scope: &str) -> &'static str {
+    if scope == "workspace:admin" {
+        "admin"
+    } else if scope.ends_with(":write") {
+        "member"
+    } else {
+        "viewer"
+    }
+}
+
+/// Orders roles: viewer < member < admin < owner (unknown roles rank lowest).
+pub fn role_rank(role: &str) -> u8 {
+    match role {
+        "owner" => 4,
+        "admin" => 3,
+        "member" => 2,
+        "viewer" => 1,
+        _ => 0,
     }
 }
 
@@ -490,6 +532,28 @@ mod tests {
         assert_eq!(set.verify(&"x".repeat(9000), ISS, now), Err(TokenError::Malformed));
         let id_token = forge(json!({"alg": "EdDSA", "typ": "JWT", "kid": "k"}), &claims(now), b"x");
         assert!(set.verify(&id_token, ISS, now).is_err());
+    }
+
+    #[test]
+    fn scopes_follow_roles_and_api_keys_are_held_to_their_scopes() {
+        let mut c = Caller {
+            user_id: Uuid::now_v7(),
+            tenant: TenantId::new(),
+            role: "viewer".into(),
+            session_id: Uuid::now_v7(),
+            scopes: Vec::new(),
+            kind: CallerKind::User,
+        };
+        assert!(c.allows("links:read") && !c.allows("links:write"));
+        c.role = "member".into();
+        assert!(c.allows("links:write") && !c.allows("workspace:admin"));
+        c.kind = CallerKind::ApiKey;
+        c.scopes = vec!["links:read".into()];
+        assert!(c.allows("links:read") && !c.allows("links:write") && !c.allows("analytics:read"));
+        assert!(c.require("links:write").is_err());
+        c.role = "viewer".into();
+        c.scopes = vec!["links:write".into()];
+        assert!(!c.allows("links:write"), "a key never exceeds its creator's role");
     }
 
     #[test]

@@ -61,13 +61,7 @@ pub const SCOPES: &[&str] = &[
 
 /// The least role a scope needs (a key never grants more than its creator has).
 pub fn scope_needs(scope: &str) -> Role {
-    if scope == "workspace:admin" {
-        Role::Admin
-    } else if scope.ends_with(":write") {
-        Role::Member
-    } else {
-        Role::Viewer
-    }
+    Role::parse(kernel::auth::scope_role(scope)).unwrap_or(Role::Viewer)
 }
 
 /// 409: the change would leave a workspace without an owner.
