@@ -1,6 +1,6 @@
 //! The edge middleware: every request of the process passes here once.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -62,29 +62,6 @@ pub fn access(path: &str) -> Access {
     } else {
         Access::Authenticated
     }
-}
-
-/// The client's address: the peer, or — when the peer is a trusted proxy — the
-/// right-most untrusted address of `X-Forwarded-For`.
-fn client_ip(g: &Gateway, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-    let peer = peer?;
-    if !g.settings.trusted_proxies.iter().any(|n| n.contains(peer)) {
-        return Some(peer);
-    }
-    let chain: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    Some(
-        chain
-            .into_iter()
-            .rev()
-            .find(|ip| !g.settings.trusted_proxies.iter().any(|n| n.contains(*ip)))
-            .unwrap_or(peer),
-    )
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
@@ -341,16 +318,8 @@ async fn admit(
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     // One IPv6 host usually owns a whole /64: count it as one client.
-    let ip = client_ip(g, peer, req.headers()).map_or_else(
-        || "unknown".to_string(),
-        |ip| match ip {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-            other => other.to_string(),
-        },
-    );
+    let ip =
+        kernel::http::client_key(kernel::http::client_addr(&g.settings.trusted_proxies, peer, req.headers()));
     req.extensions_mut().insert(kernel::http::ClientIp(ip.clone()));
     let endpoint =
         req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());

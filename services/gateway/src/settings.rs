@@ -1,11 +1,11 @@
 //! The gateway's settings, parsed from the platform configuration at start-up;
 //! an error names the variable at fault.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 use kernel::config::{Config, ConfigError};
+pub use kernel::http::Net;
 pub use kernel::ratelimit::Limit;
 
 /// What the gateway does when the limiter's store fails.
@@ -15,45 +15,6 @@ pub enum OnError {
     Open,
     /// Refuse with 503.
     Closed,
-}
-
-/// An IP network (`10.0.0.0/8`, `::1/128`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    /// Whether `ip` is inside.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(i) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(n) & mask == u128::from(i) & mask
-            }
-            (IpAddr::V6(_), IpAddr::V4(i)) => self.contains(IpAddr::V6(i.to_ipv6_mapped())),
-            (IpAddr::V4(_), IpAddr::V6(i)) => {
-                i.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4)))
-            }
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let a = s.parse::<IpAddr>().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
 }
 
 /// The parsed settings.
@@ -129,15 +90,7 @@ impl Settings {
                 err("SIGNPOST_CORS_ORIGINS", format!("{o:?} is not an origin like https://app.example.com"))
             })?);
         }
-        let mut trusted_proxies = Vec::new();
-        for p in
-            e.trusted_proxies.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty())
-        {
-            trusted_proxies.push(
-                Net::parse(p)
-                    .ok_or_else(|| err("SIGNPOST_TRUSTED_PROXIES", format!("{p:?} is not an IP or CIDR")))?,
-            );
-        }
+        let trusted_proxies = Net::parse_list("SIGNPOST_TRUSTED_PROXIES", e.trusted_proxies.as_deref())?;
         let tenant =
             limit("SIGNPOST_RATE_LIMIT_TENANT", e.rate_limit_tenant.as_deref().unwrap_or("100/60s"))?;
         let anonymous =
@@ -272,6 +225,8 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[test]

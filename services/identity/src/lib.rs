@@ -128,6 +128,13 @@ impl Authority for Identity {
 /// Authenticates requests that arrive without a gateway-verified caller (when
 /// identity runs on its own): identity checks its own tokens and keys.
 async fn authenticate(State(id): AppState, mut req: Request, next: Next) -> Response {
+    if req.extensions().get::<kernel::http::ClientIp>().is_none() {
+        // No gateway in this process: work the address out as the gateway does.
+        let peer =
+            req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let addr = kernel::http::client_addr(&id.settings.trusted_proxies, peer, req.headers());
+        req.extensions_mut().insert(kernel::http::ClientIp(kernel::http::client_key(addr)));
+    }
     if req.extensions().get::<Caller>().is_none()
         && let Some(token) = req
             .headers()

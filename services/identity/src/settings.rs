@@ -33,6 +33,8 @@ pub struct Settings {
     pub platform_admins: Vec<String>,
     /// Sender of emails.
     pub mail_from: String,
+    /// Peers whose `X-Forwarded-For` is believed (a gateway in front).
+    pub trusted_proxies: Vec<kernel::http::Net>,
 }
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
@@ -105,6 +107,10 @@ impl Settings {
             issuer: config.edge.jwt_issuer.clone().unwrap_or_else(|| config.public_url.clone()),
             platform_admins,
             mail_from: i.mail_from.clone().unwrap_or_else(|| "Signpost <no-reply@localhost>".to_string()),
+            trusted_proxies: kernel::http::Net::parse_list(
+                "SIGNPOST_TRUSTED_PROXIES",
+                config.edge.trusted_proxies.as_deref(),
+            )?,
         })
     }
 }

@@ -1,10 +1,12 @@
 //! HTTP conventions: problem JSON, extractors, pagination, request ids,
 //! health, readiness and metrics.
 
+mod client;
 mod json;
 mod middleware;
 mod pagination;
 
+pub use client::{Net, client_addr, client_key};
 pub use json::{Json, Path, Query};
 pub use middleware::{AccessLogFields, RequestId, X_REQUEST_ID, body_limit, observe, panic_response};
 pub use pagination::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, PageRequest, decode_cursor, encode_cursor};

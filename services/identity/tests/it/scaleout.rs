@@ -61,3 +61,35 @@ async fn a_proxying_gateway_verifies_identitys_tokens_and_keys_over_the_network(
     gw.stop().await;
     identity.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_gateway_identity_counts_failures_per_forwarded_client() {
+    let identity = TestApp::spawn_with(
+        vec![Arc::new(IdentityService)],
+        &[("SIGNPOST_TRUSTED_PROXIES", "127.0.0.1"), ("SIGNPOST_LOGIN_LIMIT_IP", "2/900s")],
+    )
+    .await;
+    let attempt = |client: &'static str, email: &'static str| {
+        let identity = &identity;
+        async move {
+            identity
+                .client
+                .post(identity.url("/v1/auth/login"))
+                .header("x-forwarded-for", client)
+                .json(&json!({ "email": email, "password": "not the password" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(attempt("203.0.113.7", "a@example.com").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(attempt("203.0.113.7", "b@example.com").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(attempt("203.0.113.7", "c@example.com").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        attempt("203.0.113.8", "d@example.com").await,
+        StatusCode::UNAUTHORIZED,
+        "another client behind the gateway"
+    );
+    identity.stop().await;
+}
