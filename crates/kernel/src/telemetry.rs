@@ -10,7 +10,11 @@ use crate::config::LogFormat;
 
 /// Installs the global log subscriber once; later calls do nothing.
 pub fn init_logging(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's notices ("schema … already exists, skipping") are noise at
+    // info, unless the operator asks about sqlx explicitly.
+    let quiet =
+        if filter.contains("sqlx") { String::new() } else { ",sqlx::postgres::notice=warn".to_string() };
+    let filter = EnvFilter::try_new(format!("{filter}{quiet}")).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
