@@ -7,5 +7,10 @@ use kernel::Service;
 
 /// Every service this build contains.
 pub fn services() -> Vec<Arc<dyn Service>> {
-    vec![Arc::new(identity::IdentityService), Arc::new(gateway::GatewayService)]
+    vec![
+        Arc::new(identity::IdentityService),
+        Arc::new(links::LinksService),
+        Arc::new(routing::RoutingService),
+        Arc::new(gateway::GatewayService),
+    ]
 }

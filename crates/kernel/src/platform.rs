@@ -94,6 +94,8 @@ pub struct Kernel {
     /// Identity, when it runs in this process: the gateway verifies tokens and
     /// resolves API keys through it without a network hop.
     pub authority: Arc<std::sync::OnceLock<Arc<dyn crate::auth::Authority>>>,
+    /// In-process clients that services register for each other.
+    pub registry: Arc<crate::registry::Registry>,
     redis: Option<RedisConn>,
     appenders: Arc<Mutex<Vec<JoinHandle<()>>>>,
     append_stop: CancellationToken,
@@ -254,6 +256,7 @@ impl Platform {
             storage,
             bus,
             authority: Arc::default(),
+            registry: Arc::default(),
             redis,
             appenders: Arc::default(),
             append_stop: CancellationToken::new(),

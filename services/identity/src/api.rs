@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::password::{self, Verified};
 use crate::roles::{self, Role};
 use crate::store::{ApiKey, NewSession, Refreshed, Registration, User, Workspace};
 use crate::{AppState, Identity, role_of, tokens, user_session};
+use kernel::password::{self, Verified};
 
 /// Reset links live this long.
 pub const RESET_TTL: Duration = Duration::from_secs(3600);

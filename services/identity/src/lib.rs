@@ -6,7 +6,6 @@
 mod api;
 mod oauth;
 mod openapi;
-pub mod password;
 pub mod roles;
 mod settings;
 pub mod store;
@@ -29,9 +28,9 @@ use uuid::Uuid;
 
 pub use settings::Settings;
 
-use crate::password::Hasher;
 use crate::roles::Role;
 use crate::store::Store;
+use kernel::password::Hasher;
 
 /// Identity's migrations.
 pub const MIGRATIONS: Migrations = Migrations {

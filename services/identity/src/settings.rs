@@ -6,7 +6,7 @@ use std::time::Duration;
 use kernel::config::{Config, ConfigError};
 use kernel::ratelimit::Limit;
 
-use crate::password::{MIN_ITERATIONS, MIN_MEMORY_KIB};
+use kernel::password::{MIN_ITERATIONS, MIN_MEMORY_KIB};
 
 /// Validated settings.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
-//! Password hashing: Argon2id on a bounded pool of blocking threads, never on
-//! the async runtime, so a flood of logins queues up instead of stalling every
-//! other request. Unknown accounts cost one dummy verification, so they take as
-//! long as a wrong password.
+//! Password hashing (accounts, protected links): Argon2id on a bounded pool of
+//! blocking threads, never on the async runtime, so a flood of logins queues up
+//! instead of stalling every other request. Unknown accounts cost one dummy
+//! verification, so they take as long as a wrong password.
 
 use std::sync::Arc;
 
@@ -73,7 +73,7 @@ impl Hasher {
     }
 
     /// Hashes a new password.
-    pub async fn hash(&self, password: String) -> Result<String, kernel::BoxError> {
+    pub async fn hash(&self, password: String) -> Result<String, crate::BoxError> {
         let params = self.params.clone();
         self.run(move || hash_with(&params, &password).map_err(|e| e.to_string().into())).await
     }
@@ -84,7 +84,7 @@ impl Hasher {
         &self,
         password: String,
         stored: Option<String>,
-    ) -> Result<Verified, kernel::BoxError> {
+    ) -> Result<Verified, crate::BoxError> {
         let params = self.params.clone();
         let (stored, real) = match stored {
             Some(s) => (s, true),
@@ -111,8 +111,8 @@ impl Hasher {
 
     async fn run<T: Send + 'static>(
         &self,
-        job: impl FnOnce() -> Result<T, kernel::BoxError> + Send + 'static,
-    ) -> Result<T, kernel::BoxError> {
+        job: impl FnOnce() -> Result<T, crate::BoxError> + Send + 'static,
+    ) -> Result<T, crate::BoxError> {
         let _permit = self.permits.acquire().await?;
         let timer = std::time::Instant::now();
         let out = tokio::task::spawn_blocking(job).await?;

@@ -1,0 +1,251 @@
+//! The links store: tenant transactions on `links.links`, and the global slug
+//! directory `links.slugs` (public read, tenant-only writes), one body for both
+//! engines.
+
+use async_trait::async_trait;
+use kernel::Problem;
+use kernel::TenantId;
+use kernel::db::{Db, DbError, DbResultExt, Id, PgDb, SqliteDb, Timestamp};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::{RouteRecord, Utm};
+
+/// A link as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Link {
+    pub tenant_id: Id,
+    pub id: Id,
+    pub domain: String,
+    pub slug: String,
+    pub url: String,
+    pub title: Option<String>,
+    pub tags: String,
+    pub expires_at: Option<Timestamp>,
+    pub expired_url: Option<String>,
+    pub max_clicks: Option<i64>,
+    pub password_hash: Option<String>,
+    pub redirect_type: i32,
+    pub utm: Option<String>,
+    pub ios_url: Option<String>,
+    pub android_url: Option<String>,
+    pub geo: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+}
+
+impl Link {
+    /// The tags as a list.
+    pub fn tag_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.tags).unwrap_or_default()
+    }
+
+    /// What routing needs.
+    pub fn route(&self) -> RouteRecord {
+        RouteRecord {
+            tenant_id: TenantId::from_uuid(self.tenant_id.0),
+            link_id: self.id.0,
+            domain: self.domain.clone(),
+            slug: self.slug.clone(),
+            url: self.url.clone(),
+            redirect_type: u16::try_from(self.redirect_type).unwrap_or(302),
+            expires_at: self.expires_at.map(Timestamp::unix),
+            expired_url: self.expired_url.clone(),
+            max_clicks: self.max_clicks,
+            password_hash: self.password_hash.clone(),
+            utm: self.utm.as_deref().and_then(|u| serde_json::from_str::<Utm>(u).ok()),
+            ios_url: self.ios_url.clone(),
+            android_url: self.android_url.clone(),
+            geo: self.geo.as_deref().and_then(|g| serde_json::from_str(g).ok()),
+            deleted: self.deleted_at.is_some(),
+            version: self.updated_at.unix(),
+        }
+    }
+}
+
+/// The payload of `link.created`, `link.updated` and `link.deleted`: the route,
+/// plus the title and tags that analytics groups by.
+#[derive(Serialize)]
+struct LinkEvent<'a> {
+    #[serde(flatten)]
+    route: RouteRecord,
+    title: &'a Option<String>,
+    tags: Value,
+}
+
+fn event(link: &Link) -> LinkEvent<'_> {
+    LinkEvent {
+        route: link.route(),
+        title: &link.title,
+        tags: serde_json::from_str(&link.tags).unwrap_or(Value::Null),
+    }
+}
+
+/// Filters of the link list.
+#[derive(Debug, Clone)]
+pub struct LinkFilter {
+    /// Lower-cased, escaped `%term%`, or empty.
+    pub search: String,
+    /// `%"tag"%` (escaped), or empty.
+    pub tag: String,
+    /// Keyset cursor: links older than this id.
+    pub before: Option<Uuid>,
+    /// Page size + 1.
+    pub limit: i64,
+}
+
+/// The links store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reserves the slug and stores the link with its `link.created` event.
+    /// A taken slug is `DbError::Constraint` with a 409.
+    async fn create(&self, link: &Link, actor: &str) -> Result<(), DbError>;
+    async fn get(&self, tenant: TenantId, id: Uuid) -> Result<Option<Link>, DbError>;
+    async fn list(&self, tenant: TenantId, filter: &LinkFilter) -> Result<Vec<Link>, DbError>;
+    /// Stores a changed link with its `link.updated` event.
+    async fn update(&self, link: &Link, actor: &str) -> Result<(), DbError>;
+    /// Soft-deletes (the slug stays reserved) with a `link.deleted` event.
+    async fn delete(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError>;
+    /// The live link a public path names, whichever tenant owns it.
+    async fn by_slug(&self, domain: &str, slug: &str) -> Result<Option<Link>, DbError>;
+}
+
+/// The store for a database.
+pub fn for_db(db: &Db) -> std::sync::Arc<dyn Store> {
+    match db {
+        Db::Postgres(pg) => std::sync::Arc::new(PgStore(pg.clone())),
+        Db::Sqlite(lite) => std::sync::Arc::new(SqliteStore(lite.clone())),
+    }
+}
+
+struct PgStore(PgDb);
+struct SqliteStore(SqliteDb);
+
+const RESERVE_SLUG: &str =
+    "insert into links.slugs (tenant_id, domain, slug, link_id) values ($1, $2, $3, $4)";
+const INSERT: &str = "insert into links.links (tenant_id, id, domain, slug, url, title, tags, expires_at, \
+     expired_url, max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at) \
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+const COLUMNS_BY_ID: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
+     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
+     from links.links where tenant_id = $1 and id = $2 and deleted_at is null";
+const LIST: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
+     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
+     from links.links where tenant_id = $1 and deleted_at is null and id < $2 \
+     and ($3 = '' or lower(coalesce(title, '')) like $3 escape '\\' or lower(url) like $3 escape '\\' \
+          or lower(slug) like $3 escape '\\') \
+     and ($4 = '' or tags like $4 escape '\\') \
+     order by id desc limit $5";
+const UPDATE: &str = "update links.links set url = $3, title = $4, tags = $5, expires_at = $6, expired_url = $7, \
+     max_clicks = $8, password_hash = $9, redirect_type = $10, utm = $11, ios_url = $12, android_url = $13, \
+     geo = $14, updated_at = $15 where tenant_id = $1 and id = $2 and deleted_at is null";
+const DELETE: &str = "update links.links set deleted_at = $3, updated_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null";
+const DELETED_BY_ID: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
+     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
+     from links.links where tenant_id = $1 and id = $2";
+const SLUG_OWNER: &str = "select tenant_id, link_id from links.slugs where domain = $1 and slug = $2";
+
+macro_rules! store_impl {
+    ($Store:ident) => {
+        #[async_trait]
+        impl Store for $Store {
+            async fn create(&self, l: &Link, actor: &str) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(l.tenant_id.0)).await?;
+                tx.execute(tx.query(RESERVE_SLUG).bind(l.domain.clone()).bind(l.slug.clone()).bind(l.id))
+                    .await
+                    .on_unique(|| Problem::conflict(format!("the slug {:?} is taken", l.slug)))?;
+                tx.execute(
+                    tx.query(INSERT)
+                        .bind(l.id)
+                        .bind(l.domain.clone())
+                        .bind(l.slug.clone())
+                        .bind(l.url.clone())
+                        .bind(l.title.clone())
+                        .bind(l.tags.clone())
+                        .bind(l.expires_at)
+                        .bind(l.expired_url.clone())
+                        .bind(l.max_clicks)
+                        .bind(l.password_hash.clone())
+                        .bind(l.redirect_type)
+                        .bind(l.utm.clone())
+                        .bind(l.ios_url.clone())
+                        .bind(l.android_url.clone())
+                        .bind(l.geo.clone())
+                        .bind(l.created_at)
+                        .bind(l.updated_at),
+                )
+                .await
+                .on_unique(|| Problem::conflict(format!("the slug {:?} is taken", l.slug)))?;
+                tx.emit("link.created", actor, &event(l)).await?;
+                tx.commit().await
+            }
+
+            async fn get(&self, tenant: TenantId, id: Uuid) -> Result<Option<Link>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                tx.fetch_optional(tx.query_as(COLUMNS_BY_ID).bind(Id(id))).await
+            }
+
+            async fn list(&self, tenant: TenantId, f: &LinkFilter) -> Result<Vec<Link>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                let before = Id(f.before.unwrap_or(Uuid::max()));
+                tx.fetch_all(
+                    tx.query_as(LIST).bind(before).bind(f.search.clone()).bind(f.tag.clone()).bind(f.limit),
+                )
+                .await
+            }
+
+            async fn update(&self, l: &Link, actor: &str) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(l.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(UPDATE)
+                        .bind(l.id)
+                        .bind(l.url.clone())
+                        .bind(l.title.clone())
+                        .bind(l.tags.clone())
+                        .bind(l.expires_at)
+                        .bind(l.expired_url.clone())
+                        .bind(l.max_clicks)
+                        .bind(l.password_hash.clone())
+                        .bind(l.redirect_type)
+                        .bind(l.utm.clone())
+                        .bind(l.ios_url.clone())
+                        .bind(l.android_url.clone())
+                        .bind(l.geo.clone())
+                        .bind(l.updated_at),
+                )
+                .await?;
+                tx.emit("link.updated", actor, &event(l)).await?;
+                tx.commit().await
+            }
+
+            async fn delete(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError> {
+                let mut tx = self.0.begin(tenant).await?;
+                let n = tx.execute(tx.query(DELETE).bind(Id(id)).bind(Timestamp::now())).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                let link: Option<Link> = tx.fetch_optional(tx.query_as(DELETED_BY_ID).bind(Id(id))).await?;
+                if let Some(l) = &link {
+                    tx.emit("link.deleted", actor, &event(l)).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn by_slug(&self, domain: &str, slug: &str) -> Result<Option<Link>, DbError> {
+                let owner: Option<(Id, Id)> = {
+                    let mut tx = self.0.read_global().await?;
+                    tx.fetch_optional(tx.query_as(SLUG_OWNER).bind(domain.to_string()).bind(slug.to_string()))
+                        .await?
+                };
+                let Some((tenant, id)) = owner else { return Ok(None) };
+                self.get(TenantId::from_uuid(tenant.0), id.0).await
+            }
+        }
+    };
+}
+
+store_impl!(PgStore);
+store_impl!(SqliteStore);

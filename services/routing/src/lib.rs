@@ -1,0 +1,467 @@
+//! The routing service: the public redirect hot path. It answers `/{slug}`
+//! from its own read model (schema `routing`, fed by link events) behind the
+//! cache, asks links directly on a miss when links runs in the same process
+//! (read-your-writes), applies the link's rules, and records each click as a
+//! `link.clicked` event through the kernel's batched append (group commit): no
+//! transaction of its own per request, and nothing answered is lost on a crash.
+
+pub mod agent;
+mod pages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kernel::db::{Db, DbError, Id, Migration, Migrations, Timestamp, Tx};
+use kernel::events::{Appender, Consumer, Envelope, Handler, HandlerError};
+use kernel::http::ClientIp;
+use kernel::password::{Hasher, Verified};
+use kernel::{BoxError, Kernel, Problem, Service, ServiceContext, ServiceParts, TenantId};
+use links::{RouteRecord, SharedRouteSource};
+use serde_json::json;
+
+/// Routing's migrations.
+pub const MIGRATIONS: Migrations = Migrations {
+    schema: "routing",
+    steps: &[Migration {
+        version: "0001_routing",
+        postgres: include_str!("../migrations/postgres/0001_routing.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_routing.sql"),
+    }],
+};
+
+/// How long a route stays in the cache (changes also evict it).
+pub const ROUTE_TTL: Duration = Duration::from_secs(60);
+/// Wrong passwords allowed per link and client address in 15 minutes.
+const PASSWORD_TRIES: u64 = 10;
+
+struct Routing {
+    kernel: Kernel,
+    db: Db,
+    appender: Appender,
+    hasher: Hasher,
+    visitor_key: ring::hmac::Key,
+}
+
+type AppState = State<Arc<Routing>>;
+
+macro_rules! on_tx {
+    ($tx:expr, $t:ident => $body:expr) => {
+        match $tx {
+            Tx::Postgres($t) => $body,
+            Tx::Sqlite($t) => $body,
+        }
+    };
+}
+
+macro_rules! read_global {
+    ($db:expr, $t:ident => $body:expr) => {
+        match $db {
+            Db::Postgres(pg) => {
+                let mut $t = pg.read_global().await?;
+                $body
+            }
+            Db::Sqlite(lite) => {
+                let mut $t = lite.read_global().await?;
+                $body
+            }
+        }
+    };
+}
+
+const UPSERT_ROUTE: &str = "insert into routing.routes (tenant_id, domain, slug, link_id, record, version) \
+     values ($1, $2, $3, $4, $5, $6) on conflict (domain, slug) do update set record = excluded.record, \
+     version = excluded.version, link_id = excluded.link_id \
+     where routes.tenant_id = $1 and routes.version <= excluded.version";
+const ROUTE: &str = "select record from routing.routes where domain = $1 and slug = $2";
+const COUNT_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, clicks) values ($1, $2, 1) \
+     on conflict (tenant_id, link_id) do update set clicks = click_counts.clicks + 1";
+const CLICKS: &str = "select clicks from routing.click_counts where tenant_id = $1 and link_id = $2";
+
+fn cache_key(domain: &str, slug: &str) -> String {
+    format!("route:{domain}:{slug}")
+}
+
+/// Keeps the read model in step with link events.
+struct RoutesHandler {
+    kernel: Kernel,
+}
+
+#[async_trait]
+impl Handler for RoutesHandler {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
+        let mut record: RouteRecord = serde_json::from_value(event.data.clone())
+            .map_err(|e| HandlerError::Reject(format!("not a link event: {e}")))?;
+        if record.tenant_id != event.tenant_id {
+            return Err(HandlerError::Reject("the link's tenant is not the event's".into()));
+        }
+        if event.event_type == "link.deleted" {
+            record.deleted = true;
+        }
+        let text = serde_json::to_string(&record).map_err(|e| HandlerError::Reject(e.to_string()))?;
+        let version = Timestamp::from_unix(record.version);
+        on_tx!(tx, t => t.execute(
+            t.query(UPSERT_ROUTE)
+                .bind(record.domain.clone())
+                .bind(record.slug.clone())
+                .bind(Id(record.link_id))
+                .bind(text)
+                .bind(version),
+        ).await)?;
+        let _ = self.kernel.cache.delete(&cache_key(&record.domain, &record.slug)).await;
+        Ok(())
+    }
+}
+
+/// Counts clicks per link (what `max_clicks` is checked against).
+struct ClicksHandler;
+
+#[async_trait]
+impl Handler for ClicksHandler {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
+        let link = event
+            .data
+            .get("link_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .ok_or_else(|| HandlerError::Reject("a click without a link id".into()))?;
+        let counted = event.data.get("counted").and_then(serde_json::Value::as_bool).unwrap_or(true);
+        if counted {
+            on_tx!(tx, t => t.execute(t.query(COUNT_CLICK).bind(Id(link))).await)?;
+        }
+        Ok(())
+    }
+}
+
+impl Routing {
+    /// The route of a public path: cache, then the read model, then (in-process) links.
+    async fn lookup(&self, domain: &str, slug: &str) -> Result<Option<RouteRecord>, BoxError> {
+        let key = cache_key(domain, slug);
+        if let Ok(Some(bytes)) = self.kernel.cache.get(&key).await
+            && let Ok(r) = serde_json::from_slice::<RouteRecord>(&bytes)
+        {
+            return Ok(Some(r));
+        }
+        let stored: Option<(String,)> = read_global!(&self.db, t => {
+            let row: Result<Option<(String,)>, DbError> =
+                t.fetch_optional(t.query_as(ROUTE).bind(domain.to_string()).bind(slug.to_string())).await;
+            row?
+        });
+        let record = match stored.and_then(|(r,)| serde_json::from_str::<RouteRecord>(&r).ok()) {
+            Some(r) => Some(r),
+            // Not in the read model yet: a link created a moment ago. Ask links itself.
+            None => match self.kernel.registry.get::<SharedRouteSource>() {
+                Some(source) => source.route(domain, slug).await?,
+                None => None,
+            },
+        };
+        if let Some(r) = &record
+            && let Ok(bytes) = serde_json::to_vec(r)
+        {
+            let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
+        }
+        Ok(record)
+    }
+
+    async fn clicks(&self, tenant: TenantId, link: uuid::Uuid) -> Result<i64, DbError> {
+        let row: Option<(i64,)> = match &self.db {
+            Db::Postgres(pg) => {
+                let mut t = pg.read(tenant).await?;
+                t.fetch_optional(t.query_as(CLICKS).bind(Id(link))).await?
+            }
+            Db::Sqlite(lite) => {
+                let mut t = lite.read(tenant).await?;
+                t.fetch_optional(t.query_as(CLICKS).bind(Id(link))).await?
+            }
+        };
+        Ok(row.map_or(0, |(n,)| n))
+    }
+
+    /// A salted, daily-rotated hash of the visitor: never the address itself.
+    fn visitor(&self, ip: &str, user_agent: &str) -> String {
+        let day = time::OffsetDateTime::now_utc().date();
+        let tag = ring::hmac::sign(&self.visitor_key, format!("{day}|{ip}|{user_agent}").as_bytes());
+        tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The routing service.
+pub struct RoutingService;
+
+#[async_trait]
+impl Service for RoutingService {
+    fn name(&self) -> &'static str {
+        "routing"
+    }
+
+    fn migrations(&self) -> Option<Migrations> {
+        Some(MIGRATIONS)
+    }
+
+    async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
+        let db = ctx.db.ok_or("routing needs its schema")?;
+        let kernel = ctx.kernel;
+        let key = kernel::keys::load_or_create(&kernel.config.data_dir, "visitor-salt")?;
+        let state = Arc::new(Routing {
+            appender: kernel.appender(&db),
+            hasher: Hasher::new(kernel::password::MIN_MEMORY_KIB, kernel::password::MIN_ITERATIONS, 2)?,
+            visitor_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            kernel: kernel.clone(),
+            db,
+        });
+        let router =
+            Router::new().route("/{slug}", get(redirect).head(redirect).post(unlock)).with_state(state);
+        Ok(ServiceParts {
+            router,
+            edge: None,
+            consumers: vec![
+                Consumer {
+                    name: "routing.links",
+                    event_types: &["link.created", "link.updated", "link.deleted"],
+                    handler: Arc::new(RoutesHandler { kernel }),
+                },
+                Consumer {
+                    name: "routing.clicks",
+                    event_types: &["link.clicked"],
+                    handler: Arc::new(ClicksHandler),
+                },
+            ],
+            openapi_paths: openapi(),
+            openapi_source: None,
+        })
+    }
+}
+
+fn openapi() -> serde_json::Value {
+    let slug = json!([{ "name": "slug", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let page = json!({ "description": "An HTML page (browsers) or problem JSON", "content": { "text/html": {}, "application/problem+json": {} } });
+    json!({ "/{slug}": {
+        "get": { "summary": "Follow a short link: 301/302/307 to its destination, by its rules; the click is recorded", "tags": ["redirect"],
+            "security": [], "parameters": slug,
+            "responses": { "302": { "description": "Redirect (or 301/307, as the link says)" }, "200": { "description": "Password form" },
+                           "404": page, "410": page } },
+        "head": { "summary": "The same answer without a body (recorded as a probe)", "tags": ["redirect"], "security": [], "parameters": slug,
+            "responses": { "302": { "description": "Redirect" }, "404": { "description": "Unknown" } } },
+        "post": { "summary": "Unlock a password-protected link (form field `password`)", "tags": ["redirect"], "security": [], "parameters": slug,
+            "requestBody": { "content": { "application/x-www-form-urlencoded": { "schema": { "type": "object", "properties": { "password": { "type": "string" } } } } } },
+            "responses": { "302": { "description": "Redirect" }, "401": { "description": "Wrong password: the form again" }, "429": page } }
+    } })
+}
+
+/// The request facts a redirect needs.
+struct Visit {
+    head: bool,
+    user_agent: String,
+    referrer: Option<String>,
+    ip: String,
+    html: bool,
+}
+
+fn visit(req: &Request) -> Visit {
+    let h = req.headers();
+    let text = |name: header::HeaderName, max: usize| {
+        h.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(max).collect::<String>())
+    };
+    let ip = req.extensions().get::<ClientIp>().map(|c| c.0.clone()).unwrap_or_else(|| {
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        kernel::http::client_key(peer)
+    });
+    Visit {
+        head: req.method() == Method::HEAD,
+        user_agent: text(header::USER_AGENT, 512).unwrap_or_default(),
+        referrer: text(header::REFERER, 1024),
+        ip,
+        html: pages::wants_html(h),
+    }
+}
+
+/// The domain a request's host names; `None` for an unusable Host header.
+fn domain(headers: &HeaderMap) -> Option<String> {
+    match headers.get(header::HOST) {
+        None => Some(String::new()),
+        Some(h) => {
+            let host = h.to_str().ok()?;
+            if host.len() > 255 || host.is_empty() {
+                return None;
+            }
+            // Custom domains are not served yet: every host is the default domain.
+            Some(String::new())
+        }
+    }
+}
+
+fn not_found(html: bool) -> Response {
+    if html {
+        pages::page(StatusCode::NOT_FOUND, "Link not found", "There is no link at this address.")
+    } else {
+        Problem::not_found().with_detail("no link has this address").into_response()
+    }
+}
+
+fn gone(html: bool, why: &str) -> Response {
+    if html {
+        pages::page(StatusCode::GONE, "Link no longer available", why)
+    } else {
+        Problem::new(StatusCode::GONE, "gone", "Link no longer available")
+            .with_detail(why.to_string())
+            .into_response()
+    }
+}
+
+async fn redirect(
+    State(r): AppState,
+    kernel::http::Path(slug): kernel::http::Path<String>,
+    req: Request,
+) -> Response {
+    let v = visit(&req);
+    answer(&r, &slug, req.headers(), v, false).await
+}
+
+#[derive(serde::Deserialize)]
+struct UnlockForm {
+    password: String,
+}
+
+async fn unlock(
+    State(r): AppState,
+    kernel::http::Path(slug): kernel::http::Path<String>,
+    req: Request,
+) -> Response {
+    let v = visit(&req);
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), 16 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return Problem::payload_too_large(16 * 1024).into_response(),
+    };
+    let Ok(form) = serde_urlencoded::from_bytes::<UnlockForm>(&body) else {
+        return Problem::bad_request("expected a form with a password field").into_response();
+    };
+    let Some(domain) = domain(&headers) else {
+        return Problem::bad_request("unusable Host header").into_response();
+    };
+    let route = match r.lookup(&domain, &slug).await {
+        Ok(Some(route)) if !route.deleted => route,
+        Ok(_) => return not_found(v.html),
+        Err(e) => return internal(&e),
+    };
+    let Some(hash) = route.password_hash.clone() else { return answer(&r, &slug, &headers, v, true).await };
+    let key = format!("link-password:{}:{}", route.link_id, v.ip);
+    match r.kernel.limiter.peek(&key, PASSWORD_TRIES, Duration::from_secs(900)).await {
+        Ok(d) if !d.allowed => {
+            return Problem::too_many_requests(d.reset_after.as_secs_f64().ceil() as u64).into_response();
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "rate limiter unavailable for a link password"),
+    }
+    match r.hasher.verify(form.password, Some(hash)).await {
+        Ok(Verified::Yes | Verified::YesRehash(_)) => answer(&r, &slug, &headers, v, true).await,
+        Ok(Verified::No) => {
+            let _ = r.kernel.limiter.hit(&key, PASSWORD_TRIES, Duration::from_secs(900)).await;
+            pages::password_form(&slug, true)
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "redirect failed");
+    Problem::internal().into_response()
+}
+
+/// Applies the link's rules and records the click.
+async fn answer(r: &Routing, slug: &str, headers: &HeaderMap, v: Visit, unlocked: bool) -> Response {
+    if !links::model::could_be_slug(slug) {
+        return not_found(v.html);
+    }
+    let Some(domain) = domain(headers) else {
+        return Problem::bad_request("unusable Host header").into_response();
+    };
+    let route = match r.lookup(&domain, slug).await {
+        Ok(Some(route)) if !route.deleted => route,
+        Ok(_) => return not_found(v.html),
+        Err(e) => return internal(&e),
+    };
+    let now = Timestamp::now().unix();
+    if route.expires_at.is_some_and(|e| e <= now) {
+        return match &route.expired_url {
+            Some(u) => location(StatusCode::FOUND, u),
+            None => gone(v.html, "This link has expired."),
+        };
+    }
+    if let Some(max) = route.max_clicks {
+        match r.clicks(route.tenant_id, route.link_id).await {
+            Ok(n) if n >= max => return gone(v.html, "This link has reached its click limit."),
+            Ok(_) => {}
+            Err(e) => return internal(&e),
+        }
+    }
+    if route.password_hash.is_some() && !unlocked {
+        return pages::password_form(slug, false);
+    }
+    let agent = agent::classify(&v.user_agent, v.head);
+    let target = match agent.os {
+        "ios" => route.ios_url.as_deref(),
+        "android" => route.android_url.as_deref(),
+        _ => None,
+    }
+    .unwrap_or(&route.url);
+    let target = with_utm(target, &route);
+    let counted = matches!(agent.bot, "human" | "bot");
+    let click = Envelope::new(
+        "link.clicked",
+        route.tenant_id,
+        "anonymous",
+        json!({
+            "link_id": route.link_id,
+            "slug": route.slug,
+            "domain": route.domain,
+            "at": Timestamp::now().rfc3339(),
+            "referrer": v.referrer,
+            "referrer_host": v.referrer.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).and_then(|u| u.host_str().map(str::to_string)),
+            "browser": agent.browser,
+            "os": agent.os,
+            "device": agent.device,
+            "bot": agent.bot,
+            "country": null,
+            "visitor": r.visitor(&v.ip, &v.user_agent),
+            "counted": counted,
+        }),
+    );
+    // The answer waits for the click to be committed (group commit): a redirect
+    // that was answered is never lost, even to kill -9.
+    if let Err(e) = r.appender.append(click).await {
+        return internal(&e);
+    }
+    let status = StatusCode::from_u16(route.redirect_type).unwrap_or(StatusCode::FOUND);
+    location(status, &target)
+}
+
+fn with_utm(target: &str, route: &RouteRecord) -> String {
+    let Some(utm) = &route.utm else { return target.to_string() };
+    let Ok(mut url) = reqwest::Url::parse(target) else { return target.to_string() };
+    let present: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, val) in utm.pairs() {
+            if !present.iter().any(|p| p == k) {
+                q.append_pair(k, val);
+            }
+        }
+    }
+    url.to_string()
+}
+
+fn location(status: StatusCode, target: &str) -> Response {
+    let Ok(value) = HeaderValue::from_str(target) else { return Problem::internal().into_response() };
+    let mut res = status.into_response();
+    res.headers_mut().insert(header::LOCATION, value);
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer-when-downgrade"));
+    res
+}
