@@ -300,3 +300,20 @@ async fn two_gateway_processes_front_a_service_and_share_one_limit() {
     }
     upstream.stop().await;
 }
+
+#[tokio::test]
+async fn every_services_tenant_tables_force_row_level_security_on_postgres() {
+    let app = testkit::TestApp::spawn_with(signpost::services(), &[]).await;
+    let kernel::platform::DbBackend::Postgres(pg) = &app.database else {
+        eprintln!("skipped: needs SIGNPOST_TEST_DATABASE_URL (PostgreSQL)");
+        return app.stop().await;
+    };
+    let (tables, problems) = testkit::rls_catalog(pg).await;
+    for expected in
+        ["links.links", "links.slugs", "routing.routes", "routing.click_counts", "identity.outbox"]
+    {
+        assert!(tables.iter().any(|t| t == expected), "{expected} is a tenant table: {tables:?}");
+    }
+    assert_eq!(problems, Vec::<String>::new());
+    app.stop().await;
+}

@@ -301,3 +301,53 @@ impl Drop for TestApp {
         self.stop.cancel();
     }
 }
+
+/// What the PostgreSQL catalog says is wrong with tenant isolation (SECURITY.md
+/// line 17): tenant tables (those with a `tenant_id` column) without ENABLE and
+/// FORCE row-level security, an app role that is superuser or BYPASSRLS, and
+/// objects the app role owns. Empty when all is well. Also returns the tenant
+/// tables it found, so a caller can check the query saw what it expected.
+pub async fn rls_catalog(pg: &kernel::db::PgBackend) -> (Vec<String>, Vec<String>) {
+    let owner = pg.owner_pool();
+    let tenant_tables = "select n.nspname::text || '.' || c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where c.relkind in ('r', 'p')
+           and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
+           and n.nspname not in ('pg_catalog', 'information_schema')";
+    let tables: Vec<String> =
+        sqlx::query_scalar(tenant_tables).fetch_all(owner).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut problems: Vec<String> = sqlx::query_scalar(
+        "select n.nspname::text || '.' || c.relname::text || ' lacks ENABLE + FORCE ROW LEVEL SECURITY'
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where c.relkind in ('r', 'p')
+           and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
+           and n.nspname not in ('pg_catalog', 'information_schema')
+           and not (c.relrowsecurity and c.relforcerowsecurity)",
+    )
+    .fetch_all(owner)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let role = pg.app_role().to_string();
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("select rolsuper, rolbypassrls from pg_roles where rolname = $1")
+            .bind(&role)
+            .fetch_one(owner)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    if superuser || bypass {
+        problems.push(format!("{role} is superuser or BYPASSRLS"));
+    }
+    let owned: i64 = sqlx::query_scalar(
+        "select (select count(*) from pg_class where relowner = r.oid)
+              + (select count(*) from pg_namespace where nspowner = r.oid)
+              + (select count(*) from pg_proc where proowner = r.oid)
+         from pg_roles r where r.rolname = $1",
+    )
+    .bind(&role)
+    .fetch_one(owner)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    if owned > 0 {
+        problems.push(format!("{role} owns {owned} objects"));
+    }
+    (tables, problems)
+}

@@ -23,47 +23,10 @@ fn postgres(app: &TestApp) -> Option<kernel::db::PgBackend> {
 async fn catalog_every_tenant_table_forces_rls_and_the_app_role_is_powerless() {
     let app = TestApp::spawn().await;
     let Some(pg) = postgres(&app) else { return app.stop().await };
-    let owner = pg.owner_pool();
-    let tables: Vec<(String, String)> = sqlx::query_as(
-        "select n.nspname::text, c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-         where c.relkind in ('r', 'p')
-           and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
-           and n.nspname not in ('pg_catalog', 'information_schema')",
-    )
-    .fetch_all(owner)
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (tables, problems) = testkit::rls_catalog(&pg).await;
     assert!(tables.len() >= 4, "the fixture and kernel tenant tables are found: {tables:?}");
-    let unprotected: Vec<(String, String)> = sqlx::query_as(
-        "select n.nspname::text, c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-         where c.relkind in ('r', 'p')
-           and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
-           and n.nspname not in ('pg_catalog', 'information_schema')
-           and not (c.relrowsecurity and c.relforcerowsecurity)",
-    )
-    .fetch_all(owner)
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(unprotected, Vec::<(String, String)>::new(), "tenant tables without ENABLE + FORCE RLS");
+    assert_eq!(problems, Vec::<String>::new(), "tenant isolation holds in the catalog");
     let role = pg.app_role().to_string();
-    let (superuser, bypass): (bool, bool) =
-        sqlx::query_as("select rolsuper, rolbypassrls from pg_roles where rolname = $1")
-            .bind(&role)
-            .fetch_one(owner)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!superuser && !bypass, "app role is neither superuser nor BYPASSRLS");
-    let owned: i64 = sqlx::query_scalar(
-        "select (select count(*) from pg_class where relowner = r.oid)
-              + (select count(*) from pg_namespace where nspowner = r.oid)
-              + (select count(*) from pg_proc where proowner = r.oid)
-         from pg_roles r where r.rolname = $1",
-    )
-    .bind(&role)
-    .fetch_one(owner)
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(owned, 0, "the app role owns nothing");
     let current: String =
         sqlx::query_scalar("select current_user::text").fetch_one(pg.app_pool()).await.unwrap_or_default();
     assert_eq!(current, role, "application queries run as the app role");

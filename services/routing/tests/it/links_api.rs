@@ -1,0 +1,163 @@
+//! `/v1/links`: create, validate, list, update, delete; tenancy and roles.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::*;
+
+#[tokio::test]
+async fn a_new_link_redirects_the_moment_its_create_call_returns() {
+    let (app, _) = spawn().await;
+    let t = token(TenantId::new(), "member");
+    for i in 0..5 {
+        let link = create(&app, &t, json!({ "url": format!("https://example.com/{i}") })).await;
+        let slug = link["slug"].as_str().unwrap();
+        assert_eq!(slug.len(), 7, "generated slugs have 7 characters");
+        assert!(slug.bytes().all(|b| b.is_ascii_alphanumeric()), "base62: {slug}");
+        assert_eq!(link["short_url"], app.url(&format!("/{slug}")));
+        let (status, loc) = visit(&app, &format!("/{slug}"), &[]).await;
+        assert_eq!(status, StatusCode::FOUND, "no wait for the read model");
+        assert_eq!(loc.as_deref(), Some(format!("https://example.com/{i}").as_str()));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn slugs_and_destinations_are_validated() {
+    let (app, _) = spawn().await;
+    let (a, b) = (token(TenantId::new(), "member"), token(TenantId::new(), "member"));
+    create(&app, &a, json!({ "url": "https://example.com", "slug": "taken-slug" })).await;
+    let cases = [
+        (json!({ "url": "https://example.com", "slug": "v1" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "https://example.com", "slug": "healthz" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "https://example.com", "slug": "has space" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "https://example.com", "slug": "taken-slug" }), StatusCode::CONFLICT),
+        (json!({ "url": "javascript:alert(1)" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "ftp://example.com/file" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "https://user:pw@example.com/" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({ "url": format!("https://example.com/{}", "a".repeat(2100)) }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({ "url": "https://example.com", "redirect_type": 303 }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "https://example.com", "max_clicks": 0 }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({ "url": "https://example.com", "geo": { "Narnia": "https://x.org" } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({ "url": "https://example.com", "expires_at": "tomorrow" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({ "url": "https://example.com", "colour": "red" }), StatusCode::UNPROCESSABLE_ENTITY),
+    ];
+    for (body, want) in cases {
+        // Another tenant: slugs are unique across every workspace.
+        let (status, problem) = call(&app, Method::POST, "/v1/links", Some(&b), Some(body.clone())).await;
+        assert_eq!(status, want, "{body}: {problem}");
+        assert!(problem["type"].as_str().is_some(), "problem JSON: {problem}");
+    }
+    let idn = create(&app, &b, json!({ "url": "https://bücher.example/straße" })).await;
+    assert_eq!(idn["url"], "https://xn--bcher-kva.example/stra%C3%9Fe");
+    let res = app
+        .client
+        .post(app.url("/v1/links"))
+        .bearer_auth(&b)
+        .header("content-type", "application/json")
+        .body("{\"url\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn links_are_listed_searched_filtered_and_paged_per_tenant() {
+    let (app, _) = spawn().await;
+    let a_tenant = TenantId::new();
+    let a_writer = token(a_tenant, "admin");
+    let b = token(TenantId::new(), "member");
+    for i in 0..5 {
+        let tags = if i % 2 == 0 { json!(["even", "spring_sale"]) } else { json!(["odd"]) };
+        create(
+            &app,
+            &a_writer,
+            json!({ "url": format!("https://shop.example/{i}"), "title": format!("Item {i}"), "tags": tags }),
+        )
+        .await;
+    }
+    let viewer = token(a_tenant, "viewer");
+    let (status, page) = call(&app, Method::GET, "/v1/links?limit=2", Some(&viewer), None).await;
+    assert_eq!(status, StatusCode::OK, "viewers read");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["items"][0]["title"], "Item 4", "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) =
+        call(&app, Method::GET, &format!("/v1/links?limit=10&cursor={cursor}"), Some(&viewer), None).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 3);
+    assert!(rest["next_cursor"].is_null());
+    let (_, even) = call(&app, Method::GET, "/v1/links?tag=even", Some(&viewer), None).await;
+    assert_eq!(even["items"].as_array().unwrap().len(), 3);
+    let (_, sale) = call(&app, Method::GET, "/v1/links?tag=spring_sale", Some(&viewer), None).await;
+    assert_eq!(sale["items"].as_array().unwrap().len(), 3, "_ in a tag is not a wildcard");
+    let (_, found) = call(&app, Method::GET, "/v1/links?q=item%203", Some(&viewer), None).await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 1);
+    let (status, _) =
+        call(&app, Method::POST, "/v1/links", Some(&viewer), Some(json!({"url": "https://x.org"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "viewers do not write");
+    // Tenant B sees nothing of A's.
+    let (_, theirs) = call(&app, Method::GET, "/v1/links", Some(&b), None).await;
+    assert_eq!(theirs["items"].as_array().unwrap().len(), 0);
+    let id = page["items"][0]["id"].as_str().unwrap();
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(json!({"url": "https://evil.example"}))),
+        (Method::DELETE, None),
+    ] {
+        let (status, _) = call(&app, method.clone(), &format!("/v1/links/{id}"), Some(&b), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} of another tenant's link");
+    }
+    let (_, mine) = call(&app, Method::GET, &format!("/v1/links/{id}"), Some(&viewer), None).await;
+    assert_eq!(mine["url"], "https://shop.example/4", "unchanged");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_moves_the_redirect_and_a_delete_ends_it_but_keeps_the_slug() {
+    let (app, _) = spawn().await;
+    let t = token(TenantId::new(), "member");
+    let link = create(&app, &t, json!({ "url": "https://old.example/", "slug": "moving" })).await;
+    let id = link["id"].as_str().unwrap();
+    assert_eq!(visit(&app, "/moving", &[]).await.1.as_deref(), Some("https://old.example/"));
+    let (status, changed) = call(
+        &app,
+        Method::PATCH,
+        &format!("/v1/links/{id}"),
+        Some(&t),
+        Some(json!({ "url": "https://new.example/", "title": "Moved" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["slug"], "moving");
+    eventually("the redirect to follow the update", || async {
+        (visit(&app, "/moving", &[]).await.1.as_deref() == Some("https://new.example/")).then_some(())
+    })
+    .await;
+    let (status, _) = call(&app, Method::DELETE, &format!("/v1/links/{id}"), Some(&t), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually("the deleted link to stop redirecting", || async {
+        (visit(&app, "/moving", &[]).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (status, _) = call(&app, Method::GET, &format!("/v1/links/{id}"), Some(&t), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let other = token(TenantId::new(), "member");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/v1/links",
+        Some(&other),
+        Some(json!({ "url": "https://x.example/", "slug": "moving" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a deleted link's slug stays reserved");
+    app.stop().await;
+}
