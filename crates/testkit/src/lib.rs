@@ -351,3 +351,70 @@ pub async fn rls_catalog(pg: &kernel::db::PgBackend) -> (Vec<String>, Vec<String
     }
     (tables, problems)
 }
+
+impl TestApp {
+    /// Sends a request with an optional bearer token and JSON body; returns the
+    /// status and the JSON body (`Null` when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for up to 15 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The claims of a fresh access token: a new user with `role` in `tenant`, valid 10 minutes.
+pub fn claims(issuer: &str, tenant: kernel::TenantId, role: &str) -> kernel::auth::Claims {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    kernel::auth::Claims {
+        iss: issuer.into(),
+        aud: kernel::auth::AUDIENCE.into(),
+        sub: Uuid::now_v7(),
+        tid: tenant,
+        role: role.into(),
+        sid: Uuid::now_v7(),
+        scope: String::new(),
+        exp: now + 600,
+        iat: now,
+        nbf: None,
+        jti: Uuid::now_v7(),
+    }
+}
+
+/// An HS256 access token (the platform started with `JWT_SECRET_KEY = secret`)
+/// for a new user with `role` in `tenant`.
+pub fn hs256_token(secret: &str, issuer: &str, tenant: kernel::TenantId, role: &str) -> String {
+    kernel::auth::SigningKey::Hs256(kernel::Secret::new(secret.as_bytes().to_vec()))
+        .sign(&claims(issuer, tenant, role))
+}

@@ -12,30 +12,13 @@ mod postgres;
 mod storage;
 mod tenancy;
 
-use std::future::Future;
 use std::time::Duration;
 
 use kernel::TenantId;
 use serde_json::Value;
 use testkit::TestApp;
 
-/// Polls `check` until it returns `Some`, for up to 15 seconds.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use testkit::eventually;
 
 /// Creates a note for `tenant`; returns its JSON.
 pub async fn create_note(app: &TestApp, tenant: TenantId, body: &str) -> Value {

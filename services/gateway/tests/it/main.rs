@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway::GatewayService;
 use kernel::TenantId;
-use kernel::auth::{AUDIENCE, Claims, SigningKey};
+use kernel::auth::{Claims, SigningKey};
 use kernel::secret::Secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,20 +27,7 @@ async fn spawn(extra: &[(&str, &str)]) -> TestApp {
 }
 
 pub(crate) fn claims(_app: &TestApp, tenant: TenantId) -> Claims {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    Claims {
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        sub: Uuid::now_v7(),
-        tid: tenant,
-        role: "admin".into(),
-        sid: Uuid::now_v7(),
-        scope: String::new(),
-        exp: now + 600,
-        iat: now,
-        nbf: None,
-        jti: Uuid::now_v7(),
-    }
+    testkit::claims(ISSUER, tenant, "admin")
 }
 
 pub(crate) fn token(c: &Claims) -> String {

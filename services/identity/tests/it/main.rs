@@ -37,17 +37,7 @@ pub(crate) async fn call(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = app.client.request(method, app.url(path));
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    app.call(method, path, bearer, body).await
 }
 
 pub(crate) async fn post(
@@ -135,21 +125,7 @@ pub(crate) fn token_in(mail: &str, label: &str) -> String {
     mail[start..].split_whitespace().next().unwrap().to_string()
 }
 
-/// Waits until `f` returns Some, for up to 10 s.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub(crate) use testkit::eventually;
 
 /// The stored password hash of an account (read through identity's own schema).
 pub(crate) async fn stored_hash(app: &TestApp, email: &str) -> String {

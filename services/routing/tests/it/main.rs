@@ -4,21 +4,17 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gateway::GatewayService;
-use kernel::auth::{AUDIENCE, Claims, SigningKey};
 use kernel::db::{Migrations, Tx};
 use kernel::events::{Consumer, Envelope, Handler, HandlerError};
-use kernel::secret::Secret;
 use kernel::{BoxError, Service, ServiceContext, ServiceParts, TenantId};
 use links::LinksService;
 use reqwest::StatusCode;
 use routing::RoutingService;
 use serde_json::{Value, json};
 use testkit::TestApp;
-use uuid::Uuid;
 
 mod links_api;
 mod redirects;
@@ -80,20 +76,7 @@ pub(crate) async fn spawn() -> (TestApp, ClickSink) {
 
 /// An access token for `role` in `tenant`.
 pub(crate) fn token(tenant: TenantId, role: &str) -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    SigningKey::Hs256(Secret::new(SECRET.as_bytes().to_vec())).sign(&Claims {
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        sub: Uuid::now_v7(),
-        tid: tenant,
-        role: role.into(),
-        sid: Uuid::now_v7(),
-        scope: String::new(),
-        exp: now + 600,
-        iat: now,
-        nbf: None,
-        jti: Uuid::now_v7(),
-    })
+    testkit::hs256_token(SECRET, ISSUER, tenant, role)
 }
 
 pub(crate) async fn call(
@@ -103,17 +86,7 @@ pub(crate) async fn call(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = app.client.request(method, app.url(path));
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    app.call(method, path, bearer, body).await
 }
 
 /// Creates a link; returns the 201 body.
@@ -138,17 +111,4 @@ pub(crate) async fn visit(
     (res.status(), loc)
 }
 
-pub(crate) async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub(crate) use testkit::eventually;
