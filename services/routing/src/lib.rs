@@ -114,8 +114,14 @@ impl Handler for RoutesHandler {
                 .bind(text)
                 .bind(version),
         ).await)?;
-        let _ = self.kernel.cache.delete(&cache_key(&record.domain, &record.slug)).await;
         Ok(())
+    }
+
+    async fn committed(&self, events: &[Envelope]) {
+        for e in events {
+            let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let _ = self.kernel.cache.delete(&cache_key(&field("domain"), &field("slug"))).await;
+        }
     }
 }
 

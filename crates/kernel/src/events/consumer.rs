@@ -14,6 +14,12 @@ use crate::db::{Db, DbError, Tx};
 pub trait Handler: Send + Sync + 'static {
     /// Applies `event` in `tx` (already scoped to the event's tenant).
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError>;
+
+    /// Runs once the transaction that applied `events` has committed: the place
+    /// to evict caches, so a reader can never re-cache the state from before.
+    async fn committed(&self, events: &[Envelope]) {
+        let _ = events;
+    }
 }
 
 /// How a handler failed.
@@ -85,12 +91,17 @@ pub(crate) async fn process(db: &Db, consumer: &Consumer, events: &[Envelope]) -
 async fn apply(db: &Db, consumer: &Consumer, run: &[Envelope]) -> Result<(), HandlerError> {
     let Some(first) = run.first() else { return Ok(()) };
     let mut tx = db.begin(first.tenant_id).await?;
+    let mut applied = Vec::with_capacity(run.len());
     for event in run {
         if tx.mark_handled(consumer.name, event.event_id).await? {
             consumer.handler.handle(&mut tx, event).await?;
+            applied.push(event.clone());
         }
     }
     tx.commit().await?;
+    if !applied.is_empty() {
+        consumer.handler.committed(&applied).await;
+    }
     Ok(())
 }
 
