@@ -317,3 +317,94 @@ async fn every_services_tenant_tables_force_row_level_security_on_postgres() {
     assert_eq!(problems, Vec::<String>::new());
     app.stop().await;
 }
+
+/// Clicks counted by routing for one link, read from its schema.
+async fn counted_clicks(db: &kernel::db::Db, tenant: TenantId, link: uuid::Uuid) -> i64 {
+    const SQL: &str = "select clicks from routing.click_counts where tenant_id = $1 and link_id = $2";
+    let row: Option<(i64,)> = match db {
+        kernel::db::Db::Postgres(pg) => {
+            let mut tx = pg.read(tenant).await.unwrap_or_else(|e| panic!("{e}"));
+            tx.fetch_optional(tx.query_as(SQL).bind(kernel::db::Id(link)))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+        kernel::db::Db::Sqlite(lite) => {
+            let mut tx = lite.read(tenant).await.unwrap_or_else(|e| panic!("{e}"));
+            tx.fetch_optional(tx.query_as(SQL).bind(kernel::db::Id(link)))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    row.map_or(0, |(n,)| n)
+}
+
+#[tokio::test]
+async fn every_answered_redirect_survives_kill_9_and_is_counted_once() {
+    let engines = Engines::from_env();
+    let secret = "kill-nine-secret-0123456789abcdef";
+    let issuer = "https://signpost.kill9.test";
+    let (env, isolation) = test_env(
+        &engines,
+        &[("SIGNPOST_LOG_FORMAT", "json"), ("JWT_SECRET_KEY", secret), ("SIGNPOST_JWT_ISSUER", issuer)],
+    )
+    .await;
+    let client = testkit::client();
+    let tenant = TenantId::new();
+    let token = testkit::hs256_token(secret, issuer, tenant, "member");
+
+    let first = start(&env);
+    let res = client
+        .post(format!("{}/v1/links", first.address))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "url": "https://example.com/kill9", "slug": "survivor" }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), 201);
+    let link: serde_json::Value = res.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let link_id =
+        uuid::Uuid::parse_str(link["id"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    // 300 redirects from 20 clients at once; kill -9 the moment the last is answered.
+    let url = format!("{}/survivor", first.address);
+    let answered: usize = futures_util::future::join_all((0..20).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut ok = 0;
+            for _ in 0..15 {
+                let res = client
+                    .get(&url)
+                    .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/125.0")
+                    .send()
+                    .await;
+                if res.is_ok_and(|r| r.status() == 302) {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    }))
+    .await
+    .into_iter()
+    .sum();
+    let mut first = first;
+    first.child.kill().unwrap_or_else(|e| panic!("kill -9: {e}"));
+    let _ = first.child.wait();
+    assert_eq!(answered, 300, "every redirect was answered before the kill");
+
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    let backend = kernel::platform::DbBackend::connect(&config).await.unwrap_or_else(|e| panic!("{e}"));
+    let db = backend.db("routing").await.unwrap_or_else(|e| panic!("{e}"));
+    let before = counted_clicks(&db, tenant, link_id).await;
+    eprintln!("clicks counted when the process was killed: {before} of 300");
+    let second = start(&env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && counted_clicks(&db, tenant, link_id).await < 300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a duplicate the chance to show up, then check the count is exact.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counted = counted_clicks(&db, tenant, link_id).await;
+    assert_eq!(counted, 300, "every answered click, exactly once");
+    sigterm_and_wait(second);
+    cleanup(&engines, &config, &isolation).await;
+}
