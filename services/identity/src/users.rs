@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kernel::auth::Caller;
-use kernel::http::{Json, Path, Query, decode_cursor, encode_cursor};
+use kernel::http::{Json, Page, PageParams, Path, Query};
 use kernel::{ApiError, ApiResult, Problem};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -28,17 +28,8 @@ pub(crate) fn routes() -> Router<Arc<Identity>> {
 }
 
 fn filter(q: &MemberQuery) -> Result<(UserFilter, u32), Problem> {
-    let limit = q.limit.unwrap_or(kernel::http::DEFAULT_LIMIT);
-    if !(1..=kernel::http::MAX_LIMIT).contains(&limit) {
-        return Err(Problem::validation("limit", format!("is 1 to {}", kernel::http::MAX_LIMIT)));
-    }
-    let after = match &q.cursor {
-        Some(c) => Some(
-            decode_cursor::<Uuid>(c)
-                .ok_or_else(|| Problem::validation("cursor", "is not a cursor of this list"))?,
-        ),
-        None => None,
-    };
+    let page = PageParams { limit: q.limit, cursor: q.cursor.clone() }.parse::<Uuid>()?;
+    let (limit, after) = (page.limit, page.after);
     let search = match q.q.as_deref().map(str::trim) {
         Some(t) if t.chars().count() > 100 => {
             return Err(Problem::validation("q", "has at most 100 characters"));
@@ -64,28 +55,28 @@ fn filter(q: &MemberQuery) -> Result<(UserFilter, u32), Problem> {
     Ok((UserFilter { search, role, status, after, limit: i64::from(limit) + 1 }, limit))
 }
 
-fn page(mut items: Vec<Value>, ids: Vec<Uuid>, limit: u32) -> Value {
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    let next = if more { ids.get(limit as usize - 1).map(encode_cursor) } else { None };
-    json!({ "items": items, "next_cursor": next })
+/// A JSON page of up to `limit + 1` fetched rows.
+fn page<T>(rows: Vec<T>, limit: u32, id: impl Fn(&T) -> Uuid, show: impl Fn(&T) -> Value) -> Value {
+    let page = Page::from_overfetch(rows, limit, id);
+    json!({ "items": page.items.iter().map(show).collect::<Vec<_>>(), "next_cursor": page.next_cursor })
 }
 
 /// A page of a workspace's members.
 pub(crate) async fn member_page(id: &Identity, ws: Uuid, q: &MemberQuery) -> ApiResult<Response> {
     let (f, limit) = filter(q)?;
     let members = id.store.members(ws, &f).await?;
-    let ids = members.iter().map(|m| m.user.id.0).collect();
-    let items = members
-        .iter()
-        .map(|m| {
+    let body = page(
+        members,
+        limit,
+        |m| m.user.id.0,
+        |m| {
             let mut v = user_json(&m.user);
             v["role"] = json!(m.role);
             v["joined_at"] = json!(m.joined_at);
             v
-        })
-        .collect();
-    Ok(axum::Json(page(items, ids, limit)).into_response())
+        },
+    );
+    Ok(axum::Json(body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -107,8 +98,7 @@ async fn list(State(id): AppState, caller: Caller, Query(q): Query<ListQuery>) -
         tracing::info!(target: "audit", user_id = %caller.user_id, tenant_id = %caller.tenant, "platform admin listed every user");
         let (f, limit) = filter(&mq)?;
         let users = id.store.all_users(&f).await?;
-        let ids = users.iter().map(|u| u.id.0).collect();
-        return Ok(axum::Json(page(users.iter().map(user_json).collect(), ids, limit)).into_response());
+        return Ok(axum::Json(page(users, limit, |u| u.id.0, user_json)).into_response());
     }
     let role = role_of(&caller);
     if !role.is_admin() {

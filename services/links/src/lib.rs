@@ -5,6 +5,8 @@
 
 pub mod model;
 mod openapi;
+mod qr;
+pub mod render;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -18,25 +20,32 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kernel::auth::Caller;
 use kernel::db::{DbError, Id, Migration, Migrations, Timestamp};
-use kernel::http::{Json, Path, Query, decode_cursor, encode_cursor};
+use kernel::http::{Json, Page, PageParams, Path, Query};
 use kernel::password::Hasher;
 use kernel::{ApiError, ApiResult, BoxError, Kernel, Problem, Service, ServiceContext, ServiceParts};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-pub use model::RouteRecord;
 use model::Utm;
+pub use model::{QrRoute, RouteRecord};
 use store::{Link, LinkFilter, Store};
 
 /// The links service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
     schema: "links",
-    steps: &[Migration {
-        version: "0001_links",
-        postgres: include_str!("../migrations/postgres/0001_links.sql"),
-        sqlite: include_str!("../migrations/sqlite/0001_links.sql"),
-    }],
+    steps: &[
+        Migration {
+            version: "0001_links",
+            postgres: include_str!("../migrations/postgres/0001_links.sql"),
+            sqlite: include_str!("../migrations/sqlite/0001_links.sql"),
+        },
+        Migration {
+            version: "0002_qr_codes",
+            postgres: include_str!("../migrations/postgres/0002_qr_codes.sql"),
+            sqlite: include_str!("../migrations/sqlite/0002_qr_codes.sql"),
+        },
+    ],
 };
 
 /// Looks up the route of a public path at the source (the links service).
@@ -44,18 +53,20 @@ pub const MIGRATIONS: Migrations = Migrations {
 pub trait RouteSource: Send + Sync + 'static {
     /// The live route of `(domain, slug)`, if a link has it.
     async fn route(&self, domain: &str, slug: &str) -> Result<Option<RouteRecord>, BoxError>;
+    /// The live QR code of a scan code, with its link's route.
+    async fn qr(&self, code: &str) -> Result<Option<(QrRoute, RouteRecord)>, BoxError>;
 }
 
 /// The handle routing finds in the kernel's registry when links runs in-process.
 pub type SharedRouteSource = Arc<dyn RouteSource>;
 
-struct Links {
+pub(crate) struct Links {
     kernel: Kernel,
     store: Arc<dyn Store>,
     hasher: Hasher,
 }
 
-type AppState = State<Arc<Links>>;
+pub(crate) type AppState = State<Arc<Links>>;
 
 struct Source(Arc<dyn Store>);
 
@@ -63,6 +74,10 @@ struct Source(Arc<dyn Store>);
 impl RouteSource for Source {
     async fn route(&self, domain: &str, slug: &str) -> Result<Option<RouteRecord>, BoxError> {
         Ok(self.0.by_slug(domain, slug).await?.map(|l| l.route()))
+    }
+
+    async fn qr(&self, code: &str) -> Result<Option<(QrRoute, RouteRecord)>, BoxError> {
+        Ok(self.0.qr_by_code(code).await?.map(|(q, l)| (q.route(), l.route())))
     }
 }
 
@@ -89,6 +104,7 @@ impl Service for LinksService {
         let router = Router::new()
             .route("/v1/links", post(create).get(list))
             .route("/v1/links/{id}", get(read).patch(update).delete(remove))
+            .merge(qr::routes())
             .with_state(state);
         Ok(ServiceParts {
             router,
@@ -142,7 +158,7 @@ fn max_clicks(v: Option<i64>) -> Result<Option<i64>, Problem> {
     }
 }
 
-fn title(v: Option<String>) -> Result<Option<String>, Problem> {
+pub(crate) fn title(v: Option<String>) -> Result<Option<String>, Problem> {
     match v.map(|t| t.trim().to_string()) {
         Some(t) if t.chars().count() > 300 || t.chars().any(char::is_control) => {
             Err(Problem::validation("title", "has at most 300 printable characters"))
@@ -258,17 +274,7 @@ fn like_escape(s: &str) -> String {
 
 async fn list(State(s): AppState, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     caller.require("links:read")?;
-    let limit = q.limit.unwrap_or(kernel::http::DEFAULT_LIMIT);
-    if !(1..=kernel::http::MAX_LIMIT).contains(&limit) {
-        return Err(Problem::validation("limit", format!("is 1 to {}", kernel::http::MAX_LIMIT)).into());
-    }
-    let before = match &q.cursor {
-        Some(c) => Some(
-            decode_cursor::<Uuid>(c)
-                .ok_or_else(|| Problem::validation("cursor", "is not a cursor of this list"))?,
-        ),
-        None => None,
-    };
+    let page = PageParams { limit: q.limit, cursor: q.cursor.clone() }.parse::<Uuid>()?;
     let search = match q.q.as_deref().map(str::trim) {
         Some(t) if t.chars().count() > 200 => {
             return Err(Problem::validation("q", "has at most 200 characters").into());
@@ -283,13 +289,11 @@ async fn list(State(s): AppState, caller: Caller, Query(q): Query<ListQuery>) ->
         }
         _ => String::new(),
     };
-    let mut rows =
-        s.store.list(caller.tenant, &LinkFilter { search, tag, before, limit: i64::from(limit) + 1 }).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = if more { rows.last().map(|l| encode_cursor(&l.id.0)) } else { None };
-    let items: Vec<Value> = rows.iter().map(|l| link_json(&s, l)).collect();
-    Ok(axum::Json(json!({ "items": items, "next_cursor": next })).into_response())
+    let filter = LinkFilter { search, tag, before: page.after, limit: i64::from(page.limit) + 1 };
+    let rows = s.store.list(caller.tenant, &filter).await?;
+    let page = Page::from_overfetch(rows, page.limit, |l| l.id.0);
+    let items: Vec<Value> = page.items.iter().map(|l| link_json(&s, l)).collect();
+    Ok(axum::Json(json!({ "items": items, "next_cursor": page.next_cursor })).into_response())
 }
 
 async fn read(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiResult<Response> {
@@ -299,7 +303,7 @@ async fn read(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiRe
 }
 
 /// `null` clears, absent keeps.
-mod nullable {
+pub(crate) mod nullable {
     use serde::{Deserialize, Deserializer};
 
     pub fn de<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {

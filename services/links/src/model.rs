@@ -200,6 +200,24 @@ pub struct RouteRecord {
     pub version: i64,
 }
 
+/// What routing keeps of a QR code: where its scans go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QrRoute {
+    pub tenant_id: kernel::TenantId,
+    pub qr_id: uuid::Uuid,
+    pub code: String,
+    pub link_id: uuid::Uuid,
+    #[serde(default)]
+    pub deleted: bool,
+    pub version: i64,
+}
+
+/// A random 8-character base62 scan code.
+pub fn generated_code() -> String {
+    let mut rng = rand::rng();
+    (0..8).map(|_| BASE62[rng.random_range(0..BASE62.len())] as char).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,36 @@ pub(crate) fn paths() -> Value {
                     { "name": "cursor", "in": "query", "schema": { "type": "string" } } ],
                 "responses": errors("200", "{items, next_cursor}") }
         },
+        "/v1/qr": {
+            "post": { "summary": "Create a dynamic QR code for a link (scope qr:write); it scans at /q/{code}", "tags": ["qr"],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["link_id"],
+                    "additionalProperties": false, "properties": { "link_id": { "type": "string", "format": "uuid" }, "title": { "type": "string" } } } } } },
+                "responses": errors("201", "The QR code with its scan_url and image URLs") },
+            "get": { "summary": "List QR codes, newest first (scope qr:read)", "tags": ["qr"],
+                "parameters": [ { "name": "limit", "in": "query", "schema": { "type": "integer" } }, { "name": "cursor", "in": "query", "schema": { "type": "string" } } ],
+                "responses": errors("200", "{items, next_cursor}") }
+        },
+        "/v1/qr/{id}": {
+            "get": { "summary": "A QR code", "tags": ["qr"], "parameters": id, "responses": errors("200", "The QR code") },
+            "patch": { "summary": "Point the code at another link, or retitle it (no reprint needed)", "tags": ["qr"], "parameters": id,
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false,
+                    "properties": { "link_id": { "type": "string", "format": "uuid" }, "title": { "type": ["string", "null"] } } } } } },
+                "responses": errors("200", "The QR code") },
+            "delete": { "summary": "Delete a QR code (its scans then find nothing)", "tags": ["qr"], "parameters": id, "responses": errors("204", "Deleted") }
+        },
+        "/v1/qr/{id}/{file}": {
+            "get": { "summary": "The code as image.png, image.svg or image.pdf; rendered once per style, cached for a year", "tags": ["qr"],
+                "parameters": [
+                    { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
+                    { "name": "file", "in": "path", "required": true, "schema": { "enum": ["image.png", "image.svg", "image.pdf"] } },
+                    { "name": "size", "in": "query", "schema": { "type": "integer", "minimum": 64, "maximum": 4096, "default": 512 } },
+                    { "name": "margin", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 16, "default": 4 } },
+                    { "name": "fg", "in": "query", "schema": { "type": "string", "pattern": "^#?[0-9a-fA-F]{6}$", "default": "000000" } },
+                    { "name": "bg", "in": "query", "schema": { "type": "string", "pattern": "^#?[0-9a-fA-F]{6}$", "default": "ffffff" } },
+                    { "name": "ec", "in": "query", "schema": { "enum": ["L", "M", "Q", "H"], "default": "M" } } ],
+                "responses": { "200": { "description": "The image", "content": { "image/png": {}, "image/svg+xml": {}, "application/pdf": {} } },
+                               "304": { "description": "Not modified (ETag)" }, "404": problem, "422": problem } }
+        },
         "/v1/links/{id}": {
             "get": { "summary": "A link", "tags": ["links"], "parameters": id, "responses": errors("200", "The link") },
             "patch": { "summary": "Change a link (the slug stays); null clears a field", "tags": ["links"], "parameters": id,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::model::{RouteRecord, Utm};
+use crate::model::{QrRoute, RouteRecord, Utm};
 
 /// A link as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -83,6 +83,36 @@ fn event(link: &Link) -> LinkEvent<'_> {
     }
 }
 
+/// A dynamic QR code.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Qr {
+    pub tenant_id: Id,
+    pub id: Id,
+    pub code: String,
+    pub link_id: Id,
+    pub title: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+}
+
+impl Qr {
+    /// What routing keeps of a QR code.
+    pub fn route(&self) -> QrRoute {
+        QrRoute {
+            tenant_id: TenantId::from_uuid(self.tenant_id.0),
+            qr_id: self.id.0,
+            code: self.code.clone(),
+            link_id: self.link_id.0,
+            deleted: self.deleted_at.is_some(),
+            version: self.updated_at.unix(),
+        }
+    }
+}
+
+/// The directory domain of QR codes.
+pub const QR_DOMAIN: &str = "#qr";
+
 /// Filters of the link list.
 #[derive(Debug, Clone)]
 pub struct LinkFilter {
@@ -110,6 +140,16 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError>;
     /// The live link a public path names, whichever tenant owns it.
     async fn by_slug(&self, domain: &str, slug: &str) -> Result<Option<Link>, DbError>;
+
+    /// Reserves the code and stores the QR code with its `qr.created` event.
+    async fn create_qr(&self, qr: &Qr, actor: &str) -> Result<(), DbError>;
+    async fn get_qr(&self, tenant: TenantId, id: Uuid) -> Result<Option<Qr>, DbError>;
+    /// A page of QR codes, newest first (ids before `before`).
+    async fn list_qr(&self, tenant: TenantId, before: Option<Uuid>, limit: i64) -> Result<Vec<Qr>, DbError>;
+    /// Stores a change (or, with `deleted_at` set, a deletion) with its `qr.updated` event.
+    async fn update_qr(&self, qr: &Qr, actor: &str) -> Result<(), DbError>;
+    /// The live QR code of a scan code, and its link.
+    async fn qr_by_code(&self, code: &str) -> Result<Option<(Qr, Link)>, DbError>;
 }
 
 /// The store for a database.
@@ -145,6 +185,14 @@ const DELETE: &str = "update links.links set deleted_at = $3, updated_at = $3 wh
 const DELETED_BY_ID: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
      max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
      from links.links where tenant_id = $1 and id = $2";
+const INSERT_QR: &str = "insert into links.qr_codes (tenant_id, id, code, link_id, title, created_at, updated_at) \
+     values ($1, $2, $3, $4, $5, $6, $7)";
+const QR_BY_ID: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at \
+     from links.qr_codes where tenant_id = $1 and id = $2 and deleted_at is null";
+const LIST_QR: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at \
+     from links.qr_codes where tenant_id = $1 and deleted_at is null and id < $2 order by id desc limit $3";
+const UPDATE_QR: &str = "update links.qr_codes set link_id = $3, title = $4, updated_at = $5, deleted_at = $6 \
+     where tenant_id = $1 and id = $2 and deleted_at is null";
 const SLUG_OWNER: &str = "select tenant_id, link_id from links.slugs where domain = $1 and slug = $2";
 
 macro_rules! store_impl {
@@ -243,8 +291,81 @@ macro_rules! store_impl {
                 let Some((tenant, id)) = owner else { return Ok(None) };
                 self.get(TenantId::from_uuid(tenant.0), id.0).await
             }
+
+            async fn create_qr(&self, q: &Qr, actor: &str) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(q.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(RESERVE_SLUG).bind(QR_DOMAIN.to_string()).bind(q.code.clone()).bind(q.id),
+                )
+                .await
+                .on_unique(|| Problem::conflict("the QR code is taken"))?;
+                tx.execute(
+                    tx.query(INSERT_QR)
+                        .bind(q.id)
+                        .bind(q.code.clone())
+                        .bind(q.link_id)
+                        .bind(q.title.clone())
+                        .bind(q.created_at)
+                        .bind(q.updated_at),
+                )
+                .await
+                .on_unique(|| Problem::conflict("the QR code is taken"))?;
+                tx.emit("qr.created", actor, &QrEvent { route: q.route(), title: q.title.clone() }).await?;
+                tx.commit().await
+            }
+
+            async fn get_qr(&self, tenant: TenantId, id: Uuid) -> Result<Option<Qr>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                tx.fetch_optional(tx.query_as(QR_BY_ID).bind(Id(id))).await
+            }
+
+            async fn list_qr(
+                &self,
+                tenant: TenantId,
+                before: Option<Uuid>,
+                limit: i64,
+            ) -> Result<Vec<Qr>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                tx.fetch_all(tx.query_as(LIST_QR).bind(Id(before.unwrap_or(Uuid::max()))).bind(limit)).await
+            }
+
+            async fn update_qr(&self, q: &Qr, actor: &str) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(q.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(UPDATE_QR)
+                        .bind(q.id)
+                        .bind(q.link_id)
+                        .bind(q.title.clone())
+                        .bind(q.updated_at)
+                        .bind(q.deleted_at),
+                )
+                .await?;
+                tx.emit("qr.updated", actor, &QrEvent { route: q.route(), title: q.title.clone() }).await?;
+                tx.commit().await
+            }
+
+            async fn qr_by_code(&self, code: &str) -> Result<Option<(Qr, Link)>, DbError> {
+                let owner: Option<(Id, Id)> = {
+                    let mut tx = self.0.read_global().await?;
+                    tx.fetch_optional(
+                        tx.query_as(SLUG_OWNER).bind(QR_DOMAIN.to_string()).bind(code.to_string()),
+                    )
+                    .await?
+                };
+                let Some((tenant, id)) = owner else { return Ok(None) };
+                let tenant = TenantId::from_uuid(tenant.0);
+                let Some(qr) = self.get_qr(tenant, id.0).await? else { return Ok(None) };
+                Ok(self.get(tenant, qr.link_id.0).await?.map(|link| (qr, link)))
+            }
         }
     };
+}
+
+#[derive(Serialize)]
+struct QrEvent {
+    #[serde(flatten)]
+    route: QrRoute,
+    title: Option<String>,
 }
 
 store_impl!(PgStore);

@@ -23,7 +23,8 @@ use kernel::events::{Appender, Consumer, Envelope, Handler, HandlerError};
 use kernel::http::ClientIp;
 use kernel::password::{Hasher, Verified};
 use kernel::{BoxError, Kernel, Problem, Service, ServiceContext, ServiceParts, TenantId};
-use links::{RouteRecord, SharedRouteSource};
+use links::store::QR_DOMAIN;
+use links::{QrRoute, RouteRecord, SharedRouteSource};
 use serde_json::json;
 
 /// Routing's migrations.
@@ -80,6 +81,8 @@ const UPSERT_ROUTE: &str = "insert into routing.routes (tenant_id, domain, slug,
      version = excluded.version, link_id = excluded.link_id \
      where routes.tenant_id = $1 and routes.version <= excluded.version";
 const ROUTE: &str = "select record from routing.routes where domain = $1 and slug = $2";
+const LINK_ROUTE: &str =
+    "select record from routing.routes where tenant_id = $1 and link_id = $2 and domain <> '#qr'";
 const COUNT_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, clicks) values ($1, $2, 1) \
      on conflict (tenant_id, link_id) do update set clicks = click_counts.clicks + 1";
 const CLICKS: &str = "select clicks from routing.click_counts where tenant_id = $1 and link_id = $2";
@@ -96,23 +99,33 @@ struct RoutesHandler {
 #[async_trait]
 impl Handler for RoutesHandler {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
-        let mut record: RouteRecord = serde_json::from_value(event.data.clone())
-            .map_err(|e| HandlerError::Reject(format!("not a link event: {e}")))?;
-        if record.tenant_id != event.tenant_id {
-            return Err(HandlerError::Reject("the link's tenant is not the event's".into()));
-        }
-        if event.event_type == "link.deleted" {
-            record.deleted = true;
-        }
-        let text = serde_json::to_string(&record).map_err(|e| HandlerError::Reject(e.to_string()))?;
-        let version = Timestamp::from_unix(record.version);
+        let (domain, slug, link_id, text, version) = if event.event_type.starts_with("qr.") {
+            let qr: QrRoute = serde_json::from_value(event.data.clone())
+                .map_err(|e| HandlerError::Reject(format!("not a QR event: {e}")))?;
+            if qr.tenant_id != event.tenant_id {
+                return Err(HandlerError::Reject("the QR code's tenant is not the event's".into()));
+            }
+            let text = serde_json::to_string(&qr).map_err(|e| HandlerError::Reject(e.to_string()))?;
+            (QR_DOMAIN.to_string(), qr.code, qr.link_id, text, qr.version)
+        } else {
+            let mut record: RouteRecord = serde_json::from_value(event.data.clone())
+                .map_err(|e| HandlerError::Reject(format!("not a link event: {e}")))?;
+            if record.tenant_id != event.tenant_id {
+                return Err(HandlerError::Reject("the link's tenant is not the event's".into()));
+            }
+            if event.event_type == "link.deleted" {
+                record.deleted = true;
+            }
+            let text = serde_json::to_string(&record).map_err(|e| HandlerError::Reject(e.to_string()))?;
+            (record.domain, record.slug, record.link_id, text, record.version)
+        };
         on_tx!(tx, t => t.execute(
             t.query(UPSERT_ROUTE)
-                .bind(record.domain.clone())
-                .bind(record.slug.clone())
-                .bind(Id(record.link_id))
+                .bind(domain)
+                .bind(slug)
+                .bind(Id(link_id))
                 .bind(text)
-                .bind(version),
+                .bind(Timestamp::from_unix(version)),
         ).await)?;
         Ok(())
     }
@@ -120,9 +133,18 @@ impl Handler for RoutesHandler {
     async fn committed(&self, events: &[Envelope]) {
         for e in events {
             let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            let _ = self.kernel.cache.delete(&cache_key(&field("domain"), &field("slug"))).await;
+            if e.event_type.starts_with("qr.") {
+                let _ = self.kernel.cache.delete(&cache_key(QR_DOMAIN, &field("code"))).await;
+            } else {
+                let _ = self.kernel.cache.delete(&cache_key(&field("domain"), &field("slug"))).await;
+                let _ = self.kernel.cache.delete(&link_key(&field("link_id"))).await;
+            }
         }
     }
+}
+
+fn link_key(link_id: &str) -> String {
+    format!("route-of-link:{link_id}")
 }
 
 /// Counts clicks per link (what `max_clicks` is checked against).
@@ -167,6 +189,67 @@ impl Routing {
                 None => None,
             },
         };
+        if let Some(r) = &record
+            && let Ok(bytes) = serde_json::to_vec(r)
+        {
+            let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
+        }
+        Ok(record)
+    }
+
+    /// The QR code of a scan code and its link's route: cache, read model, then links.
+    async fn lookup_qr(&self, code: &str) -> Result<Option<(QrRoute, RouteRecord)>, BoxError> {
+        let key = cache_key(QR_DOMAIN, code);
+        let mut qr: Option<QrRoute> = match self.kernel.cache.get(&key).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        };
+        if qr.is_none() {
+            let stored: Option<(String,)> = read_global!(&self.db, t => {
+                let row: Result<Option<(String,)>, DbError> =
+                    t.fetch_optional(t.query_as(ROUTE).bind(QR_DOMAIN.to_string()).bind(code.to_string())).await;
+                row?
+            });
+            qr = stored.and_then(|(r,)| serde_json::from_str(&r).ok());
+            if let Some(q) = &qr
+                && let Ok(bytes) = serde_json::to_vec(q)
+            {
+                let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
+            }
+        }
+        let from_model = match &qr {
+            Some(q) if !q.deleted => self.link_route(q.tenant_id, q.link_id).await?.map(|r| (q.clone(), r)),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        match from_model {
+            Some(found) => Ok(Some(found)),
+            None => match self.kernel.registry.get::<SharedRouteSource>() {
+                Some(source) => source.qr(code).await,
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// A link's route by id (what a QR code points at).
+    async fn link_route(&self, tenant: TenantId, link: uuid::Uuid) -> Result<Option<RouteRecord>, BoxError> {
+        let key = link_key(&link.to_string());
+        if let Ok(Some(bytes)) = self.kernel.cache.get(&key).await
+            && let Ok(r) = serde_json::from_slice::<RouteRecord>(&bytes)
+        {
+            return Ok(Some(r));
+        }
+        let row: Option<(String,)> = match &self.db {
+            Db::Postgres(pg) => {
+                let mut t = pg.read(tenant).await?;
+                t.fetch_optional(t.query_as(LINK_ROUTE).bind(Id(link))).await?
+            }
+            Db::Sqlite(lite) => {
+                let mut t = lite.read(tenant).await?;
+                t.fetch_optional(t.query_as(LINK_ROUTE).bind(Id(link))).await?
+            }
+        };
+        let record = row.and_then(|(r,)| serde_json::from_str::<RouteRecord>(&r).ok());
         if let Some(r) = &record
             && let Ok(bytes) = serde_json::to_vec(r)
         {
@@ -221,20 +304,28 @@ impl Service for RoutingService {
             kernel: kernel.clone(),
             db,
         });
-        let router =
-            Router::new().route("/{slug}", get(redirect).head(redirect).post(unlock)).with_state(state);
+        let router = Router::new()
+            .route("/{slug}", get(redirect).head(redirect).post(unlock_link))
+            .route("/q/{code}", get(scan).head(scan).post(unlock_qr))
+            .with_state(state);
         Ok(ServiceParts {
             router,
             edge: None,
             consumers: vec![
                 Consumer {
                     name: "routing.links",
-                    event_types: &["link.created", "link.updated", "link.deleted"],
+                    event_types: &[
+                        "link.created",
+                        "link.updated",
+                        "link.deleted",
+                        "qr.created",
+                        "qr.updated",
+                    ],
                     handler: Arc::new(RoutesHandler { kernel }),
                 },
                 Consumer {
                     name: "routing.clicks",
-                    event_types: &["link.clicked"],
+                    event_types: &["link.clicked", "qr.scanned"],
                     handler: Arc::new(ClicksHandler),
                 },
             ],
@@ -247,7 +338,17 @@ impl Service for RoutingService {
 fn openapi() -> serde_json::Value {
     let slug = json!([{ "name": "slug", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let page = json!({ "description": "An HTML page (browsers) or problem JSON", "content": { "text/html": {}, "application/problem+json": {} } });
-    json!({ "/{slug}": {
+    let code = json!([{ "name": "code", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    json!({ "/q/{code}": {
+        "get": { "summary": "Scan a dynamic QR code: redirect to its link's destination; recorded as qr.scanned", "tags": ["redirect"],
+            "security": [], "parameters": code,
+            "responses": { "302": { "description": "Redirect (or 301/307, as the link says)" }, "200": { "description": "Password form" },
+                           "404": page, "410": page } },
+        "head": { "summary": "The same answer without a body", "tags": ["redirect"], "security": [], "parameters": code,
+            "responses": { "302": { "description": "Redirect" }, "404": { "description": "Unknown" } } },
+        "post": { "summary": "Unlock the password-protected link of a QR code", "tags": ["redirect"], "security": [], "parameters": code,
+            "responses": { "302": { "description": "Redirect" }, "401": { "description": "Wrong password" } } }
+    }, "/{slug}": {
         "get": { "summary": "Follow a short link: 301/302/307 to its destination, by its rules; the click is recorded", "tags": ["redirect"],
             "security": [], "parameters": slug,
             "responses": { "302": { "description": "Redirect (or 301/307, as the link says)" }, "200": { "description": "Password form" },
@@ -320,13 +421,87 @@ fn gone(html: bool, why: &str) -> Response {
     }
 }
 
+/// A public path: a link's slug or a QR code's scan code.
+enum Public {
+    Link(String),
+    Qr(String),
+}
+
+impl Public {
+    /// Where the password form posts back to.
+    fn action(&self) -> String {
+        match self {
+            Self::Link(s) => format!("/{s}"),
+            Self::Qr(c) => format!("/q/{c}"),
+        }
+    }
+}
+
+/// The live route a public path leads to, with the QR code it came through.
+async fn resolve(
+    r: &Routing,
+    p: &Public,
+    headers: &HeaderMap,
+) -> Result<Option<(RouteRecord, Option<uuid::Uuid>)>, Response> {
+    match p {
+        Public::Link(slug) => {
+            if !links::model::could_be_slug(slug) {
+                return Ok(None);
+            }
+            let Some(domain) = domain(headers) else {
+                return Err(Problem::bad_request("unusable Host header").into_response());
+            };
+            match r.lookup(&domain, slug).await {
+                Ok(Some(route)) if !route.deleted => Ok(Some((route, None))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(internal(&e)),
+            }
+        }
+        Public::Qr(code) => {
+            if !links::model::could_be_slug(code) {
+                return Ok(None);
+            }
+            match r.lookup_qr(code).await {
+                Ok(Some((qr, route))) if !route.deleted && !qr.deleted => Ok(Some((route, Some(qr.qr_id)))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(internal(&e)),
+            }
+        }
+    }
+}
+
 async fn redirect(
     State(r): AppState,
     kernel::http::Path(slug): kernel::http::Path<String>,
     req: Request,
 ) -> Response {
     let v = visit(&req);
-    answer(&r, &slug, req.headers(), v, false).await
+    answer(&r, &Public::Link(slug), req.headers(), v, false).await
+}
+
+async fn scan(
+    State(r): AppState,
+    kernel::http::Path(code): kernel::http::Path<String>,
+    req: Request,
+) -> Response {
+    let v = visit(&req);
+    answer(&r, &Public::Qr(code), req.headers(), v, false).await
+}
+
+async fn unlock_link(
+    State(r): AppState,
+    kernel::http::Path(slug): kernel::http::Path<String>,
+    req: Request,
+) -> Response {
+    unlock(&r, Public::Link(slug), req).await
+}
+
+async fn unlock_qr(
+    State(r): AppState,
+    kernel::http::Path(code): kernel::http::Path<String>,
+    req: Request,
+) -> Response {
+    unlock(&r, Public::Qr(code), req).await
 }
 
 #[derive(serde::Deserialize)]
@@ -334,11 +509,7 @@ struct UnlockForm {
     password: String,
 }
 
-async fn unlock(
-    State(r): AppState,
-    kernel::http::Path(slug): kernel::http::Path<String>,
-    req: Request,
-) -> Response {
+async fn unlock(r: &Routing, p: Public, req: Request) -> Response {
     let v = visit(&req);
     let headers = req.headers().clone();
     let body = match axum::body::to_bytes(req.into_body(), 16 * 1024).await {
@@ -348,15 +519,12 @@ async fn unlock(
     let Ok(form) = serde_urlencoded::from_bytes::<UnlockForm>(&body) else {
         return Problem::bad_request("expected a form with a password field").into_response();
     };
-    let Some(domain) = domain(&headers) else {
-        return Problem::bad_request("unusable Host header").into_response();
+    let route = match resolve(r, &p, &headers).await {
+        Ok(Some((route, _))) => route,
+        Ok(None) => return not_found(v.html),
+        Err(res) => return res,
     };
-    let route = match r.lookup(&domain, &slug).await {
-        Ok(Some(route)) if !route.deleted => route,
-        Ok(_) => return not_found(v.html),
-        Err(e) => return internal(&e),
-    };
-    let Some(hash) = route.password_hash.clone() else { return answer(&r, &slug, &headers, v, true).await };
+    let Some(hash) = route.password_hash.clone() else { return answer(r, &p, &headers, v, true).await };
     let key = format!("link-password:{}:{}", route.link_id, v.ip);
     match r.kernel.limiter.peek(&key, PASSWORD_TRIES, Duration::from_secs(900)).await {
         Ok(d) if !d.allowed => {
@@ -366,10 +534,10 @@ async fn unlock(
         Err(e) => tracing::warn!(error = %e, "rate limiter unavailable for a link password"),
     }
     match r.hasher.verify(form.password, Some(hash)).await {
-        Ok(Verified::Yes | Verified::YesRehash(_)) => answer(&r, &slug, &headers, v, true).await,
+        Ok(Verified::Yes | Verified::YesRehash(_)) => answer(r, &p, &headers, v, true).await,
         Ok(Verified::No) => {
             let _ = r.kernel.limiter.hit(&key, PASSWORD_TRIES, Duration::from_secs(900)).await;
-            pages::password_form(&slug, true)
+            pages::password_form(&p.action(), true)
         }
         Err(e) => internal(&e),
     }
@@ -380,18 +548,12 @@ fn internal(e: &dyn std::fmt::Display) -> Response {
     Problem::internal().into_response()
 }
 
-/// Applies the link's rules and records the click.
-async fn answer(r: &Routing, slug: &str, headers: &HeaderMap, v: Visit, unlocked: bool) -> Response {
-    if !links::model::could_be_slug(slug) {
-        return not_found(v.html);
-    }
-    let Some(domain) = domain(headers) else {
-        return Problem::bad_request("unusable Host header").into_response();
-    };
-    let route = match r.lookup(&domain, slug).await {
-        Ok(Some(route)) if !route.deleted => route,
-        Ok(_) => return not_found(v.html),
-        Err(e) => return internal(&e),
+/// Applies the link's rules and records the click (or the scan).
+async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked: bool) -> Response {
+    let (route, qr) = match resolve(r, p, headers).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found(v.html),
+        Err(res) => return res,
     };
     let now = Timestamp::now().unix();
     if route.expires_at.is_some_and(|e| e <= now) {
@@ -408,7 +570,7 @@ async fn answer(r: &Routing, slug: &str, headers: &HeaderMap, v: Visit, unlocked
         }
     }
     if route.password_hash.is_some() && !unlocked {
-        return pages::password_form(slug, false);
+        return pages::password_form(&p.action(), false);
     }
     let agent = agent::classify(&v.user_agent, v.head);
     let target = match agent.os {
@@ -419,17 +581,24 @@ async fn answer(r: &Routing, slug: &str, headers: &HeaderMap, v: Visit, unlocked
     .unwrap_or(&route.url);
     let target = with_utm(target, &route);
     let counted = matches!(agent.bot, "human" | "bot");
+    let event_type = if qr.is_some() { "qr.scanned" } else { "link.clicked" };
+    let referrer_host = v
+        .referrer
+        .as_deref()
+        .and_then(|u| reqwest::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_string));
     let click = Envelope::new(
-        "link.clicked",
+        event_type,
         route.tenant_id,
         "anonymous",
         json!({
             "link_id": route.link_id,
+            "qr_id": qr,
             "slug": route.slug,
             "domain": route.domain,
             "at": Timestamp::now().rfc3339(),
             "referrer": v.referrer,
-            "referrer_host": v.referrer.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).and_then(|u| u.host_str().map(str::to_string)),
+            "referrer_host": referrer_host,
             "browser": agent.browser,
             "os": agent.os,
             "device": agent.device,

@@ -39,15 +39,15 @@ pub fn page(status: StatusCode, title: &str, message: &str) -> Response {
 }
 
 /// The form that unlocks a password-protected link.
-pub fn password_form(slug: &str, wrong: bool) -> Response {
+pub fn password_form(action: &str, wrong: bool) -> Response {
     let status = if wrong { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
     let error = if wrong { "<p role=\"alert\">That password is not right.</p>" } else { "" };
     html(
         status,
         "This link is protected",
         &format!(
-            "{error}<form method=\"post\" action=\"/{}\"><label>Password <input type=\"password\" name=\"password\" required autofocus></label> <button type=\"submit\">Continue</button></form>",
-            escape(slug)
+            "{error}<form method=\"post\" action=\"{}\"><label>Password <input type=\"password\" name=\"password\" required autofocus></label> <button type=\"submit\">Continue</button></form>",
+            escape(action)
         ),
     )
 }

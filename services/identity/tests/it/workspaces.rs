@@ -356,7 +356,7 @@ async fn admins_search_filter_and_page_through_members() {
     let (status, _) = get(&app, "/v1/users?role=emperor", Some(admin)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _) = get(&app, "/v1/users?cursor=garbage", Some(admin)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) =
         get(&app, &format!("/v1/workspaces/{ws}/members?status=active&limit=500"), Some(admin)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);

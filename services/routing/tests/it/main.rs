@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use testkit::TestApp;
 
 mod links_api;
+mod qr;
 mod redirects;
 
 pub(crate) const SECRET: &str = "routing-test-secret-0123456789abcdef";
@@ -52,7 +53,7 @@ impl Service for ClickSink {
             edge: None,
             consumers: vec![Consumer {
                 name: "clicksink.clicks",
-                event_types: &["link.clicked"],
+                event_types: &["link.clicked", "qr.scanned"],
                 handler: Arc::new(SinkHandler(self.0.clone())),
             }],
             openapi_paths: json!({}),

@@ -1,0 +1,204 @@
+//! `/v1/qr`: dynamic QR codes and their images.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kernel::auth::Caller;
+use kernel::db::{DbError, Id, Timestamp};
+use kernel::http::{Json, Page, PageParams, Path, Query};
+use kernel::storage::ObjectKey;
+use kernel::{ApiError, ApiResult, Problem};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::render::{self, Format, Style, StyleQuery};
+use crate::store::Qr;
+use crate::{AppState, Links, model, title};
+
+pub(crate) fn routes() -> Router<Arc<Links>> {
+    Router::new()
+        .route("/v1/qr", post(create).get(list))
+        .route("/v1/qr/{id}", get(read).patch(update).delete(remove))
+        .route("/v1/qr/{id}/{file}", get(image))
+}
+
+fn scan_url(s: &Links, code: &str) -> String {
+    format!("{}/q/{code}", s.kernel.config.public_url)
+}
+
+fn qr_json(s: &Links, q: &Qr) -> Value {
+    let base = format!("/v1/qr/{}", q.id);
+    json!({
+        "id": q.id,
+        "code": q.code,
+        "scan_url": scan_url(s, &q.code),
+        "link_id": q.link_id,
+        "title": q.title,
+        "images": { "png": format!("{base}/image.png"), "svg": format!("{base}/image.svg"), "pdf": format!("{base}/image.pdf") },
+        "created_at": q.created_at,
+        "updated_at": q.updated_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    link_id: Uuid,
+    title: Option<String>,
+}
+
+async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -> ApiResult<Response> {
+    caller.require("qr:write")?;
+    // The link must be the caller's own: another tenant's id is simply unknown.
+    if s.store.get(caller.tenant, b.link_id).await?.is_none() {
+        return Err(Problem::validation("link_id", "is not a link of this workspace").into());
+    }
+    let now = Timestamp::now();
+    let mut qr = Qr {
+        tenant_id: Id(caller.tenant.as_uuid()),
+        id: Id(Uuid::now_v7()),
+        code: model::generated_code(),
+        link_id: Id(b.link_id),
+        title: title(b.title)?,
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+    };
+    let mut attempts = 0;
+    loop {
+        match s.store.create_qr(&qr, &caller.actor()).await {
+            Ok(()) => break,
+            Err(DbError::Constraint { .. }) if attempts < 5 => {
+                attempts += 1;
+                qr.code = model::generated_code();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(tenant_id = %caller.tenant, qr_id = %qr.id, "QR code created");
+    Ok((StatusCode::CREATED, axum::Json(qr_json(&s, &qr))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list(State(s): AppState, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    caller.require("qr:read")?;
+    let page = PageParams { limit: q.limit, cursor: q.cursor.clone() }.parse::<Uuid>()?;
+    let rows = s.store.list_qr(caller.tenant, page.after, i64::from(page.limit) + 1).await?;
+    let page = Page::from_overfetch(rows, page.limit, |q| q.id.0);
+    let items: Vec<Value> = page.items.iter().map(|q| qr_json(&s, q)).collect();
+    Ok(axum::Json(json!({ "items": items, "next_cursor": page.next_cursor })).into_response())
+}
+
+async fn read(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiResult<Response> {
+    caller.require("qr:read")?;
+    let qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    Ok(axum::Json(qr_json(&s, &qr)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    link_id: Option<Uuid>,
+    #[serde(default, deserialize_with = "crate::nullable::de")]
+    title: Option<Option<String>>,
+}
+
+/// Points the code at another link (the printed code keeps working) or retitles it.
+async fn update(
+    State(s): AppState,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Json(b): Json<UpdateBody>,
+) -> ApiResult<Response> {
+    caller.require("qr:write")?;
+    let mut qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    if let Some(link) = b.link_id {
+        if s.store.get(caller.tenant, link).await?.is_none() {
+            return Err(Problem::validation("link_id", "is not a link of this workspace").into());
+        }
+        qr.link_id = Id(link);
+    }
+    if let Some(t) = b.title {
+        qr.title = title(t)?;
+    }
+    qr.updated_at = Timestamp::now();
+    s.store.update_qr(&qr, &caller.actor()).await?;
+    Ok(axum::Json(qr_json(&s, &qr)).into_response())
+}
+
+async fn remove(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiResult<StatusCode> {
+    caller.require("qr:write")?;
+    let mut qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    let now = Timestamp::now();
+    qr.updated_at = now;
+    qr.deleted_at = Some(now);
+    s.store.update_qr(&qr, &caller.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `image.png`, `image.svg` or `image.pdf` in a style. Each rendering is made
+/// once and kept in object storage under the hash of what it shows; the image
+/// of a code never changes (its destination does, not its scan URL), so it is
+/// cached for a year.
+async fn image(
+    State(s): AppState,
+    caller: Caller,
+    Path((id, file)): Path<(Uuid, String)>,
+    Query(q): Query<StyleQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.require("qr:read")?;
+    let format = file.strip_prefix("image.").and_then(Format::parse).ok_or_else(Problem::not_found)?;
+    let style = Style::parse(&q)?;
+    let qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    let url = scan_url(&s, &qr.code);
+    let hash: String = Sha256::digest(format!("{url}|{}|{}", style.key(), format.ext()).as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let etag = format!("\"{hash}\"");
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok(cached(StatusCode::NOT_MODIFIED.into_response(), &etag, format));
+    }
+    let key = ObjectKey::for_tenant(caller.tenant, &format!("qr/{hash}.{}", format.ext()))
+        .map_err(ApiError::internal)?;
+    let bytes = match s.kernel.storage.get(&key).await.map_err(ApiError::internal)? {
+        Some(b) => b,
+        None => {
+            let rendered = bytes::Bytes::from(render::render(&url, format, &style)?);
+            s.kernel.storage.put(&key, rendered.clone()).await.map_err(ApiError::internal)?;
+            metrics::counter!("qr_renderings_total", "format" => format.ext()).increment(1);
+            rendered
+        }
+    };
+    Ok(cached(bytes.into_response(), &etag, format))
+}
+
+fn cached(mut res: Response, etag: &str, format: Format) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    if format == Format::Svg {
+        // An SVG is active content: never render it inline from our origin.
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+    }
+    res
+}

@@ -1,0 +1,283 @@
+//! QR code images: PNG, SVG and PDF from one module matrix, with a size, a
+//! quiet-zone margin, colours and an error-correction level.
+
+use kernel::Problem;
+use qrcode::{Color, EcLevel, QrCode};
+use serde::Deserialize;
+
+/// The image formats served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Png,
+    Svg,
+    Pdf,
+}
+
+impl Format {
+    /// From the file extension of the route.
+    pub fn parse(ext: &str) -> Option<Self> {
+        match ext {
+            "png" => Some(Self::Png),
+            "svg" => Some(Self::Svg),
+            "pdf" => Some(Self::Pdf),
+            _ => None,
+        }
+    }
+
+    pub fn ext(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Svg => "svg",
+            Self::Pdf => "pdf",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Svg => "image/svg+xml",
+            Self::Pdf => "application/pdf",
+        }
+    }
+}
+
+/// A style as asked for in the query string.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StyleQuery {
+    pub size: Option<u32>,
+    pub margin: Option<u32>,
+    pub fg: Option<String>,
+    pub bg: Option<String>,
+    pub ec: Option<String>,
+}
+
+/// A checked style.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Style {
+    /// Pixels (PNG), or user units (SVG, PDF points) of the whole image.
+    pub size: u32,
+    /// Quiet zone in modules.
+    pub margin: u32,
+    pub fg: [u8; 3],
+    pub bg: [u8; 3],
+    pub ec: char,
+}
+
+fn colour(field: &str, raw: Option<&str>, default: [u8; 3]) -> Result<[u8; 3], Problem> {
+    let Some(raw) = raw else { return Ok(default) };
+    let hex = raw.trim_start_matches('#');
+    let bad = || Problem::validation(field, "is a colour like 1a2b3c");
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad());
+    Ok([byte(0)?, byte(2)?, byte(4)?])
+}
+
+impl Style {
+    /// Checks a query: size 64–4096, margin 0–16, colours in hex, ec L/M/Q/H.
+    pub fn parse(q: &StyleQuery) -> Result<Self, Problem> {
+        let size = q.size.unwrap_or(512);
+        if !(64..=4096).contains(&size) {
+            return Err(Problem::validation("size", "is 64 to 4096"));
+        }
+        let margin = q.margin.unwrap_or(4);
+        if margin > 16 {
+            return Err(Problem::validation("margin", "is 0 to 16 modules"));
+        }
+        let ec = match q.ec.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None => 'M',
+            Some("L") => 'L',
+            Some("M") => 'M',
+            Some("Q") => 'Q',
+            Some("H") => 'H',
+            Some(_) => return Err(Problem::validation("ec", "is L, M, Q or H")),
+        };
+        let fg = colour("fg", q.fg.as_deref(), [0, 0, 0])?;
+        let bg = colour("bg", q.bg.as_deref(), [255, 255, 255])?;
+        Ok(Self { size, margin, fg, bg, ec })
+    }
+
+    /// A stable text of the style, part of the content address.
+    pub fn key(&self) -> String {
+        let hex = |c: [u8; 3]| format!("{:02x}{:02x}{:02x}", c[0], c[1], c[2]);
+        format!("s{}-m{}-f{}-b{}-e{}", self.size, self.margin, hex(self.fg), hex(self.bg), self.ec)
+    }
+}
+
+/// The module matrix (true = dark) and its width.
+fn matrix(data: &str, ec: char) -> Result<(Vec<bool>, usize), Problem> {
+    let level = match ec {
+        'L' => EcLevel::L,
+        'Q' => EcLevel::Q,
+        'H' => EcLevel::H,
+        _ => EcLevel::M,
+    };
+    let code = QrCode::with_error_correction_level(data.as_bytes(), level)
+        .map_err(|_| Problem::validation("url", "is too long for a QR code"))?;
+    let width = code.width();
+    Ok((code.to_colors().into_iter().map(|c| c == Color::Dark).collect(), width))
+}
+
+/// Renders `data` in `format` and `style`.
+pub fn render(data: &str, format: Format, style: &Style) -> Result<Vec<u8>, Problem> {
+    let (dark, width) = matrix(data, style.ec)?;
+    let total = width + 2 * style.margin as usize;
+    let at = |x: usize, y: usize| {
+        let m = style.margin as usize;
+        x >= m && y >= m && x - m < width && y - m < width && dark[(y - m) * width + (x - m)]
+    };
+    match format {
+        Format::Png => png(total, &at, style),
+        Format::Svg => Ok(svg(total, &at, style).into_bytes()),
+        Format::Pdf => Ok(pdf(total, &at, style)),
+    }
+}
+
+fn png(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Result<Vec<u8>, Problem> {
+    // Whole pixels per module: the image is as close to `size` as that allows.
+    let scale = (style.size as usize / total).max(1);
+    let side = total * scale;
+    let mut pixels = Vec::with_capacity(side * side * 3);
+    for py in 0..side {
+        for px in 0..side {
+            let c = if at(px / scale, py / scale) { style.fg } else { style.bg };
+            pixels.extend_from_slice(&c);
+        }
+    }
+    let mut out = Vec::new();
+    let side32 = u32::try_from(side).map_err(|_| Problem::internal())?;
+    let mut enc = ::png::Encoder::new(&mut out, side32, side32);
+    enc.set_color(::png::ColorType::Rgb);
+    enc.set_depth(::png::BitDepth::Eight);
+    let written = enc.write_header().and_then(|mut w| w.write_image_data(&pixels));
+    written.map_err(|_| Problem::internal())?;
+    Ok(out)
+}
+
+fn hex(c: [u8; 3]) -> String {
+    format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
+}
+
+fn svg(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> String {
+    let mut path = String::new();
+    for y in 0..total {
+        for x in 0..total {
+            if at(x, y) {
+                path.push_str(&format!("M{x} {y}h1v1h-1z"));
+            }
+        }
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{s}\" height=\"{s}\" viewBox=\"0 0 {total} {total}\" shape-rendering=\"crispEdges\"><rect width=\"{total}\" height=\"{total}\" fill=\"{bg}\"/><path fill=\"{fg}\" d=\"{path}\"/></svg>",
+        s = style.size,
+        bg = hex(style.bg),
+        fg = hex(style.fg),
+    )
+}
+
+/// A one-page PDF drawing the modules as filled squares (vector, any zoom).
+fn pdf(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Vec<u8> {
+    let side = f64::from(style.size);
+    let unit = side / total as f64;
+    let rgb = |c: [u8; 3]| {
+        format!(
+            "{:.3} {:.3} {:.3}",
+            f64::from(c[0]) / 255.0,
+            f64::from(c[1]) / 255.0,
+            f64::from(c[2]) / 255.0
+        )
+    };
+    let mut content = format!("{} rg 0 0 {side:.2} {side:.2} re f\n{} rg\n", rgb(style.bg), rgb(style.fg));
+    for y in 0..total {
+        for x in 0..total {
+            if at(x, y) {
+                // PDF's origin is bottom-left.
+                let (px, py) = (x as f64 * unit, side - (y as f64 + 1.0) * unit);
+                content.push_str(&format!("{px:.3} {py:.3} {unit:.3} {unit:.3} re\n"));
+            }
+        }
+    }
+    content.push_str("f\n");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {side:.2} {side:.2}] /Contents 4 0 R /Resources << >> >>"
+        ),
+        format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
+            .as_bytes(),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_png(bytes: &[u8]) -> String {
+        let decoder = ::png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap_or_else(|e| unreachable!("{e}"));
+        let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+        let info = reader.next_frame(&mut buf).unwrap_or_else(|e| unreachable!("{e}"));
+        let (w, h) = (info.width as usize, info.height as usize);
+        let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+            let i = (y * w + x) * 3;
+            ((u16::from(buf[i]) + u16::from(buf[i + 1]) + u16::from(buf[i + 2])) / 3) as u8
+        });
+        let grids = img.detect_grids();
+        grids.first().and_then(|g| g.decode().ok()).map(|(_, text)| text).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_independent_decoder_reads_the_png_back() {
+        let url = "https://sgn.test/q/Ab3dE9xY";
+        for q in [
+            StyleQuery::default(),
+            StyleQuery {
+                size: Some(200),
+                margin: Some(2),
+                fg: Some("1a237e".into()),
+                bg: Some("fffde7".into()),
+                ec: Some("H".into()),
+            },
+        ] {
+            let png = render(url, Format::Png, &Style::parse(&q).unwrap_or_else(|e| unreachable!("{e}")))
+                .unwrap_or_default();
+            assert_eq!(decode_png(&png), url);
+        }
+    }
+
+    #[test]
+    fn svg_and_pdf_are_well_formed_and_styles_are_checked() {
+        let style = Style::parse(&StyleQuery::default()).unwrap_or_else(|e| unreachable!("{e}"));
+        let svg = String::from_utf8(render("https://x.test/q/a", Format::Svg, &style).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>") && svg.contains("fill=\"#000000\""));
+        let pdf = render("https://x.test/q/a", Format::Pdf, &style).unwrap_or_default();
+        assert!(pdf.starts_with(b"%PDF-1.4") && pdf.ends_with(b"%%EOF\n"));
+        for bad in [
+            StyleQuery { size: Some(10), ..StyleQuery::default() },
+            StyleQuery { margin: Some(50), ..StyleQuery::default() },
+            StyleQuery { fg: Some("red".into()), ..StyleQuery::default() },
+            StyleQuery { ec: Some("X".into()), ..StyleQuery::default() },
+        ] {
+            assert!(Style::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Dynamic QR codes: their images decode to their scan URL, scans follow the
+//! link they point at now, and another tenant finds none of them.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::*;
+
+/// Reads a PNG with an independent decoder (png + rqrr): the text it encodes.
+fn decode(png_bytes: &[u8]) -> String {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = buf.len() / (w * h);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[(y * w + x) * channels]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    grids[0].decode().unwrap().1
+}
+
+async fn image(app: &TestApp, token: &str, path: &str, etag: Option<&str>) -> reqwest::Response {
+    let mut req = app.client.get(app.url(path)).bearer_auth(token);
+    if let Some(e) = etag {
+        req = req.header("if-none-match", e);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_qr_code_image_decodes_to_its_scan_url_and_a_scan_is_attributed_to_it() {
+    let (app, sink) = spawn().await;
+    let tenant = TenantId::new();
+    let t = token(tenant, "member");
+    let link = create(&app, &t, json!({ "url": "https://example.com/menu" })).await;
+    let (status, qr) = call(
+        &app,
+        Method::POST,
+        "/v1/qr",
+        Some(&t),
+        Some(json!({ "link_id": link["id"], "title": "Table 4" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{qr}");
+    let scan_url = qr["scan_url"].as_str().unwrap().to_string();
+    assert_eq!(scan_url, app.url(&format!("/q/{}", qr["code"].as_str().unwrap())));
+
+    let png_path = qr["images"]["png"].as_str().unwrap().to_string();
+    let res = image(&app, &t, &format!("{png_path}?size=300&fg=0b3d91&bg=fafafa&ec=Q"), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.headers()["cache-control"], "public, max-age=31536000, immutable");
+    let etag = res.headers()["etag"].to_str().unwrap().to_string();
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(decode(&bytes), scan_url, "an independent decoder reads exactly the scan URL");
+    let again = image(&app, &t, &format!("{png_path}?size=300&fg=0b3d91&bg=fafafa&ec=Q"), None).await;
+    assert_eq!(again.bytes().await.unwrap(), bytes, "the stored rendering is served again");
+    let cached = image(&app, &t, &format!("{png_path}?size=300&fg=0b3d91&bg=fafafa&ec=Q"), Some(&etag)).await;
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    let default = image(&app, &t, &png_path, None).await;
+    assert_eq!(decode(&default.bytes().await.unwrap()), scan_url);
+    for (file, kind) in [("image.svg", "image/svg+xml"), ("image.pdf", "application/pdf")] {
+        let res = image(&app, &t, &format!("/v1/qr/{}/{file}", qr["id"].as_str().unwrap()), None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{file}");
+        assert_eq!(res.headers()["content-type"], kind);
+    }
+    for bad in ["?size=5", "?fg=purple", "?ec=Z", "?margin=99", "?colour=red"] {
+        let res = image(&app, &t, &format!("{png_path}{bad}"), None).await;
+        assert!(res.status().is_client_error(), "{bad}: {}", res.status());
+    }
+    assert_eq!(
+        image(&app, &t, &format!("/v1/qr/{}/image.gif", qr["id"].as_str().unwrap()), None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, loc) = visit(&app, &format!("/q/{}", qr["code"].as_str().unwrap()), &[]).await;
+    assert_eq!(
+        (status, loc.as_deref()),
+        (StatusCode::FOUND, Some("https://example.com/menu")),
+        "scans at once"
+    );
+    let scan = eventually("the scan event", || async {
+        sink.0.lock().unwrap().iter().find(|e| e.event_type == "qr.scanned").cloned()
+    })
+    .await;
+    assert_eq!(scan.tenant_id, tenant);
+    assert_eq!(scan.data["qr_id"], qr["id"]);
+    assert_eq!(scan.data["link_id"], link["id"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_printed_code_follows_its_new_destination_and_stops_when_deleted() {
+    let (app, _) = spawn().await;
+    let t = token(TenantId::new(), "member");
+    let first = create(&app, &t, json!({ "url": "https://example.com/spring" })).await;
+    let second = create(&app, &t, json!({ "url": "https://example.com/summer" })).await;
+    let (_, qr) = call(&app, Method::POST, "/v1/qr", Some(&t), Some(json!({ "link_id": first["id"] }))).await;
+    let (id, path) = (qr["id"].as_str().unwrap().to_string(), format!("/q/{}", qr["code"].as_str().unwrap()));
+    let png = image(&app, &t, &format!("/v1/qr/{id}/image.png"), None).await.bytes().await.unwrap();
+    assert_eq!(visit(&app, &path, &[]).await.1.as_deref(), Some("https://example.com/spring"));
+    let (status, moved) = call(
+        &app,
+        Method::PATCH,
+        &format!("/v1/qr/{id}"),
+        Some(&t),
+        Some(json!({ "link_id": second["id"] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    eventually("scans to follow the new link", || async {
+        (visit(&app, &path, &[]).await.1.as_deref() == Some("https://example.com/summer")).then_some(())
+    })
+    .await;
+    let same = image(&app, &t, &format!("/v1/qr/{id}/image.png"), None).await.bytes().await.unwrap();
+    assert_eq!(same, png, "no reprint: the image is the same");
+    let (status, _) = call(&app, Method::DELETE, &format!("/v1/qr/{id}"), Some(&t), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually("a deleted code to find nothing", || async {
+        (visit(&app, &path, &[]).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn another_tenants_qr_codes_are_not_found() {
+    let (app, _) = spawn().await;
+    let (a, b) = (token(TenantId::new(), "member"), token(TenantId::new(), "member"));
+    let link = create(&app, &a, json!({ "url": "https://example.com/a" })).await;
+    let (_, qr) = call(&app, Method::POST, "/v1/qr", Some(&a), Some(json!({ "link_id": link["id"] }))).await;
+    let id = qr["id"].as_str().unwrap();
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/qr/{id}"), None),
+        (Method::PATCH, format!("/v1/qr/{id}"), Some(json!({ "title": "mine now" }))),
+        (Method::DELETE, format!("/v1/qr/{id}"), None),
+        (Method::GET, format!("/v1/qr/{id}/image.png"), None),
+    ] {
+        let (status, _) = call(&app, method.clone(), &path, Some(&b), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    let (status, _) =
+        call(&app, Method::POST, "/v1/qr", Some(&b), Some(json!({ "link_id": link["id"] }))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a QR code cannot point at another tenant's link");
+    let (_, list) = call(&app, Method::GET, "/v1/qr", Some(&b), None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let (_, mine) = call(&app, Method::GET, &format!("/v1/qr/{id}"), Some(&a), None).await;
+    assert!(mine["title"].is_null(), "unchanged");
+    app.stop().await;
+}
