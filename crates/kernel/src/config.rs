@@ -166,6 +166,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "admin_listen",
         "address serving /readyz and /metrics apart from the public listener, e.g. 127.0.0.1:9090 [default: none]",
     ),
+    (
+        "SIGNPOST_DNS_SERVER",
+        "dns_server",
+        "links: DNS server (IP:PORT) that custom-domain TXT records are looked up on [default: the system's resolvers]",
+    ),
     ("SIGNPOST_JWT_ISSUER", "jwt_issuer", "issuer (iss) of access tokens [default: the public URL]"),
     (
         "SIGNPOST_JWKS_URL",
@@ -358,6 +363,8 @@ pub struct Config {
     pub edge: EdgeSettings,
     /// Identity's and mail's settings, validated by identity when it starts.
     pub identity: IdentitySettings,
+    /// The DNS server for custom-domain checks; `None` = the system's.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// Settings of the security gateway, as given (the gateway parses and validates
@@ -479,6 +486,7 @@ struct Raw {
     routes: Option<String>,
     upstream_connect_timeout: Option<TomlScalar>,
     upstream_timeout: Option<TomlScalar>,
+    dns_server: Option<String>,
     login_limit_account: Option<String>,
     login_limit_ip: Option<String>,
     access_token_ttl: Option<String>,
@@ -629,6 +637,7 @@ impl Raw {
         take!(routes, "SIGNPOST_ROUTES");
         take!(upstream_connect_timeout, "SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", scalar);
         take!(upstream_timeout, "SIGNPOST_UPSTREAM_TIMEOUT", scalar);
+        take!(dns_server, "SIGNPOST_DNS_SERVER");
         take!(login_limit_account, "SIGNPOST_LOGIN_LIMIT_ACCOUNT");
         take!(login_limit_ip, "SIGNPOST_LOGIN_LIMIT_IP");
         take!(access_token_ttl, "SIGNPOST_ACCESS_TOKEN_TTL");
@@ -773,6 +782,12 @@ impl Raw {
         };
         let storage_signing_key = secret_key("SIGNPOST_STORAGE_SIGNING_KEY", self.storage_signing_key)?;
         let jwt_secret_key = secret_key("JWT_SECRET_KEY", self.jwt_secret_key)?;
+        let dns_server = match &self.dns_server {
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new("SIGNPOST_DNS_SERVER", format!("{v:?} is not an address like 127.0.0.1:53"))
+            })?),
+            None => None,
+        };
         let log_format = match self.log_format.as_deref().unwrap_or("auto") {
             "auto" => LogFormat::Auto,
             "json" => LogFormat::Json,
@@ -874,6 +889,7 @@ impl Raw {
                 upstream_connect_timeout: self.upstream_connect_timeout.map(|s| s.text()),
                 upstream_timeout: self.upstream_timeout.map(|s| s.text()),
             },
+            dns_server,
             identity: IdentitySettings {
                 login_limit_account: self.login_limit_account,
                 login_limit_ip: self.login_limit_ip,

@@ -3,6 +3,7 @@
 //! which routing's read model follows. Routing in the same process asks it
 //! directly on a miss (read-your-writes) through [`RouteSource`].
 
+pub mod domains;
 pub mod model;
 mod openapi;
 mod qr;
@@ -45,6 +46,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             postgres: include_str!("../migrations/postgres/0002_qr_codes.sql"),
             sqlite: include_str!("../migrations/sqlite/0002_qr_codes.sql"),
         },
+        Migration {
+            version: "0003_domains",
+            postgres: include_str!("../migrations/postgres/0003_domains.sql"),
+            sqlite: include_str!("../migrations/sqlite/0003_domains.sql"),
+        },
     ],
 };
 
@@ -64,6 +70,7 @@ pub(crate) struct Links {
     kernel: Kernel,
     store: Arc<dyn Store>,
     hasher: Hasher,
+    resolver: Arc<dyn domains::TxtResolver>,
 }
 
 pub(crate) type AppState = State<Arc<Links>>;
@@ -100,11 +107,13 @@ impl Service for LinksService {
         ctx.kernel.registry.put::<SharedRouteSource>(Arc::new(Source(store.clone())));
         // Link passwords: the account minimum, on two threads of their own.
         let hasher = Hasher::new(kernel::password::MIN_MEMORY_KIB, kernel::password::MIN_ITERATIONS, 2)?;
-        let state = Arc::new(Links { kernel: ctx.kernel, store, hasher });
+        let resolver = Arc::new(domains::DnsResolver::new(ctx.kernel.config.dns_server)?);
+        let state = Arc::new(Links { kernel: ctx.kernel, store, hasher, resolver });
         let router = Router::new()
             .route("/v1/links", post(create).get(list))
             .route("/v1/links/{id}", get(read).patch(update).delete(remove))
             .merge(qr::routes())
+            .merge(domains::routes())
             .with_state(state);
         Ok(ServiceParts {
             router,
@@ -179,7 +188,25 @@ async fn password_hash(s: &Links, password: Option<String>) -> ApiResult<Option<
 }
 
 fn short_url(s: &Links, link: &Link) -> String {
-    format!("{}/{}", s.kernel.config.public_url, link.slug)
+    if link.domain.is_empty() {
+        return format!("{}/{}", s.kernel.config.public_url, link.slug);
+    }
+    let scheme = if s.kernel.config.public_url.starts_with("http://") { "http" } else { "https" };
+    format!("{scheme}://{}/{}", link.domain, link.slug)
+}
+
+/// The domain a new link lives on: the one asked for (a verified domain of the
+/// workspace), else the workspace's default domain, else the platform's host.
+async fn link_domain(s: &Links, caller: &Caller, asked: Option<&str>) -> ApiResult<String> {
+    let verified: Vec<store::Domain> =
+        s.store.domains(caller.tenant).await?.into_iter().filter(|d| d.verified_at.is_some()).collect();
+    match asked.map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()) {
+        Some(d) if d.is_empty() => Ok(String::new()),
+        Some(d) => verified.iter().find(|v| v.hostname == d).map(|v| v.hostname.clone()).ok_or_else(|| {
+            Problem::validation("domain", "is not a verified domain of this workspace").into()
+        }),
+        None => Ok(verified.iter().find(|v| v.is_default).map(|v| v.hostname.clone()).unwrap_or_default()),
+    }
 }
 
 fn link_json(s: &Links, l: &Link) -> Value {
@@ -212,9 +239,7 @@ fn optional_url(field: &str, v: Option<String>) -> Result<Option<String>, Proble
 async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -> ApiResult<Response> {
     caller.require("links:write")?;
     let url = model::destination("url", &b.url)?;
-    if b.domain.as_deref().is_some_and(|d| !d.is_empty()) {
-        return Err(Problem::validation("domain", "is not a verified domain of this workspace").into());
-    }
+    let domain = link_domain(&s, &caller, b.domain.as_deref()).await?;
     let custom = b.slug.as_deref().map(model::custom_slug).transpose()?;
     let tags = model::tags(&b.tags)?;
     let now = Timestamp::now();
@@ -224,7 +249,7 @@ async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -
     let mut link = Link {
         tenant_id: Id(caller.tenant.as_uuid()),
         id: Id(Uuid::now_v7()),
-        domain: String::new(),
+        domain,
         slug: custom.clone().unwrap_or_else(model::generated_slug),
         url,
         title: title(b.title)?,

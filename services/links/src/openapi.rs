@@ -65,6 +65,25 @@ pub(crate) fn paths() -> Value {
                 "responses": { "200": { "description": "The image", "content": { "image/png": {}, "image/svg+xml": {}, "application/pdf": {} } },
                                "304": { "description": "Not modified (ETag)" }, "404": problem, "422": problem } }
         },
+        "/v1/domains": {
+            "post": { "summary": "Add a custom domain (admins); the answer names the TXT record that proves it is yours", "tags": ["domains"],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["hostname"],
+                    "additionalProperties": false, "properties": { "hostname": { "type": "string" } } } } } },
+                "responses": errors("201", "The domain, unverified, with its verification record") },
+            "get": { "summary": "The workspace's domains", "tags": ["domains"], "responses": errors("200", "{items}") }
+        },
+        "/v1/domains/{id}": {
+            "get": { "summary": "A domain", "tags": ["domains"], "parameters": id, "responses": errors("200", "The domain") },
+            "delete": { "summary": "Remove a domain: its links stop answering", "tags": ["domains"], "parameters": id, "responses": errors("204", "Removed") }
+        },
+        "/v1/domains/{id}/verify": {
+            "post": { "summary": "Look up the TXT record _signpost-verification.<hostname> and verify the domain", "tags": ["domains"],
+                "parameters": id, "responses": errors("200", "The verified domain (422: record not found; 409: verified by another workspace)") }
+        },
+        "/v1/domains/{id}/default": {
+            "post": { "summary": "Make a verified domain the default of new links", "tags": ["domains"], "parameters": id,
+                "responses": errors("200", "The domain") }
+        },
         "/v1/links/{id}": {
             "get": { "summary": "A link", "tags": ["links"], "parameters": id, "responses": errors("200", "The link") },
             "patch": { "summary": "Change a link (the slug stays); null clears a field", "tags": ["links"], "parameters": id,

@@ -110,6 +110,28 @@ impl Qr {
     }
 }
 
+/// A custom domain of a workspace.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Domain {
+    pub tenant_id: Id,
+    pub id: Id,
+    pub hostname: String,
+    pub token: String,
+    pub verified_at: Option<Timestamp>,
+    pub is_default: bool,
+    pub created_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// The payload of `domain.verified` and `domain.deleted`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DomainEvent {
+    pub domain_id: Uuid,
+    pub hostname: String,
+    pub tenant_id: TenantId,
+    pub version: i64,
+}
+
 /// The directory domain of QR codes.
 pub const QR_DOMAIN: &str = "#qr";
 
@@ -150,6 +172,22 @@ pub trait Store: Send + Sync + 'static {
     async fn update_qr(&self, qr: &Qr, actor: &str) -> Result<(), DbError>;
     /// The live QR code of a scan code, and its link.
     async fn qr_by_code(&self, code: &str) -> Result<Option<(Qr, Link)>, DbError>;
+
+    async fn add_domain(&self, d: &Domain) -> Result<(), DbError>;
+    async fn domains(&self, tenant: TenantId) -> Result<Vec<Domain>, DbError>;
+    /// Marks a domain verified with its `domain.verified` event; a hostname another
+    /// workspace verified first is a 409.
+    async fn verify_domain(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+        now: Timestamp,
+        actor: &str,
+    ) -> Result<(), DbError>;
+    /// Makes one verified domain the default for new links.
+    async fn default_domain(&self, tenant: TenantId, id: Uuid) -> Result<bool, DbError>;
+    /// Removes a domain (with `domain.deleted` when it was verified).
+    async fn delete_domain(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError>;
 }
 
 /// The store for a database.
@@ -192,6 +230,17 @@ const QR_BY_ID: &str = "select tenant_id, id, code, link_id, title, created_at, 
 const LIST_QR: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at \
      from links.qr_codes where tenant_id = $1 and deleted_at is null and id < $2 order by id desc limit $3";
 const UPDATE_QR: &str = "update links.qr_codes set link_id = $3, title = $4, updated_at = $5, deleted_at = $6 \
+     where tenant_id = $1 and id = $2 and deleted_at is null";
+const INSERT_DOMAIN: &str = "insert into links.domains (tenant_id, id, hostname, token, created_at) \
+     values ($1, $2, $3, $4, $5)";
+const DOMAINS: &str = "select tenant_id, id, hostname, token, verified_at, is_default, created_at, deleted_at \
+     from links.domains where tenant_id = $1 and deleted_at is null order by created_at, id";
+const VERIFY_DOMAIN: &str = "update links.domains set verified_at = $3 \
+     where tenant_id = $1 and id = $2 and deleted_at is null and verified_at is null";
+const CLEAR_DEFAULT: &str = "update links.domains set is_default = false where tenant_id = $1";
+const SET_DEFAULT: &str = "update links.domains set is_default = true \
+     where tenant_id = $1 and id = $2 and deleted_at is null and verified_at is not null";
+const DELETE_DOMAIN: &str = "update links.domains set deleted_at = $3, is_default = false \
      where tenant_id = $1 and id = $2 and deleted_at is null";
 const SLUG_OWNER: &str = "select tenant_id, link_id from links.slugs where domain = $1 and slug = $2";
 
@@ -356,6 +405,79 @@ macro_rules! store_impl {
                 let tenant = TenantId::from_uuid(tenant.0);
                 let Some(qr) = self.get_qr(tenant, id.0).await? else { return Ok(None) };
                 Ok(self.get(tenant, qr.link_id.0).await?.map(|link| (qr, link)))
+            }
+
+            async fn add_domain(&self, d: &Domain) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(d.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(INSERT_DOMAIN)
+                        .bind(d.id)
+                        .bind(d.hostname.clone())
+                        .bind(d.token.clone())
+                        .bind(d.created_at),
+                )
+                .await
+                .on_unique(|| Problem::conflict("this workspace already has that domain"))?;
+                tx.commit().await
+            }
+
+            async fn domains(&self, tenant: TenantId) -> Result<Vec<Domain>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                tx.fetch_all(tx.query_as(DOMAINS)).await
+            }
+
+            async fn verify_domain(
+                &self,
+                tenant: TenantId,
+                id: Uuid,
+                now: Timestamp,
+                actor: &str,
+            ) -> Result<(), DbError> {
+                let mut tx = self.0.begin(tenant).await?;
+                tx.execute(tx.query(VERIFY_DOMAIN).bind(Id(id)).bind(now))
+                    .await
+                    .on_unique(|| Problem::conflict("another workspace has verified this hostname"))?;
+                let all: Vec<Domain> = tx.fetch_all(tx.query_as(DOMAINS)).await?;
+                if let Some(d) = all.iter().find(|d| d.id.0 == id) {
+                    let e = DomainEvent {
+                        domain_id: id,
+                        hostname: d.hostname.clone(),
+                        tenant_id: tenant,
+                        version: now.unix(),
+                    };
+                    tx.emit("domain.verified", actor, &e).await?;
+                }
+                tx.commit().await
+            }
+
+            async fn default_domain(&self, tenant: TenantId, id: Uuid) -> Result<bool, DbError> {
+                let mut tx = self.0.begin(tenant).await?;
+                tx.execute(tx.query(CLEAR_DEFAULT)).await?;
+                let n = tx.execute(tx.query(SET_DEFAULT).bind(Id(id))).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn delete_domain(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError> {
+                let mut tx = self.0.begin(tenant).await?;
+                let all: Vec<Domain> = tx.fetch_all(tx.query_as(DOMAINS)).await?;
+                let Some(d) = all.into_iter().find(|d| d.id.0 == id) else { return Ok(false) };
+                let now = Timestamp::now();
+                tx.execute(tx.query(DELETE_DOMAIN).bind(Id(id)).bind(now)).await?;
+                if d.verified_at.is_some() {
+                    let e = DomainEvent {
+                        domain_id: id,
+                        hostname: d.hostname,
+                        tenant_id: tenant,
+                        version: now.unix(),
+                    };
+                    tx.emit("domain.deleted", actor, &e).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
             }
         }
     };

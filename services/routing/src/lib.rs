@@ -30,11 +30,18 @@ use serde_json::json;
 /// Routing's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
     schema: "routing",
-    steps: &[Migration {
-        version: "0001_routing",
-        postgres: include_str!("../migrations/postgres/0001_routing.sql"),
-        sqlite: include_str!("../migrations/sqlite/0001_routing.sql"),
-    }],
+    steps: &[
+        Migration {
+            version: "0001_routing",
+            postgres: include_str!("../migrations/postgres/0001_routing.sql"),
+            sqlite: include_str!("../migrations/sqlite/0001_routing.sql"),
+        },
+        Migration {
+            version: "0002_domains",
+            postgres: include_str!("../migrations/postgres/0002_domains.sql"),
+            sqlite: include_str!("../migrations/sqlite/0002_domains.sql"),
+        },
+    ],
 };
 
 /// How long a route stays in the cache (changes also evict it).
@@ -44,6 +51,8 @@ const PASSWORD_TRIES: u64 = 10;
 
 struct Routing {
     kernel: Kernel,
+    /// The platform's own host (of the public URL), lower case.
+    public_host: String,
     db: Db,
     appender: Appender,
     hasher: Hasher,
@@ -83,6 +92,11 @@ const UPSERT_ROUTE: &str = "insert into routing.routes (tenant_id, domain, slug,
 const ROUTE: &str = "select record from routing.routes where domain = $1 and slug = $2";
 const LINK_ROUTE: &str =
     "select record from routing.routes where tenant_id = $1 and link_id = $2 and domain <> '#qr'";
+const UPSERT_DOMAIN: &str = "insert into routing.domains (tenant_id, hostname, domain_id, version) \
+     values ($1, $2, $3, $4) on conflict (hostname) do update set domain_id = excluded.domain_id, \
+     version = excluded.version where domains.tenant_id = $1 and domains.version <= excluded.version";
+const DELETE_DOMAIN: &str = "delete from routing.domains where tenant_id = $1 and hostname = $2";
+const DOMAIN: &str = "select hostname from routing.domains where hostname = $1";
 const COUNT_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, clicks) values ($1, $2, 1) \
      on conflict (tenant_id, link_id) do update set clicks = click_counts.clicks + 1";
 const CLICKS: &str = "select clicks from routing.click_counts where tenant_id = $1 and link_id = $2";
@@ -99,6 +113,21 @@ struct RoutesHandler {
 #[async_trait]
 impl Handler for RoutesHandler {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
+        if event.event_type.starts_with("domain.") {
+            let d: links::store::DomainEvent = serde_json::from_value(event.data.clone())
+                .map_err(|e| HandlerError::Reject(format!("not a domain event: {e}")))?;
+            if d.tenant_id != event.tenant_id {
+                return Err(HandlerError::Reject("the domain's tenant is not the event's".into()));
+            }
+            if event.event_type == "domain.verified" {
+                on_tx!(tx, t => t.execute(
+                    t.query(UPSERT_DOMAIN).bind(d.hostname).bind(Id(d.domain_id)).bind(Timestamp::from_unix(d.version)),
+                ).await)?;
+            } else {
+                on_tx!(tx, t => t.execute(t.query(DELETE_DOMAIN).bind(d.hostname)).await)?;
+            }
+            return Ok(());
+        }
         let (domain, slug, link_id, text, version) = if event.event_type.starts_with("qr.") {
             let qr: QrRoute = serde_json::from_value(event.data.clone())
                 .map_err(|e| HandlerError::Reject(format!("not a QR event: {e}")))?;
@@ -133,7 +162,9 @@ impl Handler for RoutesHandler {
     async fn committed(&self, events: &[Envelope]) {
         for e in events {
             let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            if e.event_type.starts_with("qr.") {
+            if e.event_type.starts_with("domain.") {
+                let _ = self.kernel.cache.delete(&format!("domain:{}", field("hostname"))).await;
+            } else if e.event_type.starts_with("qr.") {
                 let _ = self.kernel.cache.delete(&cache_key(QR_DOMAIN, &field("code"))).await;
             } else {
                 let _ = self.kernel.cache.delete(&cache_key(&field("domain"), &field("slug"))).await;
@@ -195,6 +226,22 @@ impl Routing {
             let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
         }
         Ok(record)
+    }
+
+    /// The verified custom domain of a hostname, if any (cached).
+    async fn custom_domain(&self, host: &str) -> Result<Option<String>, BoxError> {
+        let key = format!("domain:{host}");
+        if let Ok(Some(v)) = self.kernel.cache.get(&key).await {
+            return Ok((!v.is_empty()).then(|| host.to_string()));
+        }
+        let found: Option<(String,)> = read_global!(&self.db, t => {
+            let row: Result<Option<(String,)>, DbError> = t.fetch_optional(t.query_as(DOMAIN).bind(host.to_string())).await;
+            row?
+        });
+        // Unknown hosts are remembered briefly too: a flood of them costs no queries.
+        let (mark, ttl): (&[u8], u64) = if found.is_some() { (b"1", 60) } else { (b"", 5) };
+        let _ = self.kernel.cache.set(&key, mark, Duration::from_secs(ttl)).await;
+        Ok(found.map(|(h,)| h))
     }
 
     /// The QR code of a scan code and its link's route: cache, read model, then links.
@@ -297,7 +344,12 @@ impl Service for RoutingService {
         let db = ctx.db.ok_or("routing needs its schema")?;
         let kernel = ctx.kernel;
         let key = kernel::keys::load_or_create(&kernel.config.data_dir, "visitor-salt")?;
+        let public_host = reqwest::Url::parse(&kernel.config.public_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
         let state = Arc::new(Routing {
+            public_host,
             appender: kernel.appender(&db),
             hasher: Hasher::new(kernel::password::MIN_MEMORY_KIB, kernel::password::MIN_ITERATIONS, 2)?,
             visitor_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
@@ -320,6 +372,8 @@ impl Service for RoutingService {
                         "link.deleted",
                         "qr.created",
                         "qr.updated",
+                        "domain.verified",
+                        "domain.deleted",
                     ],
                     handler: Arc::new(RoutesHandler { kernel }),
                 },
@@ -389,18 +443,31 @@ fn visit(req: &Request) -> Visit {
 }
 
 /// The domain a request's host names; `None` for an unusable Host header.
-fn domain(headers: &HeaderMap) -> Option<String> {
-    match headers.get(header::HOST) {
-        None => Some(String::new()),
-        Some(h) => {
-            let host = h.to_str().ok()?;
-            if host.len() > 255 || host.is_empty() {
-                return None;
-            }
-            // Custom domains are not served yet: every host is the default domain.
-            Some(String::new())
-        }
+/// What a Host header names: `Ok(Some(""))` for the platform's own host (or an
+/// address, or localhost), `Ok(Some(hostname))` for a verified custom domain,
+/// `Ok(None)` for a host nobody verified; `Err` for an unusable header.
+async fn host_domain(r: &Routing, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(h) = headers.get(header::HOST) else { return Ok(Some(String::new())) };
+    let bad = || Problem::bad_request("unusable Host header").into_response();
+    let host = h.to_str().map_err(|_| bad())?;
+    if host.is_empty() || host.len() > 255 {
+        return Err(bad());
     }
+    let name = if host.starts_with('[') {
+        return Ok(Some(String::new()));
+    } else {
+        host.rsplit_once(':')
+            .map_or(host, |(n, port)| if port.bytes().all(|b| b.is_ascii_digit()) { n } else { host })
+    }
+    .trim_end_matches('.')
+    .to_ascii_lowercase();
+    if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name == r.public_host {
+        return Ok(Some(String::new()));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(bad());
+    }
+    r.custom_domain(&name).await.map_err(|e| internal(&e))
 }
 
 fn not_found(html: bool) -> Response {
@@ -448,9 +515,7 @@ async fn resolve(
             if !links::model::could_be_slug(slug) {
                 return Ok(None);
             }
-            let Some(domain) = domain(headers) else {
-                return Err(Problem::bad_request("unusable Host header").into_response());
-            };
+            let Some(domain) = host_domain(r, headers).await? else { return Ok(None) };
             match r.lookup(&domain, slug).await {
                 Ok(Some(route)) if !route.deleted => Ok(Some((route, None))),
                 Ok(_) => Ok(None),

@@ -16,6 +16,7 @@ use routing::RoutingService;
 use serde_json::{Value, json};
 use testkit::TestApp;
 
+mod domains;
 mod links_api;
 mod qr;
 mod redirects;
@@ -63,6 +64,10 @@ impl Service for ClickSink {
 }
 
 pub(crate) async fn spawn() -> (TestApp, ClickSink) {
+    spawn_with(&[]).await
+}
+
+pub(crate) async fn spawn_with(extra: &[(&str, &str)]) -> (TestApp, ClickSink) {
     let sink = ClickSink::default();
     let services: Vec<Arc<dyn Service>> = vec![
         Arc::new(LinksService),
@@ -70,8 +75,9 @@ pub(crate) async fn spawn() -> (TestApp, ClickSink) {
         Arc::new(sink.clone()),
         Arc::new(GatewayService),
     ];
-    let app =
-        TestApp::spawn_with(services, &[("JWT_SECRET_KEY", SECRET), ("SIGNPOST_JWT_ISSUER", ISSUER)]).await;
+    let mut env = vec![("JWT_SECRET_KEY", SECRET), ("SIGNPOST_JWT_ISSUER", ISSUER)];
+    env.extend_from_slice(extra);
+    let app = TestApp::spawn_with(services, &env).await;
     (app, sink)
 }
 
