@@ -6,6 +6,7 @@
 pub mod domains;
 pub mod model;
 mod openapi;
+mod pixels;
 mod qr;
 pub mod render;
 pub mod store;
@@ -50,6 +51,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: "0003_domains",
             postgres: include_str!("../migrations/postgres/0003_domains.sql"),
             sqlite: include_str!("../migrations/sqlite/0003_domains.sql"),
+        },
+        Migration {
+            version: "0004_pixels",
+            postgres: include_str!("../migrations/postgres/0004_pixels.sql"),
+            sqlite: include_str!("../migrations/sqlite/0004_pixels.sql"),
         },
     ],
 };
@@ -114,6 +120,7 @@ impl Service for LinksService {
             .route("/v1/links/{id}", get(read).patch(update).delete(remove))
             .merge(qr::routes())
             .merge(domains::routes())
+            .merge(pixels::routes())
             .with_state(state);
         Ok(ServiceParts {
             router,
@@ -143,6 +150,7 @@ struct CreateBody {
     ios_url: Option<String>,
     android_url: Option<String>,
     geo: Option<BTreeMap<String, String>>,
+    pixels: Option<Vec<Uuid>>,
 }
 
 fn time(field: &str, raw: &str) -> Result<Timestamp, Problem> {
@@ -227,6 +235,7 @@ fn link_json(s: &Links, l: &Link) -> Value {
         "ios_url": l.ios_url,
         "android_url": l.android_url,
         "geo": l.geo.as_deref().and_then(|g| serde_json::from_str::<Value>(g).ok()),
+        "pixels": l.pixel_tags().iter().map(|p| p.id).collect::<Vec<_>>(),
         "created_at": l.created_at,
         "updated_at": l.updated_at,
     })
@@ -263,6 +272,7 @@ async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -
         ios_url: optional_url("ios_url", b.ios_url)?,
         android_url: optional_url("android_url", b.android_url)?,
         geo: geo.map(|g| serde_json::to_string(&g)).transpose().map_err(ApiError::internal)?,
+        pixels: pixels::attach(&s, caller.tenant, b.pixels.as_deref().unwrap_or_default()).await?,
         created_at: now,
         updated_at: now,
         deleted_at: None,
@@ -360,6 +370,7 @@ struct UpdateBody {
     android_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable::de")]
     geo: Option<Option<BTreeMap<String, String>>>,
+    pixels: Option<Vec<Uuid>>,
 }
 
 async fn update(
@@ -407,6 +418,9 @@ async fn update(
     if let Some(g) = b.geo {
         let geo = g.as_ref().map(model::geo).transpose()?.filter(|g| !g.is_empty());
         l.geo = geo.map(|g| serde_json::to_string(&g)).transpose().map_err(ApiError::internal)?;
+    }
+    if let Some(p) = b.pixels {
+        l.pixels = pixels::attach(&s, caller.tenant, &p).await?;
     }
     l.updated_at = Timestamp::now();
     s.store.update(&l, &caller.actor()).await?;

@@ -194,10 +194,41 @@ pub struct RouteRecord {
     pub android_url: Option<String>,
     #[serde(default)]
     pub geo: Option<BTreeMap<String, String>>,
+    /// Pixels to fire (after consent) before forwarding.
+    #[serde(default)]
+    pub pixels: Vec<PixelTag>,
     #[serde(default)]
     pub deleted: bool,
     /// When the link last changed (Unix seconds); a newer record wins.
     pub version: i64,
+}
+
+/// A pixel as a link carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PixelTag {
+    pub id: uuid::Uuid,
+    /// meta, google_ads, ga4, linkedin, tiktok
+    pub kind: String,
+    pub pixel_id: String,
+}
+
+/// Checks a pixel id for its kind.
+pub fn pixel_id(kind: &str, id: &str) -> Result<(), Problem> {
+    let digits = |s: &str, min: usize, max: usize| {
+        (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    let alnum = |s: &str, min: usize, max: usize| {
+        (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    };
+    let ok = match kind {
+        "meta" => digits(id, 10, 20),
+        "google_ads" => id.strip_prefix("AW-").is_some_and(|d| digits(d, 6, 15)),
+        "ga4" => id.strip_prefix("G-").is_some_and(|d| alnum(d, 4, 20)),
+        "linkedin" => digits(id, 4, 12),
+        "tiktok" => alnum(id, 10, 30),
+        _ => return Err(Problem::validation("kind", "is meta, google_ads, ga4, linkedin or tiktok")),
+    };
+    if ok { Ok(()) } else { Err(Problem::validation("pixel_id", format!("is not a {kind} pixel id"))) }
 }
 
 /// What routing keeps of a QR code: where its scans go.

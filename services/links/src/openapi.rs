@@ -14,7 +14,9 @@ fn link_body() -> Value {
         "utm": { "type": ["object", "null"], "properties": { "source": {"type": "string"}, "medium": {"type": "string"},
             "campaign": {"type": "string"}, "term": {"type": "string"}, "content": {"type": "string"} } },
         "ios_url": url, "android_url": url,
-        "geo": { "type": ["object", "null"], "additionalProperties": url, "description": "ISO 3166-1 alpha-2 code → URL" } } })
+        "geo": { "type": ["object", "null"], "additionalProperties": url, "description": "ISO 3166-1 alpha-2 code → URL" },
+        "pixels": { "type": "array", "maxItems": 10, "items": { "type": "string", "format": "uuid" },
+            "description": "Pixels of the workspace; visitors are asked for consent before they fire" } } })
 }
 
 /// The `paths` object.
@@ -83,6 +85,17 @@ pub(crate) fn paths() -> Value {
         "/v1/domains/{id}/default": {
             "post": { "summary": "Make a verified domain the default of new links", "tags": ["domains"], "parameters": id,
                 "responses": errors("200", "The domain") }
+        },
+        "/v1/pixels": {
+            "post": { "summary": "Register a tracking pixel (meta, google_ads, ga4, linkedin, tiktok) to attach to links", "tags": ["pixels"],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["kind", "pixel_id"],
+                    "additionalProperties": false, "properties": { "kind": { "enum": ["meta", "google_ads", "ga4", "linkedin", "tiktok"] },
+                    "pixel_id": { "type": "string" }, "name": { "type": "string" } } } } } },
+                "responses": errors("201", "The pixel") },
+            "get": { "summary": "The workspace's pixels", "tags": ["pixels"], "responses": errors("200", "{items}") }
+        },
+        "/v1/pixels/{id}": {
+            "delete": { "summary": "Remove a pixel", "tags": ["pixels"], "parameters": id, "responses": errors("204", "Removed") }
         },
         "/v1/links/{id}": {
             "get": { "summary": "A link", "tags": ["links"], "parameters": id, "responses": errors("200", "The link") },

@@ -31,12 +31,19 @@ pub struct Link {
     pub ios_url: Option<String>,
     pub android_url: Option<String>,
     pub geo: Option<String>,
+    /// JSON array of the attached pixels ([`crate::model::PixelTag`]).
+    pub pixels: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub deleted_at: Option<Timestamp>,
 }
 
 impl Link {
+    /// The attached pixels.
+    pub fn pixel_tags(&self) -> Vec<crate::model::PixelTag> {
+        serde_json::from_str(&self.pixels).unwrap_or_default()
+    }
+
     /// The tags as a list.
     pub fn tag_list(&self) -> Vec<String> {
         serde_json::from_str(&self.tags).unwrap_or_default()
@@ -59,6 +66,7 @@ impl Link {
             ios_url: self.ios_url.clone(),
             android_url: self.android_url.clone(),
             geo: self.geo.as_deref().and_then(|g| serde_json::from_str(g).ok()),
+            pixels: self.pixel_tags(),
             deleted: self.deleted_at.is_some(),
             version: self.updated_at.unix(),
         }
@@ -188,6 +196,22 @@ pub trait Store: Send + Sync + 'static {
     async fn default_domain(&self, tenant: TenantId, id: Uuid) -> Result<bool, DbError>;
     /// Removes a domain (with `domain.deleted` when it was verified).
     async fn delete_domain(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError>;
+
+    async fn add_pixel(&self, p: &Pixel) -> Result<(), DbError>;
+    async fn pixels(&self, tenant: TenantId) -> Result<Vec<Pixel>, DbError>;
+    async fn delete_pixel(&self, tenant: TenantId, id: Uuid) -> Result<bool, DbError>;
+}
+
+/// A tracking pixel of a workspace.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Pixel {
+    pub tenant_id: Id,
+    pub id: Id,
+    pub kind: String,
+    pub pixel_id: String,
+    pub name: Option<String>,
+    pub created_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
 }
 
 /// The store for a database.
@@ -204,13 +228,13 @@ struct SqliteStore(SqliteDb);
 const RESERVE_SLUG: &str =
     "insert into links.slugs (tenant_id, domain, slug, link_id) values ($1, $2, $3, $4)";
 const INSERT: &str = "insert into links.links (tenant_id, id, domain, slug, url, title, tags, expires_at, \
-     expired_url, max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at) \
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+     expired_url, max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, \
+     pixels) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
 const COLUMNS_BY_ID: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
-     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
+     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, pixels, created_at, updated_at, deleted_at \
      from links.links where tenant_id = $1 and id = $2 and deleted_at is null";
 const LIST: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
-     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
+     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, pixels, created_at, updated_at, deleted_at \
      from links.links where tenant_id = $1 and deleted_at is null and id < $2 \
      and ($3 = '' or lower(coalesce(title, '')) like $3 escape '\\' or lower(url) like $3 escape '\\' \
           or lower(slug) like $3 escape '\\') \
@@ -218,10 +242,10 @@ const LIST: &str = "select tenant_id, id, domain, slug, url, title, tags, expire
      order by id desc limit $5";
 const UPDATE: &str = "update links.links set url = $3, title = $4, tags = $5, expires_at = $6, expired_url = $7, \
      max_clicks = $8, password_hash = $9, redirect_type = $10, utm = $11, ios_url = $12, android_url = $13, \
-     geo = $14, updated_at = $15 where tenant_id = $1 and id = $2 and deleted_at is null";
+     geo = $14, updated_at = $15, pixels = $16 where tenant_id = $1 and id = $2 and deleted_at is null";
 const DELETE: &str = "update links.links set deleted_at = $3, updated_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null";
 const DELETED_BY_ID: &str = "select tenant_id, id, domain, slug, url, title, tags, expires_at, expired_url, \
-     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, created_at, updated_at, deleted_at \
+     max_clicks, password_hash, redirect_type, utm, ios_url, android_url, geo, pixels, created_at, updated_at, deleted_at \
      from links.links where tenant_id = $1 and id = $2";
 const INSERT_QR: &str = "insert into links.qr_codes (tenant_id, id, code, link_id, title, created_at, updated_at) \
      values ($1, $2, $3, $4, $5, $6, $7)";
@@ -242,6 +266,12 @@ const SET_DEFAULT: &str = "update links.domains set is_default = true \
      where tenant_id = $1 and id = $2 and deleted_at is null and verified_at is not null";
 const DELETE_DOMAIN: &str = "update links.domains set deleted_at = $3, is_default = false \
      where tenant_id = $1 and id = $2 and deleted_at is null";
+const INSERT_PIXEL: &str = "insert into links.pixels (tenant_id, id, kind, pixel_id, name, created_at) \
+     values ($1, $2, $3, $4, $5, $6)";
+const PIXELS: &str = "select tenant_id, id, kind, pixel_id, name, created_at, deleted_at from links.pixels \
+     where tenant_id = $1 and deleted_at is null order by created_at, id";
+const DELETE_PIXEL: &str =
+    "update links.pixels set deleted_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null";
 const SLUG_OWNER: &str = "select tenant_id, link_id from links.slugs where domain = $1 and slug = $2";
 
 macro_rules! store_impl {
@@ -271,7 +301,8 @@ macro_rules! store_impl {
                         .bind(l.android_url.clone())
                         .bind(l.geo.clone())
                         .bind(l.created_at)
-                        .bind(l.updated_at),
+                        .bind(l.updated_at)
+                        .bind(l.pixels.clone()),
                 )
                 .await
                 .on_unique(|| Problem::conflict(format!("the slug {:?} is taken", l.slug)))?;
@@ -310,7 +341,8 @@ macro_rules! store_impl {
                         .bind(l.ios_url.clone())
                         .bind(l.android_url.clone())
                         .bind(l.geo.clone())
-                        .bind(l.updated_at),
+                        .bind(l.updated_at)
+                        .bind(l.pixels.clone()),
                 )
                 .await?;
                 tx.emit("link.updated", actor, &event(l)).await?;
@@ -478,6 +510,32 @@ macro_rules! store_impl {
                 }
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn add_pixel(&self, p: &Pixel) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(p.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(INSERT_PIXEL)
+                        .bind(p.id)
+                        .bind(p.kind.clone())
+                        .bind(p.pixel_id.clone())
+                        .bind(p.name.clone())
+                        .bind(p.created_at),
+                )
+                .await?;
+                tx.commit().await
+            }
+
+            async fn pixels(&self, tenant: TenantId) -> Result<Vec<Pixel>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                tx.fetch_all(tx.query_as(PIXELS)).await
+            }
+
+            async fn delete_pixel(&self, tenant: TenantId, id: Uuid) -> Result<bool, DbError> {
+                let mut tx = self.0.begin(tenant).await?;
+                let n = tx.execute(tx.query(DELETE_PIXEL).bind(Id(id)).bind(Timestamp::now())).await?;
+                tx.commit().await?;
+                Ok(n == 1)
             }
         }
     };

@@ -418,6 +418,8 @@ fn openapi() -> serde_json::Value {
 /// The request facts a redirect needs.
 struct Visit {
     head: bool,
+    /// The answer to a pixel link's consent page (`?consent=yes|no`).
+    consent: Option<bool>,
     user_agent: String,
     referrer: Option<String>,
     ip: String,
@@ -433,8 +435,16 @@ fn visit(req: &Request) -> Visit {
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         kernel::http::client_key(peer)
     });
+    let consent = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| match kv {
+            "consent=yes" => Some(true),
+            "consent=no" => Some(false),
+            _ => None,
+        })
+    });
     Visit {
         head: req.method() == Method::HEAD,
+        consent,
         user_agent: text(header::USER_AGENT, 512).unwrap_or_default(),
         referrer: text(header::REFERER, 1024),
         ip,
@@ -645,6 +655,15 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
     }
     .unwrap_or(&route.url);
     let target = with_utm(target, &route);
+    // A link with pixels asks first; the pixels fire only after a yes.
+    let fire = if route.pixels.is_empty() || unlocked || v.head {
+        false
+    } else {
+        match v.consent {
+            None => return pages::consent(&p.action(), &route.pixels),
+            Some(yes) => yes,
+        }
+    };
     let counted = matches!(agent.bot, "human" | "bot");
     let event_type = if qr.is_some() { "qr.scanned" } else { "link.clicked" };
     let referrer_host = v
@@ -677,6 +696,9 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
     // that was answered is never lost, even to kill -9.
     if let Err(e) = r.appender.append(click).await {
         return internal(&e);
+    }
+    if fire {
+        return pages::fire_pixels(&route.pixels, &target);
     }
     let status = StatusCode::from_u16(route.redirect_type).unwrap_or(StatusCode::FOUND);
     location(status, &target)

@@ -52,6 +52,69 @@ pub fn password_form(action: &str, wrong: bool) -> Response {
     )
 }
 
+fn provider(kind: &str) -> &'static str {
+    match kind {
+        "meta" => "Meta",
+        "google_ads" => "Google Ads",
+        "ga4" => "Google Analytics",
+        "linkedin" => "LinkedIn",
+        "tiktok" => "TikTok",
+        _ => "an advertiser",
+    }
+}
+
+/// Asks before any pixel fires: nothing of the advertisers loads on this page.
+pub fn consent(action: &str, pixels: &[links::model::PixelTag]) -> Response {
+    let mut names: Vec<&str> = pixels.iter().map(|p| provider(&p.kind)).collect();
+    names.dedup();
+    let action = escape(action);
+    html(
+        StatusCode::OK,
+        "Before you continue",
+        &format!(
+            "<p>This link measures visits with tracking by {}. Do you allow it?</p><p><a href=\"{action}?consent=yes\">Allow and continue</a> &nbsp; <a href=\"{action}?consent=no\">Continue without tracking</a></p>",
+            escape(&names.join(", "))
+        ),
+    )
+}
+
+/// After a yes: the pixels load, then the browser moves on to `target`.
+pub fn fire_pixels(pixels: &[links::model::PixelTag], target: &str) -> Response {
+    let nonce: String = uuid::Uuid::new_v4().simple().to_string();
+    let mut tags = String::new();
+    for p in pixels {
+        let id = escape(&p.pixel_id);
+        tags.push_str(&match p.kind.as_str() {
+            "meta" => format!("<img alt=\"\" width=\"1\" height=\"1\" src=\"https://www.facebook.com/tr?id={id}&amp;ev=PageView&amp;noscript=1\">"),
+            "linkedin" => format!("<img alt=\"\" width=\"1\" height=\"1\" src=\"https://px.ads.linkedin.com/collect/?pid={id}&amp;fmt=gif\">"),
+            "google_ads" => format!(
+                "<img alt=\"\" width=\"1\" height=\"1\" src=\"https://www.googleadservices.com/pagead/conversion/{}/?guid=ON&amp;script=0\">",
+                escape(p.pixel_id.trim_start_matches("AW-"))
+            ),
+            "ga4" => format!(
+                "<script async nonce=\"{nonce}\" src=\"https://www.googletagmanager.com/gtag/js?id={id}\"></script><script nonce=\"{nonce}\">window.dataLayer=window.dataLayer||[];function gtag(){{dataLayer.push(arguments);}}gtag('js',new Date());gtag('config','{id}');</script>"
+            ),
+            "tiktok" => format!("<script async nonce=\"{nonce}\" src=\"https://analytics.tiktok.com/i18n/pixel/events.js?sdkid={id}&amp;lib=ttq\"></script>"),
+            _ => String::new(),
+        });
+    }
+    let to = escape(target);
+    let mut res = html(
+        StatusCode::OK,
+        "Continuing…",
+        &format!(
+            "{tags}<meta http-equiv=\"refresh\" content=\"1;url={to}\"><p><a href=\"{to}\">Continue</a></p>"
+        ),
+    );
+    let csp = format!(
+        "default-src 'none'; img-src https://www.facebook.com https://px.ads.linkedin.com https://www.googleadservices.com https://www.google-analytics.com https://*.google-analytics.com; script-src 'nonce-{nonce}' https://www.googletagmanager.com https://analytics.tiktok.com; connect-src https://*.google-analytics.com https://*.analytics.google.com https://analytics.tiktok.com; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

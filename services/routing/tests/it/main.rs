@@ -18,6 +18,7 @@ use testkit::TestApp;
 
 mod domains;
 mod links_api;
+mod pixels;
 mod qr;
 mod redirects;
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Redirect benchmark: GET /{slug} answered (a) by `signpost up` (embedded
+# backends, click capture on: every answer waits for its click's group commit)
+# and (b) by nginx `return 302` for the same path, with the same load generator,
+# on this machine, in one run.
+#
+# Needs: nginx (Debian nginx-light), wrk, python3; oha (cargo install oha) for
+# the latency run at half load (skipped without it).
+# Usage: bench/redirect/run.sh [DURATION_SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-15}"
+TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/signpost-target}"
+export CARGO_TARGET_DIR="$TARGET"
+cargo build --release --quiet
+BIN="$TARGET/release/signpost"
+WORK=$(mktemp -d)
+NGX=18091 SP=18092
+SECRET=bench-secret-0123456789abcdef0123456789
+ISSUER=https://bench.signpost.local
+
+# nginx with 2 workers, like signpost's 2 runtime threads on this 2-core machine.
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$NGX; location = /bench { return 302 https://example.com/landing; } }
+}
+NGINX
+nginx -c "$WORK/nginx.conf"
+
+SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
+JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
+    "$BIN" up --listen "127.0.0.1:$SP" > "$WORK/signpost.log" 2>&1 &
+SP_PID=$!
+cleanup() {
+    kill "$SP_PID" 2>/dev/null || true
+    nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$SP/healthz" >/dev/null && break; sleep 0.1; done
+
+TOKEN=$(python3 - "$SECRET" "$ISSUER" <<'PY'
+import base64, hashlib, hmac, json, sys, time, uuid
+secret, issuer = sys.argv[1].encode(), sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+now = int(time.time())
+header = {"alg": "HS256", "typ": "at+jwt"}
+claims = {"iss": issuer, "aud": "signpost", "sub": str(uuid.uuid4()), "tid": str(uuid.uuid4()),
+          "role": "member", "sid": str(uuid.uuid4()), "scope": "", "exp": now + 900, "iat": now, "jti": str(uuid.uuid4())}
+signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+sig = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
+print(signing + "." + b64(sig))
+PY
+)
+curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" >/dev/null
+test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/bench")" = 302 || { echo "no redirect"; exit 1; }
+test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/bench")" = 302 || { echo "nginx: no redirect"; exit 1; }
+echo "signpost RSS at idle: $(ps -o rss= -p "$SP_PID") KiB"
+
+echo "== maximum throughput (wrk -t1 -c64 -d${DURATION}s)"
+declare -A RPS
+for name in nginx signpost; do
+    case $name in nginx) port=$NGX;; signpost) port=$SP;; esac
+    out=$(wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/bench")
+    RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    echo "$name: ${RPS[$name]} req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {n=$NF} END {print "p50 " p50 ", p99 " p99 ", non-2xx " n}')"
+    [ "$name" = signpost ] && echo "signpost RSS under load: $(ps -o rss= -p "$SP_PID") KiB"
+done
+python3 -c "print('signpost / nginx throughput ratio: %.2f' % (${RPS[signpost]} / ${RPS[nginx]}))"
+
+if command -v oha >/dev/null; then
+    RATE=$(python3 -c "print(int(${RPS[signpost]} / 2))")
+    echo "== latency at half of signpost's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
+    for name in nginx signpost; do
+        case $name in nginx) port=$NGX;; signpost) port=$SP;; esac
+        oha --no-tui --output-format json --redirect 0 -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction \
+            "http://127.0.0.1:$port/bench" > "$WORK/$name.json"
+        python3 - "$name" "$WORK/$name.json" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+d = json.load(open(path))
+p = d["latencyPercentiles"]
+print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
+PY
+    done
+else
+    echo "(oha not installed: no latency run at half load)"
+fi
+
+# Every answered redirect was recorded: wait for the relay, then count.
+sleep 2
+kill -TERM "$SP_PID"; wait "$SP_PID" 2>/dev/null || true
+python3 - "$WORK/data/routing.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+print("clicks counted by routing:", db.execute("select coalesce(sum(clicks), 0) from click_counts").fetchone()[0])
+PY
