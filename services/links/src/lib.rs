@@ -10,6 +10,7 @@ mod pixels;
 mod qr;
 pub mod render;
 pub mod store;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +57,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: "0004_pixels",
             postgres: include_str!("../migrations/postgres/0004_pixels.sql"),
             sqlite: include_str!("../migrations/sqlite/0004_pixels.sql"),
+        },
+        Migration {
+            version: "0005_import_jobs",
+            postgres: include_str!("../migrations/postgres/0005_import_jobs.sql"),
+            sqlite: include_str!("../migrations/sqlite/0005_import_jobs.sql"),
         },
     ],
 };
@@ -121,6 +127,7 @@ impl Service for LinksService {
             .merge(qr::routes())
             .merge(domains::routes())
             .merge(pixels::routes())
+            .merge(transfer::routes())
             .with_state(state);
         Ok(ServiceParts {
             router,
@@ -132,25 +139,25 @@ impl Service for LinksService {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    url: String,
-    slug: Option<String>,
-    domain: Option<String>,
-    title: Option<String>,
+pub(crate) struct CreateBody {
+    pub(crate) url: String,
+    pub(crate) slug: Option<String>,
+    pub(crate) domain: Option<String>,
+    pub(crate) title: Option<String>,
     #[serde(default)]
-    tags: Vec<String>,
-    expires_at: Option<String>,
-    expired_url: Option<String>,
-    max_clicks: Option<i64>,
-    password: Option<String>,
-    redirect_type: Option<u16>,
-    utm: Option<Utm>,
-    ios_url: Option<String>,
-    android_url: Option<String>,
-    geo: Option<BTreeMap<String, String>>,
-    pixels: Option<Vec<Uuid>>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) expires_at: Option<String>,
+    pub(crate) expired_url: Option<String>,
+    pub(crate) max_clicks: Option<i64>,
+    pub(crate) password: Option<String>,
+    pub(crate) redirect_type: Option<u16>,
+    pub(crate) utm: Option<Utm>,
+    pub(crate) ios_url: Option<String>,
+    pub(crate) android_url: Option<String>,
+    pub(crate) geo: Option<BTreeMap<String, String>>,
+    pub(crate) pixels: Option<Vec<Uuid>>,
 }
 
 fn time(field: &str, raw: &str) -> Result<Timestamp, Problem> {
@@ -217,7 +224,7 @@ async fn link_domain(s: &Links, caller: &Caller, asked: Option<&str>) -> ApiResu
     }
 }
 
-fn link_json(s: &Links, l: &Link) -> Value {
+pub(crate) fn link_json(s: &Links, l: &Link) -> Value {
     json!({
         "id": l.id,
         "slug": l.slug,
@@ -247,8 +254,14 @@ fn optional_url(field: &str, v: Option<String>) -> Result<Option<String>, Proble
 
 async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -> ApiResult<Response> {
     caller.require("links:write")?;
+    let link = new_link(&s, &caller, b).await?;
+    Ok((StatusCode::CREATED, axum::Json(link_json(&s, &link))).into_response())
+}
+
+/// Checks a new link and stores it (the API's create, and each row of an import).
+pub(crate) async fn new_link(s: &Links, caller: &Caller, b: CreateBody) -> ApiResult<Link> {
     let url = model::destination("url", &b.url)?;
-    let domain = link_domain(&s, &caller, b.domain.as_deref()).await?;
+    let domain = link_domain(s, caller, b.domain.as_deref()).await?;
     let custom = b.slug.as_deref().map(model::custom_slug).transpose()?;
     let tags = model::tags(&b.tags)?;
     let now = Timestamp::now();
@@ -266,13 +279,13 @@ async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -
         expires_at,
         expired_url: optional_url("expired_url", b.expired_url)?,
         max_clicks: max_clicks(b.max_clicks)?,
-        password_hash: password_hash(&s, b.password).await?,
+        password_hash: password_hash(s, b.password).await?,
         redirect_type: redirect_type(b.redirect_type)?,
         utm: utm.map(|u| serde_json::to_string(&u)).transpose().map_err(ApiError::internal)?,
         ios_url: optional_url("ios_url", b.ios_url)?,
         android_url: optional_url("android_url", b.android_url)?,
         geo: geo.map(|g| serde_json::to_string(&g)).transpose().map_err(ApiError::internal)?,
-        pixels: pixels::attach(&s, caller.tenant, b.pixels.as_deref().unwrap_or_default()).await?,
+        pixels: pixels::attach(s, caller.tenant, b.pixels.as_deref().unwrap_or_default()).await?,
         created_at: now,
         updated_at: now,
         deleted_at: None,
@@ -291,7 +304,7 @@ async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -
         }
     }
     tracing::info!(tenant_id = %caller.tenant, link_id = %link.id, slug = %link.slug, "link created");
-    Ok((StatusCode::CREATED, axum::Json(link_json(&s, &link))).into_response())
+    Ok(link)
 }
 
 #[derive(Deserialize)]

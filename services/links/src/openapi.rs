@@ -97,6 +97,19 @@ pub(crate) fn paths() -> Value {
         "/v1/pixels/{id}": {
             "delete": { "summary": "Remove a pixel", "tags": ["pixels"], "parameters": id, "responses": errors("204", "Removed") }
         },
+        "/v1/links/import": {
+            "post": { "summary": "Import links from CSV (header row; url required; slug, title, tags separated by ;, expires_at, expired_url, max_clicks, redirect_type, utm_*, ios_url, android_url); runs in the background", "tags": ["links"],
+                "requestBody": { "required": true, "content": { "text/csv": { "schema": { "type": "string" } } } },
+                "responses": errors("202", "The import job; Location points at its report") }
+        },
+        "/v1/links/import/{id}": {
+            "get": { "summary": "An import's progress and per-row report ({row, error} for each bad row)", "tags": ["links"], "parameters": id,
+                "responses": errors("200", "The job") }
+        },
+        "/v1/links/export.csv": {
+            "get": { "summary": "Every link of the workspace as CSV, streamed", "tags": ["links"],
+                "responses": { "200": { "description": "CSV", "content": { "text/csv": {} } }, "401": problem, "403": problem } }
+        },
         "/v1/links/{id}": {
             "get": { "summary": "A link", "tags": ["links"], "parameters": id, "responses": errors("200", "The link") },
             "patch": { "summary": "Change a link (the slug stays); null clears a field", "tags": ["links"], "parameters": id,

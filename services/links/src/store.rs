@@ -197,9 +197,27 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a domain (with `domain.deleted` when it was verified).
     async fn delete_domain(&self, tenant: TenantId, id: Uuid, actor: &str) -> Result<bool, DbError>;
 
+    async fn start_import(&self, job: &ImportJob) -> Result<(), DbError>;
+    async fn save_import(&self, job: &ImportJob) -> Result<(), DbError>;
+    async fn import(&self, tenant: TenantId, id: Uuid) -> Result<Option<ImportJob>, DbError>;
+
     async fn add_pixel(&self, p: &Pixel) -> Result<(), DbError>;
     async fn pixels(&self, tenant: TenantId) -> Result<Vec<Pixel>, DbError>;
     async fn delete_pixel(&self, tenant: TenantId, id: Uuid) -> Result<bool, DbError>;
+}
+
+/// A CSV import and its per-row report.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ImportJob {
+    pub tenant_id: Id,
+    pub id: Id,
+    pub status: String,
+    pub total: i64,
+    pub imported: i64,
+    /// JSON array of `{row, error}`.
+    pub errors: String,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
 }
 
 /// A tracking pixel of a workspace.
@@ -266,6 +284,12 @@ const SET_DEFAULT: &str = "update links.domains set is_default = true \
      where tenant_id = $1 and id = $2 and deleted_at is null and verified_at is not null";
 const DELETE_DOMAIN: &str = "update links.domains set deleted_at = $3, is_default = false \
      where tenant_id = $1 and id = $2 and deleted_at is null";
+const INSERT_JOB: &str = "insert into links.import_jobs (tenant_id, id, status, total, imported, errors, created_at) \
+     values ($1, $2, $3, $4, $5, $6, $7)";
+const SAVE_JOB: &str = "update links.import_jobs set status = $3, imported = $4, errors = $5, finished_at = $6 \
+     where tenant_id = $1 and id = $2";
+const JOB: &str = "select tenant_id, id, status, total, imported, errors, created_at, finished_at \
+     from links.import_jobs where tenant_id = $1 and id = $2";
 const INSERT_PIXEL: &str = "insert into links.pixels (tenant_id, id, kind, pixel_id, name, created_at) \
      values ($1, $2, $3, $4, $5, $6)";
 const PIXELS: &str = "select tenant_id, id, kind, pixel_id, name, created_at, deleted_at from links.pixels \
@@ -510,6 +534,40 @@ macro_rules! store_impl {
                 }
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn start_import(&self, j: &ImportJob) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(j.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(INSERT_JOB)
+                        .bind(j.id)
+                        .bind(j.status.clone())
+                        .bind(j.total)
+                        .bind(j.imported)
+                        .bind(j.errors.clone())
+                        .bind(j.created_at),
+                )
+                .await?;
+                tx.commit().await
+            }
+
+            async fn save_import(&self, j: &ImportJob) -> Result<(), DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(j.tenant_id.0)).await?;
+                tx.execute(
+                    tx.query(SAVE_JOB)
+                        .bind(j.id)
+                        .bind(j.status.clone())
+                        .bind(j.imported)
+                        .bind(j.errors.clone())
+                        .bind(j.finished_at),
+                )
+                .await?;
+                tx.commit().await
+            }
+
+            async fn import(&self, tenant: TenantId, id: Uuid) -> Result<Option<ImportJob>, DbError> {
+                let mut tx = self.0.read(tenant).await?;
+                tx.fetch_optional(tx.query_as(JOB).bind(Id(id))).await
             }
 
             async fn add_pixel(&self, p: &Pixel) -> Result<(), DbError> {

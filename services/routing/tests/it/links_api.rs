@@ -161,3 +161,68 @@ async fn an_update_moves_the_redirect_and_a_delete_ends_it_but_keeps_the_slug() 
     assert_eq!(status, StatusCode::CONFLICT, "a deleted link's slug stays reserved");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_csv_import_keeps_good_rows_explains_bad_ones_and_the_export_lists_them() {
+    let (app, _) = spawn().await;
+    let t = token(TenantId::new(), "member");
+    let csv = "url,slug,title,tags,utm_source\n\
+               https://example.com/a,csv-a,First,spring;sale,news\n\
+               javascript:alert(1),csv-bad,Bad,,\n\
+               https://example.com/b,,\"Second, with a comma\",spring,\n\
+               https://example.com/c,v1,Reserved,,\n\
+               ,csv-empty,No URL,,\n";
+    let res = app
+        .client
+        .post(app.url("/v1/links/import"))
+        .bearer_auth(&t)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let job = eventually("the import to finish", || async {
+        let (_, j) = call(&app, Method::GET, &location, Some(&t), None).await;
+        (j["status"] == "done").then_some(j)
+    })
+    .await;
+    assert_eq!(
+        (job["total"].as_i64(), job["imported"].as_i64(), job["failed"].as_i64()),
+        (Some(5), Some(2), Some(3)),
+        "{job}"
+    );
+    let rows: Vec<i64> =
+        job["errors"].as_array().unwrap().iter().map(|e| e["row"].as_i64().unwrap()).collect();
+    assert_eq!(rows, vec![3, 5, 6], "bad rows by their line number: {job}");
+    assert!(job["errors"][0]["error"].as_str().unwrap().contains("http"), "{job}");
+    assert_eq!(visit(&app, "/csv-a", &[]).await.1.as_deref(), Some("https://example.com/a?utm_source=news"));
+
+    let res = app.client.get(app.url("/v1/links/export.csv")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let text = res.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two links: {text}");
+    assert!(lines[0].starts_with("id,short_url,url,slug"));
+    assert!(
+        text.contains("csv-a") && text.contains("\"Second, with a comma\"") && text.contains("spring;sale")
+    );
+
+    let other = token(TenantId::new(), "member");
+    assert_eq!(call(&app, Method::GET, &location, Some(&other), None).await.0, StatusCode::NOT_FOUND);
+    let theirs = app.client.get(app.url("/v1/links/export.csv")).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(theirs.text().await.unwrap().lines().count(), 1, "only the header for another workspace");
+    let res = app
+        .client
+        .post(app.url("/v1/links/import"))
+        .bearer_auth(&t)
+        .header("content-type", "text/csv")
+        .body("slug,title\nx,y\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "a url column is required");
+    app.stop().await;
+}
