@@ -10,6 +10,7 @@ mod pages;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,6 +52,8 @@ const PASSWORD_TRIES: u64 = 10;
 
 struct Routing {
     kernel: Kernel,
+    /// Changes whenever the read model's handler evicts cache entries.
+    epoch: Arc<AtomicU64>,
     /// The platform's own host (of the public URL), lower case.
     public_host: String,
     db: Db,
@@ -97,8 +100,10 @@ const UPSERT_DOMAIN: &str = "insert into routing.domains (tenant_id, hostname, d
      version = excluded.version where domains.tenant_id = $1 and domains.version <= excluded.version";
 const DELETE_DOMAIN: &str = "delete from routing.domains where tenant_id = $1 and hostname = $2";
 const DOMAIN: &str = "select hostname from routing.domains where hostname = $1";
-const COUNT_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, clicks) values ($1, $2, 1) \
-     on conflict (tenant_id, link_id) do update set clicks = click_counts.clicks + 1";
+/// Takes one click of a limited link, exactly: no row changes once the limit is reached.
+const TAKE_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, clicks) values ($1, $2, 1) \
+     on conflict (tenant_id, link_id) do update set clicks = click_counts.clicks + 1 \
+     where click_counts.clicks < $3";
 const CLICKS: &str = "select clicks from routing.click_counts where tenant_id = $1 and link_id = $2";
 
 fn cache_key(domain: &str, slug: &str) -> String {
@@ -108,6 +113,8 @@ fn cache_key(domain: &str, slug: &str) -> String {
 /// Keeps the read model in step with link events.
 struct RoutesHandler {
     kernel: Kernel,
+    /// Bumped before each eviction (see [`Routing::fill`]).
+    epoch: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -160,6 +167,7 @@ impl Handler for RoutesHandler {
     }
 
     async fn committed(&self, events: &[Envelope]) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         for e in events {
             let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
             if e.event_type.starts_with("domain.") {
@@ -178,30 +186,23 @@ fn link_key(link_id: &str) -> String {
     format!("route-of-link:{link_id}")
 }
 
-/// Counts clicks per link (what `max_clicks` is checked against).
-struct ClicksHandler;
-
-#[async_trait]
-impl Handler for ClicksHandler {
-    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
-        let link = event
-            .data
-            .get("link_id")
-            .and_then(|v| v.as_str())
-            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-            .ok_or_else(|| HandlerError::Reject("a click without a link id".into()))?;
-        let counted = event.data.get("counted").and_then(serde_json::Value::as_bool).unwrap_or(true);
-        if counted {
-            on_tx!(tx, t => t.execute(t.query(COUNT_CLICK).bind(Id(link))).await)?;
-        }
-        Ok(())
-    }
-}
-
 impl Routing {
+    /// Caches what a lookup read, unless an eviction ran since the lookup began:
+    /// a read from before a change must never outlive the change's eviction.
+    async fn fill(&self, key: &str, bytes: &[u8], ttl: Duration, seen: u64) {
+        if self.epoch.load(Ordering::SeqCst) != seen {
+            return;
+        }
+        let _ = self.kernel.cache.set(key, bytes, ttl).await;
+        if self.epoch.load(Ordering::SeqCst) != seen {
+            let _ = self.kernel.cache.delete(key).await;
+        }
+    }
+
     /// The route of a public path: cache, then the read model, then (in-process) links.
     async fn lookup(&self, domain: &str, slug: &str) -> Result<Option<RouteRecord>, BoxError> {
         let key = cache_key(domain, slug);
+        let seen = self.epoch.load(Ordering::SeqCst);
         if let Ok(Some(bytes)) = self.kernel.cache.get(&key).await
             && let Ok(r) = serde_json::from_slice::<RouteRecord>(&bytes)
         {
@@ -223,7 +224,7 @@ impl Routing {
         if let Some(r) = &record
             && let Ok(bytes) = serde_json::to_vec(r)
         {
-            let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
+            self.fill(&key, &bytes, ROUTE_TTL, seen).await;
         }
         Ok(record)
     }
@@ -231,6 +232,7 @@ impl Routing {
     /// The verified custom domain of a hostname, if any (cached).
     async fn custom_domain(&self, host: &str) -> Result<Option<String>, BoxError> {
         let key = format!("domain:{host}");
+        let seen = self.epoch.load(Ordering::SeqCst);
         if let Ok(Some(v)) = self.kernel.cache.get(&key).await {
             return Ok((!v.is_empty()).then(|| host.to_string()));
         }
@@ -240,13 +242,14 @@ impl Routing {
         });
         // Unknown hosts are remembered briefly too: a flood of them costs no queries.
         let (mark, ttl): (&[u8], u64) = if found.is_some() { (b"1", 60) } else { (b"", 5) };
-        let _ = self.kernel.cache.set(&key, mark, Duration::from_secs(ttl)).await;
+        self.fill(&key, mark, Duration::from_secs(ttl), seen).await;
         Ok(found.map(|(h,)| h))
     }
 
     /// The QR code of a scan code and its link's route: cache, read model, then links.
     async fn lookup_qr(&self, code: &str) -> Result<Option<(QrRoute, RouteRecord)>, BoxError> {
         let key = cache_key(QR_DOMAIN, code);
+        let seen = self.epoch.load(Ordering::SeqCst);
         let mut qr: Option<QrRoute> = match self.kernel.cache.get(&key).await {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
             _ => None,
@@ -261,7 +264,7 @@ impl Routing {
             if let Some(q) = &qr
                 && let Ok(bytes) = serde_json::to_vec(q)
             {
-                let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
+                self.fill(&key, &bytes, ROUTE_TTL, seen).await;
             }
         }
         let from_model = match &qr {
@@ -281,6 +284,7 @@ impl Routing {
     /// A link's route by id (what a QR code points at).
     async fn link_route(&self, tenant: TenantId, link: uuid::Uuid) -> Result<Option<RouteRecord>, BoxError> {
         let key = link_key(&link.to_string());
+        let seen = self.epoch.load(Ordering::SeqCst);
         if let Ok(Some(bytes)) = self.kernel.cache.get(&key).await
             && let Ok(r) = serde_json::from_slice::<RouteRecord>(&bytes)
         {
@@ -300,7 +304,7 @@ impl Routing {
         if let Some(r) = &record
             && let Ok(bytes) = serde_json::to_vec(r)
         {
-            let _ = self.kernel.cache.set(&key, &bytes, ROUTE_TTL).await;
+            self.fill(&key, &bytes, ROUTE_TTL, seen).await;
         }
         Ok(record)
     }
@@ -317,6 +321,25 @@ impl Routing {
             }
         };
         Ok(row.map_or(0, |(n,)| n))
+    }
+
+    /// Counts one click of a link limited to `max`; false once the limit is reached.
+    async fn take_click(&self, tenant: TenantId, link: uuid::Uuid, max: i64) -> Result<bool, DbError> {
+        let taken = match &self.db {
+            Db::Postgres(pg) => {
+                let mut t = pg.begin(tenant).await?;
+                let n = t.execute(t.query(TAKE_CLICK).bind(Id(link)).bind(max)).await?;
+                t.commit().await?;
+                n
+            }
+            Db::Sqlite(lite) => {
+                let mut t = lite.begin(tenant).await?;
+                let n = t.execute(t.query(TAKE_CLICK).bind(Id(link)).bind(max)).await?;
+                t.commit().await?;
+                n
+            }
+        };
+        Ok(taken == 1)
     }
 
     /// A salted, daily-rotated hash of the visitor: never the address itself.
@@ -348,7 +371,9 @@ impl Service for RoutingService {
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
+        let epoch = Arc::new(AtomicU64::new(0));
         let state = Arc::new(Routing {
+            epoch: epoch.clone(),
             public_host,
             appender: kernel.appender(&db),
             hasher: Hasher::new(kernel::password::MIN_MEMORY_KIB, kernel::password::MIN_ITERATIONS, 2)?,
@@ -363,26 +388,19 @@ impl Service for RoutingService {
         Ok(ServiceParts {
             router,
             edge: None,
-            consumers: vec![
-                Consumer {
-                    name: "routing.links",
-                    event_types: &[
-                        "link.created",
-                        "link.updated",
-                        "link.deleted",
-                        "qr.created",
-                        "qr.updated",
-                        "domain.verified",
-                        "domain.deleted",
-                    ],
-                    handler: Arc::new(RoutesHandler { kernel }),
-                },
-                Consumer {
-                    name: "routing.clicks",
-                    event_types: &["link.clicked", "qr.scanned"],
-                    handler: Arc::new(ClicksHandler),
-                },
-            ],
+            consumers: vec![Consumer {
+                name: "routing.links",
+                event_types: &[
+                    "link.created",
+                    "link.updated",
+                    "link.deleted",
+                    "qr.created",
+                    "qr.updated",
+                    "domain.verified",
+                    "domain.deleted",
+                ],
+                handler: Arc::new(RoutesHandler { kernel, epoch }),
+            }],
             openapi_paths: openapi(),
             openapi_source: None,
         })
@@ -665,6 +683,15 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
         }
     };
     let counted = matches!(agent.bot, "human" | "bot");
+    // Only limited links pay for counting, and the count is exact: the click that
+    // would pass the limit is refused.
+    if let (Some(max), true) = (route.max_clicks, counted) {
+        match r.take_click(route.tenant_id, route.link_id, max).await {
+            Ok(true) => {}
+            Ok(false) => return gone(v.html, "This link has reached its click limit."),
+            Err(e) => return internal(&e),
+        }
+    }
     let event_type = if qr.is_some() { "qr.scanned" } else { "link.clicked" };
     let referrer_host = v
         .referrer
