@@ -93,11 +93,12 @@ else
     echo "(oha not installed: no latency run at half load)"
 fi
 
-# Every answered redirect was recorded: wait for the relay, then count.
-sleep 2
+# Every answered redirect was recorded: routing's outbox holds only click events,
+# so its sequence is the number of clicks committed.
 kill -TERM "$SP_PID"; wait "$SP_PID" 2>/dev/null || true
 python3 - "$WORK/data/routing.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
-print("clicks counted by routing:", db.execute("select coalesce(sum(clicks), 0) from click_counts").fetchone()[0])
+row = db.execute("select seq from sqlite_sequence where name = 'outbox'").fetchone()
+print("click events committed by routing:", row[0] if row else 0)
 PY
