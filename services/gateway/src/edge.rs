@@ -88,6 +88,8 @@ fn json_body_required(req: &Request) -> bool {
         && has_body
         && req.uri().path().starts_with("/v1/")
         && !NON_JSON_PREFIXES.iter().any(|p| req.uri().path().starts_with(p))
+        // A QR code's logo is a PNG upload.
+        && !(req.uri().path().starts_with("/v1/qr/") && req.uri().path().ends_with("/logo"))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -63,6 +63,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             postgres: include_str!("../migrations/postgres/0005_import_jobs.sql"),
             sqlite: include_str!("../migrations/sqlite/0005_import_jobs.sql"),
         },
+        Migration {
+            version: "0006_qr_logos",
+            postgres: include_str!("../migrations/postgres/0006_qr_logos.sql"),
+            sqlite: include_str!("../migrations/sqlite/0006_qr_logos.sql"),
+        },
     ],
 };
 

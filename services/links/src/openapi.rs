@@ -54,6 +54,12 @@ pub(crate) fn paths() -> Value {
                 "responses": errors("200", "The QR code") },
             "delete": { "summary": "Delete a QR code (its scans then find nothing)", "tags": ["qr"], "parameters": id, "responses": errors("204", "Deleted") }
         },
+        "/v1/qr/{id}/logo": {
+            "put": { "summary": "Set the code's logo (PNG, at most 256 KiB and 1024×1024); images with it use error correction H", "tags": ["qr"],
+                "parameters": id, "requestBody": { "required": true, "content": { "image/png": {} } },
+                "responses": errors("200", "The QR code") },
+            "delete": { "summary": "Remove the logo", "tags": ["qr"], "parameters": id, "responses": errors("204", "Removed") }
+        },
         "/v1/qr/{id}/{file}": {
             "get": { "summary": "The code as image.png, image.svg or image.pdf; rendered once per style, cached for a year", "tags": ["qr"],
                 "parameters": [
@@ -63,7 +69,8 @@ pub(crate) fn paths() -> Value {
                     { "name": "margin", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 16, "default": 4 } },
                     { "name": "fg", "in": "query", "schema": { "type": "string", "pattern": "^#?[0-9a-fA-F]{6}$", "default": "000000" } },
                     { "name": "bg", "in": "query", "schema": { "type": "string", "pattern": "^#?[0-9a-fA-F]{6}$", "default": "ffffff" } },
-                    { "name": "ec", "in": "query", "schema": { "enum": ["L", "M", "Q", "H"], "default": "M" } } ],
+                    { "name": "ec", "in": "query", "schema": { "enum": ["L", "M", "Q", "H"], "default": "M" } },
+                    { "name": "logo", "in": "query", "schema": { "type": "boolean", "default": true }, "description": "Put the code's logo in (when it has one; forces H)" } ],
                 "responses": { "200": { "description": "The image", "content": { "image/png": {}, "image/svg+xml": {}, "application/pdf": {} } },
                                "304": { "description": "Not modified (ETag)" }, "404": problem, "422": problem } }
         },

@@ -25,6 +25,7 @@ pub(crate) fn routes() -> Router<Arc<Links>> {
     Router::new()
         .route("/v1/qr", post(create).get(list))
         .route("/v1/qr/{id}", get(read).patch(update).delete(remove))
+        .route("/v1/qr/{id}/logo", axum::routing::put(put_logo).delete(delete_logo))
         .route("/v1/qr/{id}/{file}", get(image))
 }
 
@@ -40,6 +41,7 @@ fn qr_json(s: &Links, q: &Qr) -> Value {
         "scan_url": scan_url(s, &q.code),
         "link_id": q.link_id,
         "title": q.title,
+        "has_logo": q.logo.is_some(),
         "images": { "png": format!("{base}/image.png"), "svg": format!("{base}/image.svg"), "pdf": format!("{base}/image.pdf") },
         "created_at": q.created_at,
         "updated_at": q.updated_at,
@@ -69,6 +71,7 @@ async fn create(State(s): AppState, caller: Caller, Json(b): Json<CreateBody>) -
         created_at: now,
         updated_at: now,
         deleted_at: None,
+        logo: None,
     };
     let mut attempts = 0;
     loop {
@@ -164,10 +167,13 @@ async fn image(
     let style = Style::parse(&q)?;
     let qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
     let url = scan_url(&s, &qr.code);
-    let hash: String = Sha256::digest(format!("{url}|{}|{}", style.key(), format.ext()).as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let logo_hash = qr.logo.clone().filter(|_| q.logo.unwrap_or(true));
+    let hash: String = Sha256::digest(
+        format!("{url}|{}|{}|{}", style.key(), format.ext(), logo_hash.as_deref().unwrap_or("")).as_bytes(),
+    )
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect();
     let etag = format!("\"{hash}\"");
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok(cached(StatusCode::NOT_MODIFIED.into_response(), &etag, format));
@@ -177,7 +183,21 @@ async fn image(
     let bytes = match s.kernel.storage.get(&key).await.map_err(ApiError::internal)? {
         Some(b) => b,
         None => {
-            let rendered = bytes::Bytes::from(render::render(&url, format, &style)?);
+            let logo = match &logo_hash {
+                Some(h) => {
+                    let key = logo_key(&caller, h)?;
+                    let png = s
+                        .kernel
+                        .storage
+                        .get(&key)
+                        .await
+                        .map_err(ApiError::internal)?
+                        .ok_or_else(Problem::not_found)?;
+                    Some(render::Logo::decode(&png)?)
+                }
+                None => None,
+            };
+            let rendered = bytes::Bytes::from(render::render(&url, format, &style, logo.as_ref())?);
             s.kernel.storage.put(&key, rendered.clone()).await.map_err(ApiError::internal)?;
             metrics::counter!("qr_renderings_total", "format" => format.ext()).increment(1);
             rendered
@@ -201,4 +221,39 @@ fn cached(mut res: Response, etag: &str, format: Format) -> Response {
         );
     }
     res
+}
+
+fn logo_key(caller: &Caller, hash: &str) -> Result<ObjectKey, ApiError> {
+    ObjectKey::for_tenant(caller.tenant, &format!("qr/logos/{hash}.png")).map_err(ApiError::internal)
+}
+
+/// Sets the code's logo: a PNG of at most 256 KiB and 1024×1024 pixels. Images
+/// with the logo use error correction H.
+async fn put_logo(
+    State(s): AppState,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    caller.require("qr:write")?;
+    if body.len() > render::MAX_LOGO_BYTES {
+        return Err(Problem::payload_too_large(render::MAX_LOGO_BYTES).into());
+    }
+    render::Logo::decode(&body)?;
+    let mut qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    let hash: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    s.kernel.storage.put(&logo_key(&caller, &hash)?, body).await.map_err(ApiError::internal)?;
+    qr.logo = Some(hash);
+    qr.updated_at = Timestamp::now();
+    s.store.update_qr(&qr, &caller.actor()).await?;
+    Ok(axum::Json(qr_json(&s, &qr)).into_response())
+}
+
+async fn delete_logo(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiResult<StatusCode> {
+    caller.require("qr:write")?;
+    let mut qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    qr.logo = None;
+    qr.updated_at = Timestamp::now();
+    s.store.update_qr(&qr, &caller.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -50,6 +50,8 @@ pub struct StyleQuery {
     pub fg: Option<String>,
     pub bg: Option<String>,
     pub ec: Option<String>,
+    /// Whether to put the code's logo in (default: when it has one).
+    pub logo: Option<bool>,
 }
 
 /// A checked style.
@@ -120,22 +122,90 @@ fn matrix(data: &str, ec: char) -> Result<(Vec<bool>, usize), Problem> {
     Ok((code.to_colors().into_iter().map(|c| c == Color::Dark).collect(), width))
 }
 
-/// Renders `data` in `format` and `style`.
-pub fn render(data: &str, format: Format, style: &Style) -> Result<Vec<u8>, Problem> {
-    let (dark, width) = matrix(data, style.ec)?;
+/// A decoded logo: RGBA pixels.
+#[derive(Debug, Clone)]
+pub struct Logo {
+    pub width: usize,
+    pub height: usize,
+    pub rgba: Vec<u8>,
+    /// The PNG as uploaded (SVG embeds it).
+    pub png: Vec<u8>,
+}
+
+/// Largest logo upload, in bytes.
+pub const MAX_LOGO_BYTES: usize = 256 * 1024;
+
+impl Logo {
+    /// Decodes a PNG of at most 1024×1024 pixels into RGBA.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Problem> {
+        let bad = || Problem::validation("logo", "is not a PNG image of at most 1024×1024 pixels");
+        let mut decoder = ::png::Decoder::new(std::io::Cursor::new(bytes));
+        decoder.set_transformations(::png::Transformations::EXPAND | ::png::Transformations::STRIP_16);
+        let mut reader = decoder.read_info().map_err(|_| bad())?;
+        let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+        if w == 0 || h == 0 || w > 1024 || h > 1024 {
+            return Err(bad());
+        }
+        let mut buf = vec![0; reader.output_buffer_size().ok_or_else(bad)?];
+        let info = reader.next_frame(&mut buf).map_err(|_| bad())?;
+        let channels = match info.color_type {
+            ::png::ColorType::Rgba => 4,
+            ::png::ColorType::Rgb => 3,
+            ::png::ColorType::GrayscaleAlpha => 2,
+            ::png::ColorType::Grayscale => 1,
+            ::png::ColorType::Indexed => return Err(bad()),
+        };
+        let mut rgba = Vec::with_capacity(w * h * 4);
+        for px in buf[..w * h * channels].chunks(channels) {
+            rgba.extend_from_slice(&match channels {
+                4 => [px[0], px[1], px[2], px[3]],
+                3 => [px[0], px[1], px[2], 255],
+                2 => [px[0], px[0], px[0], px[1]],
+                _ => [px[0], px[0], px[0], 255],
+            });
+        }
+        Ok(Self { width: w, height: h, rgba, png: bytes.to_vec() })
+    }
+}
+
+/// The side of the logo, in modules: about a fifth of the code, which error
+/// correction H (30% recoverable) absorbs.
+fn logo_modules(width: usize) -> usize {
+    let side = width / 5;
+    if side % 2 == width % 2 { side } else { side.saturating_sub(1) }
+}
+
+/// Renders `data` in `format` and `style`, with an optional logo in the middle
+/// (error correction is then forced to H).
+pub fn render(data: &str, format: Format, style: &Style, logo: Option<&Logo>) -> Result<Vec<u8>, Problem> {
+    let ec = if logo.is_some() { 'H' } else { style.ec };
+    let (dark, width) = matrix(data, ec)?;
     let total = width + 2 * style.margin as usize;
     let at = |x: usize, y: usize| {
         let m = style.margin as usize;
         x >= m && y >= m && x - m < width && y - m < width && dark[(y - m) * width + (x - m)]
     };
+    // The logo's square (in modules), centred, with the modules under it cleared.
+    let hole = logo.map(|_| {
+        let side = logo_modules(width);
+        let start = style.margin as usize + (width - side) / 2;
+        (start, side)
+    });
+    let inside = |x: usize, y: usize| hole.is_some_and(|(s, n)| x >= s && y >= s && x < s + n && y < s + n);
+    let at = |x: usize, y: usize| at(x, y) && !inside(x, y);
     match format {
-        Format::Png => png(total, &at, style),
-        Format::Svg => Ok(svg(total, &at, style).into_bytes()),
+        Format::Png => png(total, &at, style, logo.zip(hole)),
+        Format::Svg => Ok(svg(total, &at, style, logo.zip(hole)).into_bytes()),
         Format::Pdf => Ok(pdf(total, &at, style)),
     }
 }
 
-fn png(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Result<Vec<u8>, Problem> {
+fn png(
+    total: usize,
+    at: &dyn Fn(usize, usize) -> bool,
+    style: &Style,
+    logo: Option<(&Logo, (usize, usize))>,
+) -> Result<Vec<u8>, Problem> {
     // Whole pixels per module: the image is as close to `size` as that allows.
     let scale = (style.size as usize / total).max(1);
     let side = total * scale;
@@ -144,6 +214,25 @@ fn png(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Result
         for px in 0..side {
             let c = if at(px / scale, py / scale) { style.fg } else { style.bg };
             pixels.extend_from_slice(&c);
+        }
+    }
+    if let Some((l, (start, n))) = logo {
+        // Scaled (nearest neighbour) into the hole, blended over the background.
+        let (x0, box_side) = (start * scale, n * scale);
+        let fit = (box_side as f64 / l.width.max(l.height) as f64).min(1e9);
+        let (w, h) = ((l.width as f64 * fit) as usize, (l.height as f64 * fit) as usize);
+        let (ox, oy) = (x0 + (box_side - w) / 2, x0 + (box_side - h) / 2);
+        for y in 0..h {
+            for x in 0..w {
+                let (sx, sy) = ((x as f64 / fit) as usize, (y as f64 / fit) as usize);
+                let i = (sy.min(l.height - 1) * l.width + sx.min(l.width - 1)) * 4;
+                let a = u16::from(l.rgba[i + 3]);
+                let o = ((oy + y) * side + (ox + x)) * 3;
+                for c in 0..3 {
+                    let blended = (u16::from(l.rgba[i + c]) * a + u16::from(pixels[o + c]) * (255 - a)) / 255;
+                    pixels[o + c] = blended as u8;
+                }
+            }
         }
     }
     let mut out = Vec::new();
@@ -160,7 +249,12 @@ fn hex(c: [u8; 3]) -> String {
     format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 
-fn svg(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> String {
+fn svg(
+    total: usize,
+    at: &dyn Fn(usize, usize) -> bool,
+    style: &Style,
+    logo: Option<(&Logo, (usize, usize))>,
+) -> String {
     let mut path = String::new();
     for y in 0..total {
         for x in 0..total {
@@ -169,8 +263,15 @@ fn svg(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> String
             }
         }
     }
+    let image = logo.map_or_else(String::new, |(l, (start, n))| {
+        use base64::Engine as _;
+        format!(
+            "<image x=\"{start}\" y=\"{start}\" width=\"{n}\" height=\"{n}\" preserveAspectRatio=\"xMidYMid meet\" href=\"data:image/png;base64,{}\"/>",
+            base64::engine::general_purpose::STANDARD.encode(&l.png)
+        )
+    });
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{s}\" height=\"{s}\" viewBox=\"0 0 {total} {total}\" shape-rendering=\"crispEdges\"><rect width=\"{total}\" height=\"{total}\" fill=\"{bg}\"/><path fill=\"{fg}\" d=\"{path}\"/></svg>",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{s}\" height=\"{s}\" viewBox=\"0 0 {total} {total}\" shape-rendering=\"crispEdges\"><rect width=\"{total}\" height=\"{total}\" fill=\"{bg}\"/><path fill=\"{fg}\" d=\"{path}\"/>{image}</svg>",
         s = style.size,
         bg = hex(style.bg),
         fg = hex(style.fg),
@@ -255,21 +356,45 @@ mod tests {
                 fg: Some("1a237e".into()),
                 bg: Some("fffde7".into()),
                 ec: Some("H".into()),
+                logo: None,
             },
         ] {
-            let png = render(url, Format::Png, &Style::parse(&q).unwrap_or_else(|e| unreachable!("{e}")))
-                .unwrap_or_default();
+            let png =
+                render(url, Format::Png, &Style::parse(&q).unwrap_or_else(|e| unreachable!("{e}")), None)
+                    .unwrap_or_default();
             assert_eq!(decode_png(&png), url);
         }
     }
 
     #[test]
+    fn a_logo_forces_error_correction_h_and_the_code_still_reads() {
+        let mut logo_png = Vec::new();
+        {
+            let mut enc = ::png::Encoder::new(&mut logo_png, 40, 40);
+            enc.set_color(::png::ColorType::Rgba);
+            enc.set_depth(::png::BitDepth::Eight);
+            let data: Vec<u8> = (0..40 * 40).flat_map(|_| [200u8, 30, 30, 255]).collect();
+            let _ = enc.write_header().and_then(|mut w| w.write_image_data(&data));
+        }
+        let logo = Logo::decode(&logo_png).unwrap_or_else(|e| unreachable!("{e}"));
+        let url = "https://sgn.test/q/Ab3dE9xY";
+        let style = Style::parse(&StyleQuery { ec: Some("L".into()), ..StyleQuery::default() })
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let with = render(url, Format::Png, &style, Some(&logo)).unwrap_or_default();
+        let without = render(url, Format::Png, &style, None).unwrap_or_default();
+        assert_ne!(with, without);
+        assert_eq!(decode_png(&with), url, "readable through the logo");
+        assert!(Logo::decode(b"not a png").is_err());
+    }
+
+    #[test]
     fn svg_and_pdf_are_well_formed_and_styles_are_checked() {
         let style = Style::parse(&StyleQuery::default()).unwrap_or_else(|e| unreachable!("{e}"));
-        let svg = String::from_utf8(render("https://x.test/q/a", Format::Svg, &style).unwrap_or_default())
-            .unwrap_or_default();
+        let svg =
+            String::from_utf8(render("https://x.test/q/a", Format::Svg, &style, None).unwrap_or_default())
+                .unwrap_or_default();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>") && svg.contains("fill=\"#000000\""));
-        let pdf = render("https://x.test/q/a", Format::Pdf, &style).unwrap_or_default();
+        let pdf = render("https://x.test/q/a", Format::Pdf, &style, None).unwrap_or_default();
         assert!(pdf.starts_with(b"%PDF-1.4") && pdf.ends_with(b"%%EOF\n"));
         for bad in [
             StyleQuery { size: Some(10), ..StyleQuery::default() },

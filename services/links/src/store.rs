@@ -102,6 +102,8 @@ pub struct Qr {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub deleted_at: Option<Timestamp>,
+    /// SHA-256 (hex) of the logo PNG, when there is one.
+    pub logo: Option<String>,
 }
 
 impl Qr {
@@ -267,11 +269,11 @@ const DELETED_BY_ID: &str = "select tenant_id, id, domain, slug, url, title, tag
      from links.links where tenant_id = $1 and id = $2";
 const INSERT_QR: &str = "insert into links.qr_codes (tenant_id, id, code, link_id, title, created_at, updated_at) \
      values ($1, $2, $3, $4, $5, $6, $7)";
-const QR_BY_ID: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at \
+const QR_BY_ID: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at, logo \
      from links.qr_codes where tenant_id = $1 and id = $2 and deleted_at is null";
-const LIST_QR: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at \
+const LIST_QR: &str = "select tenant_id, id, code, link_id, title, created_at, updated_at, deleted_at, logo \
      from links.qr_codes where tenant_id = $1 and deleted_at is null and id < $2 order by id desc limit $3";
-const UPDATE_QR: &str = "update links.qr_codes set link_id = $3, title = $4, updated_at = $5, deleted_at = $6 \
+const UPDATE_QR: &str = "update links.qr_codes set link_id = $3, title = $4, updated_at = $5, deleted_at = $6, logo = $7 \
      where tenant_id = $1 and id = $2 and deleted_at is null";
 const INSERT_DOMAIN: &str = "insert into links.domains (tenant_id, id, hostname, token, created_at) \
      values ($1, $2, $3, $4, $5)";
@@ -442,7 +444,8 @@ macro_rules! store_impl {
                         .bind(q.link_id)
                         .bind(q.title.clone())
                         .bind(q.updated_at)
-                        .bind(q.deleted_at),
+                        .bind(q.deleted_at)
+                        .bind(q.logo.clone()),
                 )
                 .await?;
                 tx.emit("qr.updated", actor, &QrEvent { route: q.route(), title: q.title.clone() }).await?;

@@ -148,3 +148,73 @@ async fn another_tenants_qr_codes_are_not_found() {
     assert!(mine["title"].is_null(), "unchanged");
     app.stop().await;
 }
+
+/// A PNG: `w`×`h` pixels of one RGBA colour.
+fn png_square(w: u32, h: u32, rgba: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    let data: Vec<u8> = (0..w * h).flat_map(|_| rgba).collect();
+    enc.write_header().unwrap().write_image_data(&data).unwrap();
+    out
+}
+
+/// The error-correction level field of the code in a PNG (L=1, M=0, Q=3, H=2).
+fn ecc_level(png_bytes: &[u8]) -> u16 {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = buf.len() / (w * h);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[(y * w + x) * channels]);
+    img.detect_grids()[0].decode().unwrap().0.ecc_level
+}
+
+#[tokio::test]
+async fn a_logo_sits_in_the_middle_with_error_correction_h_and_the_code_still_scans() {
+    let (app, _) = spawn().await;
+    let t = token(TenantId::new(), "member");
+    let link = create(&app, &t, json!({ "url": "https://example.com/brand" })).await;
+    let (_, qr) = call(&app, Method::POST, "/v1/qr", Some(&t), Some(json!({ "link_id": link["id"] }))).await;
+    let id = qr["id"].as_str().unwrap().to_string();
+    let put = |body: Vec<u8>, bearer: String| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.client
+                .put(app.url(&format!("/v1/qr/{id}/logo")))
+                .bearer_auth(bearer)
+                .header("content-type", "image/png")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(put(b"GIF89a not a png".to_vec(), t.clone()).await, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        put(png_square(40, 40, [220, 20, 60, 255]), token(TenantId::new(), "member")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(put(png_square(40, 40, [220, 20, 60, 255]), t.clone()).await, StatusCode::OK);
+
+    let plain =
+        image(&app, &t, &format!("/v1/qr/{id}/image.png?logo=false&ec=L"), None).await.bytes().await.unwrap();
+    let branded = image(&app, &t, &format!("/v1/qr/{id}/image.png?ec=L"), None).await.bytes().await.unwrap();
+    assert_ne!(plain, branded);
+    let scan_url = qr["scan_url"].as_str().unwrap();
+    assert_eq!(decode(&branded), scan_url, "the code still reads through the logo");
+    assert_eq!(ecc_level(&branded), 2, "error correction H with a logo, whatever was asked");
+    assert_eq!(ecc_level(&plain), 1, "L as asked without one");
+    let svg = image(&app, &t, &format!("/v1/qr/{id}/image.svg"), None).await.text().await.unwrap();
+    assert!(svg.contains("data:image/png;base64,"));
+    assert_eq!(
+        call(&app, Method::DELETE, &format!("/v1/qr/{id}/logo"), Some(&t), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let after = image(&app, &t, &format!("/v1/qr/{id}/image.png?ec=L"), None).await.bytes().await.unwrap();
+    assert_eq!(after, plain, "without the logo, the plain rendering again");
+    app.stop().await;
+}
