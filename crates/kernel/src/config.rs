@@ -167,6 +167,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "address serving /readyz and /metrics apart from the public listener, e.g. 127.0.0.1:9090 [default: none]",
     ),
     (
+        "GEOIP_DB",
+        "geoip_db",
+        "routing: a MaxMind-format database (.mmdb, e.g. GeoLite2-Country) for click countries and geo targets; none is bundled [default: none]",
+    ),
+    (
         "SIGNPOST_DNS_SERVER",
         "dns_server",
         "links: DNS server (IP:PORT) that custom-domain TXT records are looked up on [default: the system's resolvers]",
@@ -365,6 +370,8 @@ pub struct Config {
     pub identity: IdentitySettings,
     /// The DNS server for custom-domain checks; `None` = the system's.
     pub dns_server: Option<SocketAddr>,
+    /// A MaxMind-format country database.
+    pub geoip_db: Option<PathBuf>,
 }
 
 /// Settings of the security gateway, as given (the gateway parses and validates
@@ -487,6 +494,7 @@ struct Raw {
     upstream_connect_timeout: Option<TomlScalar>,
     upstream_timeout: Option<TomlScalar>,
     dns_server: Option<String>,
+    geoip_db: Option<String>,
     login_limit_account: Option<String>,
     login_limit_ip: Option<String>,
     access_token_ttl: Option<String>,
@@ -638,6 +646,7 @@ impl Raw {
         take!(upstream_connect_timeout, "SIGNPOST_UPSTREAM_CONNECT_TIMEOUT", scalar);
         take!(upstream_timeout, "SIGNPOST_UPSTREAM_TIMEOUT", scalar);
         take!(dns_server, "SIGNPOST_DNS_SERVER");
+        take!(geoip_db, "GEOIP_DB");
         take!(login_limit_account, "SIGNPOST_LOGIN_LIMIT_ACCOUNT");
         take!(login_limit_ip, "SIGNPOST_LOGIN_LIMIT_IP");
         take!(access_token_ttl, "SIGNPOST_ACCESS_TOKEN_TTL");
@@ -890,6 +899,7 @@ impl Raw {
                 upstream_timeout: self.upstream_timeout.map(|s| s.text()),
             },
             dns_server,
+            geoip_db: self.geoip_db.map(PathBuf::from),
             identity: IdentitySettings {
                 login_limit_account: self.login_limit_account,
                 login_limit_ip: self.login_limit_ip,

@@ -52,6 +52,8 @@ const PASSWORD_TRIES: u64 = 10;
 
 struct Routing {
     kernel: Kernel,
+    /// The country database, when `GEOIP_DB` names one.
+    geoip: Option<maxminddb::Reader<Vec<u8>>>,
     /// Changes whenever the read model's handler evicts cache entries.
     epoch: Arc<AtomicU64>,
     /// The platform's own host (of the public URL), lower case.
@@ -342,6 +344,14 @@ impl Routing {
         Ok(taken == 1)
     }
 
+    /// The ISO country code of a client address (as the gateway keyed it), if known.
+    fn country(&self, ip: &str) -> Option<String> {
+        let db = self.geoip.as_ref()?;
+        let addr: std::net::IpAddr = ip.strip_suffix("/64").unwrap_or(ip).parse().ok()?;
+        let found = db.lookup(addr).ok()?;
+        found.decode_path::<String>(&maxminddb::path!["country", "iso_code"]).ok().flatten()
+    }
+
     /// A salted, daily-rotated hash of the visitor: never the address itself.
     fn visitor(&self, ip: &str, user_agent: &str) -> String {
         let day = time::OffsetDateTime::now_utc().date();
@@ -371,8 +381,20 @@ impl Service for RoutingService {
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
+        let geoip = match &kernel.config.geoip_db {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("GEOIP_DB: cannot read {}: {e}", path.display()))?;
+                Some(
+                    maxminddb::Reader::from_source(bytes)
+                        .map_err(|e| format!("GEOIP_DB: {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
         let epoch = Arc::new(AtomicU64::new(0));
         let state = Arc::new(Routing {
+            geoip,
             epoch: epoch.clone(),
             public_host,
             appender: kernel.appender(&db),
@@ -666,11 +688,14 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
         return pages::password_form(&p.action(), false);
     }
     let agent = agent::classify(&v.user_agent, v.head);
+    let country = r.country(&v.ip);
+    // An app-store link for the device first, then the visitor's country, then the default.
     let target = match agent.os {
         "ios" => route.ios_url.as_deref(),
         "android" => route.android_url.as_deref(),
         _ => None,
     }
+    .or_else(|| route.geo.as_ref().zip(country.as_deref()).and_then(|(g, c)| g.get(c)).map(String::as_str))
     .unwrap_or(&route.url);
     let target = with_utm(target, &route);
     // A link with pixels asks first; the pixels fire only after a yes.
@@ -714,7 +739,7 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
             "os": agent.os,
             "device": agent.device,
             "bot": agent.bot,
-            "country": null,
+            "country": country,
             "visitor": r.visitor(&v.ip, &v.user_agent),
             "counted": counted,
         }),

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use testkit::TestApp;
 
 mod domains;
+mod geo;
 mod links_api;
 mod pixels;
 mod qr;
