@@ -44,19 +44,7 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$SP/healthz" >/dev/null && break; sleep 0.1; done
 
-TOKEN=$(python3 - "$SECRET" "$ISSUER" <<'PY'
-import base64, hashlib, hmac, json, sys, time, uuid
-secret, issuer = sys.argv[1].encode(), sys.argv[2]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-now = int(time.time())
-header = {"alg": "HS256", "typ": "at+jwt"}
-claims = {"iss": issuer, "aud": "signpost", "sub": str(uuid.uuid4()), "tid": str(uuid.uuid4()),
-          "role": "member", "sid": str(uuid.uuid4()), "scope": "", "exp": now + 900, "iat": now, "jti": str(uuid.uuid4())}
-signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
-sig = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
-print(signing + "." + b64(sig))
-PY
-)
+TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" >/dev/null
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/bench")" = 302 || { echo "no redirect"; exit 1; }

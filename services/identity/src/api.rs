@@ -91,9 +91,33 @@ pub(crate) fn user_json(u: &User) -> Value {
     })
 }
 
-fn client_ip(headers: &HeaderMap, ip: Option<&ClientIp>) -> String {
-    let _ = headers;
+fn client_ip(ip: Option<&ClientIp>) -> String {
     ip.map_or_else(|| "unknown".to_string(), |c| c.0.clone())
+}
+
+/// A new session of `user` in `workspace` and its first refresh token.
+fn new_session(
+    id: &Identity,
+    user: Uuid,
+    workspace: Uuid,
+    kind: &'static str,
+    headers: &HeaderMap,
+    ip: Option<&ClientIp>,
+) -> (NewSession, String) {
+    let refresh = tokens::generate("spr_");
+    let now = Timestamp::now();
+    let session = NewSession {
+        id: Uuid::now_v7(),
+        user_id: user,
+        workspace_id: workspace,
+        kind,
+        user_agent: user_agent(headers),
+        ip: Some(client_ip(ip)),
+        now,
+        expires_at: now.plus(id.settings.session_max_age),
+        refresh_hash: tokens::digest(&refresh),
+    };
+    (session, refresh)
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<String> {
@@ -120,19 +144,7 @@ pub(crate) async fn open_session(
     headers: &HeaderMap,
     ip: Option<&ClientIp>,
 ) -> ApiResult<Tokens> {
-    let refresh = tokens::generate("spr_");
-    let now = Timestamp::now();
-    let session = NewSession {
-        id: Uuid::now_v7(),
-        user_id: user.id.0,
-        workspace_id: workspace.id.0,
-        kind,
-        user_agent: user_agent(headers),
-        ip: Some(client_ip(headers, ip)),
-        now,
-        expires_at: now.plus(id.settings.session_max_age),
-        refresh_hash: tokens::digest(&refresh),
-    };
+    let (session, refresh) = new_session(id, user.id.0, workspace.id.0, kind, headers, ip);
     id.store.open_session(&session).await?;
     Ok(pair(id, user, workspace, session.id, refresh))
 }
@@ -235,18 +247,7 @@ pub(crate) async fn create_account(
         role: Role::Owner.as_str().into(),
         created_at: now,
     };
-    let refresh = tokens::generate("spr_");
-    let session = NewSession {
-        id: Uuid::now_v7(),
-        user_id: user.id.0,
-        workspace_id: workspace.id.0,
-        kind,
-        user_agent: user_agent(headers),
-        ip: Some(client_ip(headers, ip)),
-        now,
-        expires_at: now.plus(id.settings.session_max_age),
-        refresh_hash: tokens::digest(&refresh),
-    };
+    let (session, refresh) = new_session(id, user.id.0, workspace.id.0, kind, headers, ip);
     let reg = Registration {
         user: user.clone(),
         workspace_id: workspace.id.0,
@@ -316,7 +317,7 @@ async fn login(
 ) -> ApiResult<Response> {
     // A malformed email is just an account that does not exist: same answer.
     let email = b.email.trim().to_lowercase();
-    let ip = client_ip(&headers, ip.as_deref());
+    let ip = client_ip(ip.as_deref());
     let (acct, by_ip) = (account_key(&email), format!("login:ip:{ip}"));
     let (la, li) = (id.settings.login_account, id.settings.login_ip);
     let limiter = &id.kernel.limiter;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use kernel::auth::Caller;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::api::{pair, parse_email, parse_name, user_json};
+use crate::api::{pair, parse_email, parse_name};
 use crate::roles::{self, Role};
 use crate::store::{Invitation, MembershipChange, Workspace};
 use crate::{AppState, Identity, role_of, tokens, user_session};
@@ -283,14 +283,12 @@ struct AcceptBody {
 async fn accept(
     State(id): AppState,
     caller: Option<Caller>,
-    headers: HeaderMap,
     Json(b): Json<AcceptBody>,
 ) -> ApiResult<Response> {
     let caller = caller.ok_or_else(|| {
         Problem::unauthorized("sign in (or register) with the invited email address, then accept")
     })?;
     user_session(&caller)?;
-    let _ = headers;
     let user = id.store.user(caller.user_id).await?.ok_or_else(Problem::not_found)?;
     let invalid = || {
         Problem::bad_request("the invitation is invalid, used, revoked, expired or for another email address")
@@ -315,6 +313,5 @@ async fn accept(
         .switch_session(caller.session_id, workspace.id.0, &tokens::digest(&refresh), Timestamp::now())
         .await?;
     tracing::info!(user_id = %user.id, tenant_id = %workspace.id, role = %workspace.role, "invitation accepted");
-    let _ = user_json(&user);
     Ok(axum::Json(pair(&id, &user, &workspace, caller.session_id, refresh)).into_response())
 }

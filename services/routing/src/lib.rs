@@ -677,7 +677,11 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
             None => gone(v.html, "This link has expired."),
         };
     }
-    if let Some(max) = route.max_clicks {
+    // A spent link says so before asking for a password or consent; otherwise
+    // the click itself (take_click below) is the check, with no read before it.
+    let page_first =
+        (route.password_hash.is_some() && !unlocked) || (!route.pixels.is_empty() && v.consent.is_none());
+    if let (Some(max), true) = (route.max_clicks, page_first) {
         match r.clicks(route.tenant_id, route.link_id).await {
             Ok(n) if n >= max => return gone(v.html, "This link has reached its click limit."),
             Ok(_) => {}
