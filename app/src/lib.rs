@@ -11,6 +11,7 @@ pub fn services() -> Vec<Arc<dyn Service>> {
         Arc::new(identity::IdentityService),
         Arc::new(links::LinksService),
         Arc::new(routing::RoutingService),
+        Arc::new(analytics::AnalyticsService),
         Arc::new(gateway::GatewayService),
     ]
 }

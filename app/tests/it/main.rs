@@ -415,3 +415,91 @@ async fn every_answered_redirect_survives_kill_9_and_is_counted_once() {
     sigterm_and_wait(second);
     cleanup(&engines, &config, &isolation).await;
 }
+
+/// Clicks analytics has counted for a workspace, and raw events it holds,
+/// read straight from PostgreSQL (the test's own superuser connection).
+async fn analytics_counts(pool: &sqlx::PgPool, tenant: TenantId) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "select (select coalesce(sum(clicks), 0)::bigint from analytics.hourly
+                  where tenant_id = $1 and subject_id = '00000000-0000-0000-0000-000000000000' and dim = 'total'),
+                (select count(*) from analytics.events where tenant_id = $1),
+                (select count(distinct event_id) from analytics.events where tenant_id = $1)",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(pool)
+    .await
+    .unwrap_or((0, 0, 0))
+}
+
+#[tokio::test]
+async fn two_analytics_consumers_share_the_stream_and_survive_a_kill_9_mid_batch() {
+    let engines = Engines::from_env();
+    let (Some(_), Some(nats_url)) = (&engines.database_url, &engines.nats_url) else {
+        eprintln!("skipped: needs SIGNPOST_TEST_DATABASE_URL and SIGNPOST_TEST_NATS_URL");
+        return;
+    };
+    let (env, isolation) = test_env(&engines, &[("SIGNPOST_LOG", "warn")]).await;
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = run(&["migrate"], &pairs);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut first = start_with(&["serve", "analytics", "--listen", "127.0.0.1:0"], &env);
+    let second = start_with(&["serve", "analytics", "--listen", "127.0.0.1:0"], &env);
+
+    let stream = env.get("SIGNPOST_NATS_STREAM").cloned().unwrap_or_default();
+    let bus = kernel::events::NatsBus::connect(&kernel::Secret::new(nats_url.clone()), &stream)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = sqlx::PgPool::connect(&env["DATABASE_URL"]).await.unwrap_or_else(|e| panic!("{e}"));
+    let tenant = TenantId::new();
+    let link = uuid::Uuid::now_v7();
+    const N: usize = 4000;
+    let click = |i: usize| {
+        kernel::events::Envelope::new(
+            "link.clicked",
+            tenant,
+            "anonymous",
+            serde_json::json!({ "link_id": link, "browser": "firefox", "os": "linux", "device": "desktop",
+                                "bot": "human", "visitor": format!("{i:032x}") }),
+        )
+    };
+    let events: Vec<_> = (0..N).map(click).collect();
+    for chunk in events.chunks(500) {
+        use kernel::events::Bus;
+        bus.publish(chunk).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Kill one instance while it is in the middle of the work.
+    let started = Instant::now();
+    loop {
+        let (counted, _, _) = analytics_counts(&pool, tenant).await;
+        if counted >= (N / 10) as i64 {
+            assert!(counted < N as i64, "both instances finished before the kill; raise N");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing consumed in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.child.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = first.child.wait();
+    // The survivor takes over what the dead one held (after the ack wait) and
+    // the inbox keeps what the dead one had committed from counting twice.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let c = analytics_counts(&pool, tenant).await;
+        if c.0 >= N as i64 || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = analytics_counts(&pool, tenant).await;
+    assert_eq!(counts, (N as i64, N as i64, N as i64), "every click counted once");
+    assert_eq!(settled, counts, "and nothing more arrives later");
+    let shared: i64 =
+        sqlx::query_scalar("select count(*) from analytics.inbox").fetch_one(&pool).await.unwrap_or(0);
+    assert_eq!(shared, N as i64);
+    pool.close().await;
+    sigterm_and_wait(second);
+    let _ = bus.delete_stream().await;
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    cleanup(&engines, &config, &isolation).await;
+}

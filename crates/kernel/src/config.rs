@@ -172,6 +172,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "routing: a MaxMind-format database (.mmdb, e.g. GeoLite2-Country) for click countries and geo targets; none is bundled [default: none]",
     ),
     (
+        "SIGNPOST_ANALYTICS_RETENTION_MONTHS",
+        "analytics_retention_months",
+        "analytics: months of raw click events kept (whole months are dropped; rollups stay) [default: 13]",
+    ),
+    (
+        "SIGNPOST_ANALYTICS_MAX_RANGE_DAYS",
+        "analytics_max_range_days",
+        "analytics: the longest [from, to) a query or export may span [default: 400]",
+    ),
+    (
         "SIGNPOST_DNS_SERVER",
         "dns_server",
         "links: DNS server (IP:PORT) that custom-domain TXT records are looked up on [default: the system's resolvers]",
@@ -372,6 +382,10 @@ pub struct Config {
     pub dns_server: Option<SocketAddr>,
     /// A MaxMind-format country database.
     pub geoip_db: Option<PathBuf>,
+    /// Months of raw analytics events kept.
+    pub analytics_retention_months: u32,
+    /// The longest analytics query range, in days.
+    pub analytics_max_range_days: u32,
 }
 
 /// Settings of the security gateway, as given (the gateway parses and validates
@@ -495,6 +509,8 @@ struct Raw {
     upstream_timeout: Option<TomlScalar>,
     dns_server: Option<String>,
     geoip_db: Option<String>,
+    analytics_retention_months: Option<TomlScalar>,
+    analytics_max_range_days: Option<TomlScalar>,
     login_limit_account: Option<String>,
     login_limit_ip: Option<String>,
     access_token_ttl: Option<String>,
@@ -647,6 +663,8 @@ impl Raw {
         take!(upstream_timeout, "SIGNPOST_UPSTREAM_TIMEOUT", scalar);
         take!(dns_server, "SIGNPOST_DNS_SERVER");
         take!(geoip_db, "GEOIP_DB");
+        take!(analytics_retention_months, "SIGNPOST_ANALYTICS_RETENTION_MONTHS", scalar);
+        take!(analytics_max_range_days, "SIGNPOST_ANALYTICS_MAX_RANGE_DAYS", scalar);
         take!(login_limit_account, "SIGNPOST_LOGIN_LIMIT_ACCOUNT");
         take!(login_limit_ip, "SIGNPOST_LOGIN_LIMIT_IP");
         take!(access_token_ttl, "SIGNPOST_ACCESS_TOKEN_TTL");
@@ -818,6 +836,18 @@ impl Raw {
             8u64,
             0..=3600,
         )?);
+        let analytics_retention_months = parse_num(
+            "SIGNPOST_ANALYTICS_RETENTION_MONTHS",
+            self.analytics_retention_months.as_ref(),
+            13,
+            1..=1200,
+        )?;
+        let analytics_max_range_days = parse_num(
+            "SIGNPOST_ANALYTICS_MAX_RANGE_DAYS",
+            self.analytics_max_range_days.as_ref(),
+            400,
+            1..=36600,
+        )?;
         let body_limit = parse_num(
             "SIGNPOST_BODY_LIMIT",
             self.body_limit.as_ref(),
@@ -900,6 +930,8 @@ impl Raw {
             },
             dns_server,
             geoip_db: self.geoip_db.map(PathBuf::from),
+            analytics_retention_months,
+            analytics_max_range_days,
             identity: IdentitySettings {
                 login_limit_account: self.login_limit_account,
                 login_limit_ip: self.login_limit_ip,

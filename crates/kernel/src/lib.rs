@@ -12,6 +12,7 @@ pub mod http;
 pub mod keys;
 pub mod mail;
 pub mod password;
+pub mod pdf;
 pub mod platform;
 pub mod problem;
 pub mod ratelimit;

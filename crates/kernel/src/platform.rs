@@ -99,6 +99,7 @@ pub struct Kernel {
     redis: Option<RedisConn>,
     appenders: Arc<Mutex<Vec<JoinHandle<()>>>>,
     append_stop: CancellationToken,
+    draining: CancellationToken,
 }
 
 impl Kernel {
@@ -109,6 +110,12 @@ impl Kernel {
             tasks.push(task);
         }
         appender
+    }
+
+    /// Fires when the process starts to stop: long-lived responses (event
+    /// streams) and background loops end on it, so shutdown does not wait for them.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 
     /// The Redis connection, when one is configured.
@@ -260,6 +267,7 @@ impl Platform {
             redis,
             appenders: Arc::default(),
             append_stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
         };
 
         let mut dbs = Vec::new();
@@ -348,6 +356,11 @@ impl Platform {
     /// requests the configured deadline, and shuts the workers down in order.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) -> Result<(), StartError> {
         metrics::gauge!("signpost_up").set(1.0);
+        let (draining, stopping) = (self.kernel.draining.clone(), stop.clone());
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            draining.cancel();
+        });
         let config = &self.kernel.config;
         let tls = match &config.tls {
             Some((cert, key)) => Some(
@@ -383,6 +396,7 @@ impl Platform {
     /// Stops the workers in dependency order: appenders commit what they hold,
     /// relays flush the outboxes, consumers finish, pools close.
     pub async fn shutdown(self) {
+        self.kernel.draining.cancel();
         self.kernel.append_stop.cancel();
         let appenders = self.kernel.appenders.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
         for t in appenders {

@@ -282,49 +282,15 @@ fn svg(
 fn pdf(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Vec<u8> {
     let side = f64::from(style.size);
     let unit = side / total as f64;
-    let rgb = |c: [u8; 3]| {
-        format!(
-            "{:.3} {:.3} {:.3}",
-            f64::from(c[0]) / 255.0,
-            f64::from(c[1]) / 255.0,
-            f64::from(c[2]) / 255.0
-        )
-    };
-    let mut content = format!("{} rg 0 0 {side:.2} {side:.2} re f\n{} rg\n", rgb(style.bg), rgb(style.fg));
-    for y in 0..total {
-        for x in 0..total {
-            if at(x, y) {
-                // PDF's origin is bottom-left.
-                let (px, py) = (x as f64 * unit, side - (y as f64 + 1.0) * unit);
-                content.push_str(&format!("{px:.3} {py:.3} {unit:.3} {unit:.3} re\n"));
-            }
-        }
-    }
-    content.push_str("f\n");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {side:.2} {side:.2}] /Contents 4 0 R /Resources << >> >>"
-        ),
-        format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
-    ];
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
-            .as_bytes(),
-    );
-    out
+    let mut page = kernel::pdf::Page::new(side, side);
+    page.rect(0.0, 0.0, side, side, style.bg);
+    // PDF's origin is bottom-left.
+    let modules = (0..total)
+        .flat_map(|y| (0..total).map(move |x| (x, y)))
+        .filter(|&(x, y)| at(x, y))
+        .map(|(x, y)| (x as f64 * unit, side - (y as f64 + 1.0) * unit));
+    page.squares(style.fg, unit, modules);
+    kernel::pdf::document(&[page])
 }
 
 #[cfg(test)]

@@ -164,6 +164,8 @@ pub(crate) struct KernelSql {
     pub(crate) outbox_pending: String,
     pub(crate) outbox_delete: String,
     pub(crate) inbox_insert: String,
+    /// PostgreSQL only: many ids at once, returning those that were new.
+    pub(crate) inbox_insert_many: String,
     pub(crate) dead_letter_insert: String,
 }
 
@@ -181,6 +183,10 @@ impl KernelSql {
             ),
             outbox_pending: format!("select seq, payload from {schema}.outbox order by seq limit $1"),
             outbox_delete,
+            inbox_insert_many: format!(
+                "insert into {schema}.inbox (consumer, event_id) select $1, unnest($2::uuid[]) \
+                 on conflict do nothing returning event_id"
+            ),
             inbox_insert: format!(
                 "insert into {schema}.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
             ),
@@ -239,14 +245,24 @@ impl Tx {
         }
     }
 
-    pub(crate) async fn mark_handled(
+    /// Records that `consumer` handled these events; returns the ids it had not
+    /// handled before (one statement on PostgreSQL, however many ids).
+    pub(crate) async fn mark_handled_many(
         &mut self,
         consumer: &str,
-        event_id: uuid::Uuid,
-    ) -> Result<bool, DbError> {
+        ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, DbError> {
         match self {
-            Self::Postgres(t) => t.mark_handled(consumer, event_id).await,
-            Self::Sqlite(t) => t.mark_handled(consumer, event_id).await,
+            Self::Postgres(t) => t.mark_handled_many(consumer, ids).await,
+            Self::Sqlite(t) => {
+                let mut fresh = std::collections::HashSet::with_capacity(ids.len());
+                for id in ids {
+                    if t.mark_handled(consumer, *id).await? {
+                        fresh.insert(*id);
+                    }
+                }
+                Ok(fresh)
+            }
         }
     }
 
@@ -322,6 +338,14 @@ impl Db {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *tx).await?
             }
             Self::Sqlite(lite) => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(lite.reader()).await?,
+        })
+    }
+
+    /// A read-only transaction for `tenant` (SQLite's reader pool: it never waits for the writer).
+    pub async fn read(&self, tenant: crate::tenant::TenantId) -> Result<Tx, DbError> {
+        Ok(match self {
+            Self::Postgres(d) => Tx::Postgres(d.read(tenant).await?),
+            Self::Sqlite(d) => Tx::Sqlite(d.read(tenant).await?),
         })
     }
 

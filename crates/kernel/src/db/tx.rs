@@ -39,7 +39,13 @@ pub(crate) fn check(sql: &'static str) -> Result<(), DbError> {
                 .and_then(|v| v.trim_start().strip_prefix("$1"))
                 .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
         });
-    if scoped || insert { Ok(()) } else { Err(DbError::Unscoped(sql)) }
+    // Or takes its rows from a select whose first value is `$1` (bulk inserts from arrays).
+    let insert_select = compact.starts_with("insert into ")
+        && compact.split_once('(').is_some_and(|(_, cols)| cols.trim_start().starts_with("tenant_id"))
+        && compact.split_once(") select ").is_some_and(|(_, vals)| {
+            vals.strip_prefix("$1").is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        });
+    if scoped || insert || insert_select { Ok(()) } else { Err(DbError::Unscoped(sql)) }
 }
 
 #[cfg(test)]
@@ -53,6 +59,9 @@ mod tests {
         assert!(check("insert into x.t (tenant_id, id) values ($1, $2)").is_ok());
         assert!(check("insert into x.t (id, tenant_id) values ($1, $2)").is_err());
         assert!(check("insert into x.t (tenant_id, id) values ($2, $1)").is_err());
+        assert!(check("insert into x.t (tenant_id, id) select $1, unnest($2::uuid[])").is_ok());
+        assert!(check("insert into x.t (tenant_id, id) select $2, unnest($1::uuid[])").is_err());
+        assert!(check("insert into x.t (tenant_id, id) select $12, x from y").is_err());
         assert!(check("select id from x.t where id = $1").is_err());
         assert!(check("select id from x.t where tenant_id = $10").is_err());
         assert!(check("select set_config('app.tenant_id', $2, true) where tenant_id = $1").is_err());
@@ -228,6 +237,7 @@ macro_rules! tenant_tx {
             }
 
             /// Records that `consumer` handled `event_id`; false if it already had.
+            #[allow(dead_code, reason = "PostgreSQL marks a whole batch at once")]
             pub(crate) async fn mark_handled(&mut self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, DbError> {
                 let done = sqlx::query(AssertSqlSafe(self.shared.sql.inbox_insert.clone()))
                     .bind(consumer.to_string())
@@ -238,6 +248,23 @@ macro_rules! tenant_tx {
             }
         }
     };
+}
+
+impl PgTx {
+    /// Records that `consumer` handled `ids`; returns those it had not handled before.
+    pub(crate) async fn mark_handled_many(
+        &mut self,
+        consumer: &str,
+        ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, DbError> {
+        let fresh: Vec<uuid::Uuid> =
+            sqlx::query_scalar(AssertSqlSafe(self.shared.sql.inbox_insert_many.clone()))
+                .bind(consumer.to_string())
+                .bind(ids)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        Ok(fresh.into_iter().collect())
+    }
 }
 
 tenant_tx!(

@@ -1,6 +1,7 @@
 //! The bus interface both backends implement.
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,14 @@ pub trait Bus: Send + Sync + 'static {
         db: Db,
         shutdown: CancellationToken,
     ) -> Result<Vec<JoinHandle<()>>, BusError>;
+
+    /// A live tap on the events of these types published from now on, for
+    /// pushing them to browsers (SSE). Not durable and not acknowledged: a
+    /// reader that falls behind skips events instead of slowing the bus.
+    async fn watch(
+        &self,
+        event_types: &'static [&'static str],
+    ) -> Result<BoxStream<'static, Envelope>, BusError>;
 
     /// Answers when the bus is usable (readiness).
     async fn ping(&self) -> Result<(), BusError>;

@@ -15,6 +15,16 @@ pub trait Handler: Send + Sync + 'static {
     /// Applies `event` in `tx` (already scoped to the event's tenant).
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError>;
 
+    /// Applies a run of events of one tenant, none of them seen before, in one
+    /// transaction. The default applies them one by one; a handler that
+    /// aggregates (analytics' rollups) overrides it to write once per key.
+    async fn handle_batch(&self, tx: &mut Tx, events: &[Envelope]) -> Result<(), HandlerError> {
+        for event in events {
+            self.handle(tx, event).await?;
+        }
+        Ok(())
+    }
+
     /// Runs once the transaction that applied `events` has committed: the place
     /// to evict caches, so a reader can never re-cache the state from before.
     async fn committed(&self, events: &[Envelope]) {
@@ -91,12 +101,14 @@ pub(crate) async fn process(db: &Db, consumer: &Consumer, events: &[Envelope]) -
 async fn apply(db: &Db, consumer: &Consumer, run: &[Envelope]) -> Result<(), HandlerError> {
     let Some(first) = run.first() else { return Ok(()) };
     let mut tx = db.begin(first.tenant_id).await?;
-    let mut applied = Vec::with_capacity(run.len());
-    for event in run {
-        if tx.mark_handled(consumer.name, event.event_id).await? {
-            consumer.handler.handle(&mut tx, event).await?;
-            applied.push(event.clone());
-        }
+    let ids: Vec<uuid::Uuid> = run.iter().map(|e| e.event_id).collect();
+    let fresh = tx.mark_handled_many(consumer.name, &ids).await?;
+    // A batch may carry one event twice (a redelivery racing the original).
+    let mut seen = std::collections::HashSet::with_capacity(fresh.len());
+    let applied: Vec<Envelope> =
+        run.iter().filter(|e| fresh.contains(&e.event_id) && seen.insert(e.event_id)).cloned().collect();
+    if !applied.is_empty() {
+        consumer.handler.handle_batch(&mut tx, &applied).await?;
     }
     tx.commit().await?;
     if !applied.is_empty() {

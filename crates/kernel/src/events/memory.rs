@@ -2,10 +2,12 @@
 //! publish returns only after every subscribed consumer applied the events, so
 //! the relay deletes nothing a consumer has not seen.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,10 +26,19 @@ struct Subscriber {
     inbox: mpsc::Sender<Delivery>,
 }
 
+/// How many published events a slow watcher may fall behind before it skips.
+const WATCH_BUFFER: usize = 4096;
+
 /// In-process bus: consumers are tasks in this process.
-#[derive(Default)]
 pub struct MemoryBus {
     subscribers: Mutex<Vec<Subscriber>>,
+    live: broadcast::Sender<Arc<Envelope>>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self { subscribers: Mutex::default(), live: broadcast::channel(WATCH_BUFFER).0 }
+    }
 }
 
 impl MemoryBus {
@@ -35,6 +46,26 @@ impl MemoryBus {
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+/// The events of `types` from a broadcast receiver; a lagging reader skips ahead.
+fn watch_stream(
+    rx: broadcast::Receiver<Arc<Envelope>>,
+    types: &'static [&'static str],
+) -> BoxStream<'static, Envelope> {
+    futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if types.contains(&e.event_type.as_str()) => return Some(((*e).clone(), rx)),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    metrics::counter!("events_watch_skipped_total").increment(n);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
 }
 
 #[async_trait]
@@ -63,6 +94,11 @@ impl Bus for MemoryBus {
         for wait in pending {
             wait.await.map_err(|_| BusError::Publish("a consumer stopped mid-delivery".into()))??;
         }
+        if self.live.receiver_count() > 0 {
+            for e in events {
+                let _ = self.live.send(Arc::new(e.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -90,6 +126,13 @@ impl Bus for MemoryBus {
             }
         });
         Ok(vec![task])
+    }
+
+    async fn watch(
+        &self,
+        event_types: &'static [&'static str],
+    ) -> Result<BoxStream<'static, Envelope>, BusError> {
+        Ok(watch_stream(self.live.subscribe(), event_types))
     }
 
     async fn ping(&self) -> Result<(), BusError> {

@@ -8,6 +8,7 @@ use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +129,26 @@ impl Bus for NatsBus {
             }));
         }
         Ok(tasks)
+    }
+
+    async fn watch(
+        &self,
+        event_types: &'static [&'static str],
+    ) -> Result<BoxStream<'static, Envelope>, BusError> {
+        // Core-NATS subscribers see what is published to the stream's subjects
+        // too: a tap with no consumer state on the server.
+        let mut subs = Vec::with_capacity(event_types.len());
+        for t in event_types {
+            let sub = self
+                .client
+                .subscribe(self.subject(t))
+                .await
+                .map_err(|e| BusError::Connect(format!("cannot subscribe to {t}: {e}")))?;
+            subs.push(sub);
+        }
+        Ok(futures_util::stream::select_all(subs)
+            .filter_map(|m| async move { serde_json::from_slice::<Envelope>(&m.payload).ok() })
+            .boxed())
     }
 
     async fn ping(&self) -> Result<(), BusError> {

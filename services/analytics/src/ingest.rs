@@ -1,0 +1,465 @@
+//! The consumer: click and scan events become raw rows, hourly rollups and
+//! visitor sketches; link and QR events keep analytics' list of subjects.
+//! A batch of one tenant is aggregated in memory first, so a key touched by a
+//! hundred clicks is written once.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use kernel::db::{Id, Timestamp, Tx};
+use kernel::events::{Envelope, Handler, HandlerError};
+use serde::Deserialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::sketch::{Sketch, visitor_hash};
+
+/// The event types analytics consumes.
+pub const EVENT_TYPES: &[&str] = &[
+    "link.clicked",
+    "qr.scanned",
+    "link.created",
+    "link.updated",
+    "link.deleted",
+    "qr.created",
+    "qr.updated",
+];
+/// The clicks and scans (what the live stream pushes).
+pub const CLICK_TYPES: &[&str] = &["link.clicked", "qr.scanned"];
+
+/// The dimensions every click is counted by, as stored in `hourly.dim`.
+pub const DIMENSIONS: [&str; 6] = ["country", "device", "browser", "os", "referrer", "bot"];
+
+/// One click or scan, as analytics keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct Click {
+    pub event_id: Uuid,
+    pub at: i64,
+    pub kind: &'static str,
+    pub subject: Uuid,
+    pub link_id: Uuid,
+    pub qr_id: Option<Uuid>,
+    /// country, device, browser, os, referrer, bot (the order of [`DIMENSIONS`]).
+    pub dims: [String; 6],
+    pub visitor: String,
+}
+
+impl Click {
+    pub(crate) fn hour(&self) -> i64 {
+        self.at - self.at.rem_euclid(3600)
+    }
+
+    fn human(&self) -> bool {
+        self.dims[5] == "human"
+    }
+}
+
+#[derive(Deserialize)]
+struct ClickData {
+    link_id: Uuid,
+    #[serde(default)]
+    qr_id: Option<Uuid>,
+    #[serde(default)]
+    referrer_host: Option<String>,
+    browser: String,
+    os: String,
+    device: String,
+    bot: String,
+    #[serde(default)]
+    country: Option<String>,
+    visitor: String,
+}
+
+fn bounded(field: &str, v: String, max: usize) -> Result<String, HandlerError> {
+    if v.len() > max || v.chars().any(char::is_control) {
+        return Err(HandlerError::Reject(format!("{field} is not a short printable value")));
+    }
+    Ok(v)
+}
+
+/// Reads a click or scan; a malformed one is rejected (dead-lettered by the kernel).
+pub(crate) fn parse_click(e: &Envelope) -> Result<Click, HandlerError> {
+    let d: ClickData = serde_json::from_value(e.data.clone())
+        .map_err(|err| HandlerError::Reject(format!("not a click event: {err}")))?;
+    let kind = if e.event_type == "qr.scanned" { "scan" } else { "click" };
+    let subject = match (kind, d.qr_id) {
+        ("scan", Some(q)) => q,
+        ("scan", None) => return Err(HandlerError::Reject("a scan without qr_id".into())),
+        _ => d.link_id,
+    };
+    let country = d.country.unwrap_or_default().to_ascii_uppercase();
+    if !(country.is_empty() || (country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase()))) {
+        return Err(HandlerError::Reject("country is not an ISO 3166-1 alpha-2 code".into()));
+    }
+    let referrer = d.referrer_host.unwrap_or_default().to_ascii_lowercase();
+    let referrer = referrer.strip_prefix("www.").map(str::to_string).unwrap_or(referrer);
+    Ok(Click {
+        event_id: e.event_id,
+        at: e.occurred_at.unix_timestamp(),
+        kind,
+        subject,
+        link_id: d.link_id,
+        qr_id: d.qr_id,
+        dims: [
+            country,
+            bounded("device", d.device, 32)?,
+            bounded("browser", d.browser, 64)?,
+            bounded("os", d.os, 64)?,
+            bounded("referrer_host", referrer, 253)?,
+            bounded("bot", d.bot, 32)?,
+        ],
+        visitor: bounded("visitor", d.visitor, 128)?,
+    })
+}
+
+#[derive(Deserialize)]
+struct SubjectData {
+    #[serde(default)]
+    tenant_id: Option<kernel::TenantId>,
+    link_id: Uuid,
+    #[serde(default)]
+    qr_id: Option<Uuid>,
+    #[serde(default)]
+    slug: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    tags: Value,
+    #[serde(default)]
+    deleted: bool,
+    version: i64,
+}
+
+/// What analytics knows of a link or QR code.
+struct Subject {
+    id: Uuid,
+    kind: &'static str,
+    link_id: Option<Uuid>,
+    label: String,
+    title: Option<String>,
+    tags: Vec<String>,
+    deleted: bool,
+    version: i64,
+}
+
+fn parse_subject(e: &Envelope) -> Result<Subject, HandlerError> {
+    let d: SubjectData = serde_json::from_value(e.data.clone())
+        .map_err(|err| HandlerError::Reject(format!("not a link or QR event: {err}")))?;
+    if d.tenant_id.is_some_and(|t| t != e.tenant_id) {
+        return Err(HandlerError::Reject("the subject's tenant is not the event's".into()));
+    }
+    let deleted = d.deleted || e.event_type.ends_with(".deleted");
+    if e.event_type.starts_with("qr.") {
+        let id = d.qr_id.ok_or_else(|| HandlerError::Reject("a QR event without qr_id".into()))?;
+        return Ok(Subject {
+            id,
+            kind: "qr",
+            link_id: Some(d.link_id),
+            label: d.code.unwrap_or_default(),
+            title: d.title,
+            tags: Vec::new(),
+            deleted,
+            version: d.version,
+        });
+    }
+    let tags = match d.tags {
+        Value::Array(a) => a.into_iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Subject {
+        id: d.link_id,
+        kind: "link",
+        link_id: None,
+        label: d.slug.unwrap_or_default(),
+        title: d.title,
+        tags,
+        deleted,
+        version: d.version,
+    })
+}
+
+const UPSERT_SUBJECT: &str = "insert into analytics.subjects (tenant_id, id, kind, link_id, label, title, tags, deleted, version) \
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (tenant_id, id) do update set kind = excluded.kind, \
+     link_id = excluded.link_id, label = excluded.label, title = excluded.title, tags = excluded.tags, \
+     deleted = excluded.deleted, version = excluded.version where subjects.tenant_id = $1 and subjects.version <= excluded.version";
+const CLEAR_TAGS: &str = "delete from analytics.subject_tags where tenant_id = $1 and subject_id = $2";
+const ADD_TAG: &str = "insert into analytics.subject_tags (tenant_id, tag, subject_id) values ($1, $2, $3) on conflict do nothing";
+
+const LOCK_PG: &str = "insert into analytics.ingest_locks (tenant_id, at) values ($1, now()) \
+     on conflict (tenant_id) do update set at = excluded.at";
+const RAW_PG: &str = "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
+     country, device, browser, os, referrer, bot, visitor) select $1, * from unnest($2::timestamptz[], $3::uuid[], \
+     $4::text[], $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+     $13::text[], $14::text[])";
+const CUBE_PG: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
+     select $1, * from unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+     $9::text[], $10::bigint[]) on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
+     do update set clicks = cube.clicks + excluded.clicks";
+const HOURLY_PG: &str = "insert into analytics.hourly (tenant_id, subject_id, dim, hour, value, clicks, humans) \
+     select $1, * from unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[], $7::bigint[]) \
+     on conflict (tenant_id, subject_id, dim, hour, value) \
+     do update set clicks = hourly.clicks + excluded.clicks, humans = hourly.humans + excluded.humans";
+const SKETCHES_GET_PG: &str = "select subject_id, hour, sketch from analytics.sketches where tenant_id = $1 \
+     and (subject_id, hour) in (select * from unnest($2::uuid[], $3::timestamptz[]))";
+const SKETCHES_PUT_PG: &str = "insert into analytics.sketches (tenant_id, subject_id, hour, sketch) \
+     select $1, * from unnest($2::uuid[], $3::timestamptz[], $4::bytea[]) \
+     on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
+
+const RAW_LITE: &str = "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
+     country, device, browser, os, referrer, bot, visitor) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+const CUBE_LITE: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
+     do update set clicks = clicks + excluded.clicks";
+const HOURLY_LITE: &str = "insert into analytics.hourly (tenant_id, subject_id, dim, hour, value, clicks, humans) \
+     values ($1, $2, $3, $4, $5, $6, $7) on conflict (tenant_id, subject_id, dim, hour, value) \
+     do update set clicks = clicks + excluded.clicks, humans = humans + excluded.humans";
+const SKETCH_GET_LITE: &str =
+    "select sketch from analytics.sketches where tenant_id = $1 and subject_id = $2 and hour = $3";
+const SKETCH_PUT_LITE: &str = "insert into analytics.sketches (tenant_id, subject_id, hour, sketch) values ($1, $2, $3, $4) \
+     on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
+
+type CubeKey = (Uuid, i64, [String; 6]);
+type HourlyKey = (Uuid, &'static str, i64, String);
+
+/// A batch of clicks, aggregated per key.
+#[derive(Default)]
+pub(crate) struct Rollup {
+    cube: HashMap<CubeKey, i64>,
+    hourly: HashMap<HourlyKey, (i64, i64)>,
+    sketches: HashMap<(Uuid, i64), Vec<u64>>,
+}
+
+impl Rollup {
+    pub(crate) fn add(&mut self, c: &Click) {
+        let hour = c.hour();
+        *self.cube.entry((c.subject, hour, c.dims.clone())).or_default() += 1;
+        let human = i64::from(c.human());
+        for subject in [c.subject, Uuid::nil()] {
+            let mut bump = |dim: &'static str, value: &str| {
+                let e = self.hourly.entry((subject, dim, hour, value.to_string())).or_default();
+                e.0 += 1;
+                e.1 += human;
+            };
+            bump("total", "");
+            for (dim, value) in DIMENSIONS.iter().zip(&c.dims) {
+                bump(dim, value);
+            }
+            self.sketches.entry((subject, hour)).or_default().push(visitor_hash(&c.visitor));
+        }
+    }
+}
+
+fn at(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Writes a batch of one tenant's clicks.
+pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), HandlerError> {
+    let mut roll = Rollup::default();
+    for c in clicks {
+        roll.add(c);
+    }
+    match tx {
+        Tx::Postgres(t) => {
+            // Serialises this tenant's ingest across instances (sketch merges are read-modify-write).
+            t.execute(t.query(LOCK_PG)).await?;
+            let col = |f: &dyn Fn(&Click) -> String| clicks.iter().map(f).collect::<Vec<String>>();
+            t.execute(
+                t.query(RAW_PG)
+                    .bind(clicks.iter().map(|c| at(c.at)).collect::<Vec<_>>())
+                    .bind(clicks.iter().map(|c| c.event_id).collect::<Vec<_>>())
+                    .bind(col(&|c| c.kind.to_string()))
+                    .bind(clicks.iter().map(|c| c.subject).collect::<Vec<_>>())
+                    .bind(clicks.iter().map(|c| c.link_id).collect::<Vec<_>>())
+                    .bind(clicks.iter().map(|c| c.qr_id).collect::<Vec<_>>())
+                    .bind(col(&|c| c.dims[0].clone()))
+                    .bind(col(&|c| c.dims[1].clone()))
+                    .bind(col(&|c| c.dims[2].clone()))
+                    .bind(col(&|c| c.dims[3].clone()))
+                    .bind(col(&|c| c.dims[4].clone()))
+                    .bind(col(&|c| c.dims[5].clone()))
+                    .bind(col(&|c| c.visitor.clone())),
+            )
+            .await?;
+            let cube: Vec<(&CubeKey, &i64)> = roll.cube.iter().collect();
+            let dim = |i: usize| cube.iter().map(|(k, _)| k.2[i].clone()).collect::<Vec<_>>();
+            t.execute(
+                t.query(CUBE_PG)
+                    .bind(cube.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+                    .bind(cube.iter().map(|(k, _)| at(k.1)).collect::<Vec<_>>())
+                    .bind(dim(0))
+                    .bind(dim(1))
+                    .bind(dim(2))
+                    .bind(dim(3))
+                    .bind(dim(4))
+                    .bind(dim(5))
+                    .bind(cube.iter().map(|(_, n)| **n).collect::<Vec<_>>()),
+            )
+            .await?;
+            let hourly: Vec<(&HourlyKey, &(i64, i64))> = roll.hourly.iter().collect();
+            t.execute(
+                t.query(HOURLY_PG)
+                    .bind(hourly.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+                    .bind(hourly.iter().map(|(k, _)| k.1.to_string()).collect::<Vec<_>>())
+                    .bind(hourly.iter().map(|(k, _)| at(k.2)).collect::<Vec<_>>())
+                    .bind(hourly.iter().map(|(k, _)| k.3.clone()).collect::<Vec<_>>())
+                    .bind(hourly.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
+                    .bind(hourly.iter().map(|(_, v)| v.1).collect::<Vec<_>>()),
+            )
+            .await?;
+            let keys: Vec<(Uuid, i64)> = roll.sketches.keys().copied().collect();
+            let stored: Vec<(Uuid, OffsetDateTime, Vec<u8>)> = t
+                .fetch_all(
+                    t.query_as(SKETCHES_GET_PG)
+                        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+                        .bind(keys.iter().map(|k| at(k.1)).collect::<Vec<_>>()),
+                )
+                .await?;
+            let mut merged: HashMap<(Uuid, i64), Sketch> =
+                stored.into_iter().map(|(s, h, b)| ((s, h.unix_timestamp()), Sketch::decode(&b))).collect();
+            for (key, hashes) in roll.sketches {
+                merged.entry(key).or_default().extend(hashes);
+            }
+            let merged: Vec<((Uuid, i64), Sketch)> = merged.into_iter().collect();
+            t.execute(
+                t.query(SKETCHES_PUT_PG)
+                    .bind(merged.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+                    .bind(merged.iter().map(|(k, _)| at(k.1)).collect::<Vec<_>>())
+                    .bind(merged.iter().map(|(_, s)| s.encode()).collect::<Vec<_>>()),
+            )
+            .await?;
+        }
+        Tx::Sqlite(t) => {
+            for c in clicks {
+                t.execute(
+                    t.query(RAW_LITE)
+                        .bind(Timestamp::from_unix(c.at))
+                        .bind(Id(c.event_id))
+                        .bind(c.kind)
+                        .bind(Id(c.subject))
+                        .bind(Id(c.link_id))
+                        .bind(c.qr_id.map(Id))
+                        .bind(c.dims[0].clone())
+                        .bind(c.dims[1].clone())
+                        .bind(c.dims[2].clone())
+                        .bind(c.dims[3].clone())
+                        .bind(c.dims[4].clone())
+                        .bind(c.dims[5].clone())
+                        .bind(c.visitor.clone()),
+                )
+                .await?;
+            }
+            for ((subject, hour, d), n) in roll.cube {
+                let [country, device, browser, os, referrer, bot] = d;
+                t.execute(
+                    t.query(CUBE_LITE)
+                        .bind(Id(subject))
+                        .bind(Timestamp::from_unix(hour))
+                        .bind(country)
+                        .bind(device)
+                        .bind(browser)
+                        .bind(os)
+                        .bind(referrer)
+                        .bind(bot)
+                        .bind(n),
+                )
+                .await?;
+            }
+            for ((subject, dim, hour, value), (n, h)) in roll.hourly {
+                t.execute(
+                    t.query(HOURLY_LITE)
+                        .bind(Id(subject))
+                        .bind(dim)
+                        .bind(Timestamp::from_unix(hour))
+                        .bind(value)
+                        .bind(n)
+                        .bind(h),
+                )
+                .await?;
+            }
+            for ((subject, hour), hashes) in roll.sketches {
+                let stored: Option<(Vec<u8>,)> = t
+                    .fetch_optional(
+                        t.query_as(SKETCH_GET_LITE).bind(Id(subject)).bind(Timestamp::from_unix(hour)),
+                    )
+                    .await?;
+                let mut sketch = stored.map(|(b,)| Sketch::decode(&b)).unwrap_or_default();
+                sketch.extend(hashes);
+                t.execute(
+                    t.query(SKETCH_PUT_LITE)
+                        .bind(Id(subject))
+                        .bind(Timestamp::from_unix(hour))
+                        .bind(sketch.encode()),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn store_subject(tx: &mut Tx, s: &Subject) -> Result<(), HandlerError> {
+    let tags = serde_json::to_string(&s.tags).map_err(|e| HandlerError::Reject(e.to_string()))?;
+    macro_rules! write {
+        ($t:expr) => {{
+            let t = $t;
+            let changed = t
+                .execute(
+                    t.query(UPSERT_SUBJECT)
+                        .bind(Id(s.id))
+                        .bind(s.kind)
+                        .bind(s.link_id.map(Id))
+                        .bind(s.label.clone())
+                        .bind(s.title.clone())
+                        .bind(tags.clone())
+                        .bind(s.deleted)
+                        .bind(s.version),
+                )
+                .await?;
+            if changed > 0 {
+                t.execute(t.query(CLEAR_TAGS).bind(Id(s.id))).await?;
+                for tag in &s.tags {
+                    t.execute(t.query(ADD_TAG).bind(tag.clone()).bind(Id(s.id))).await?;
+                }
+            }
+        }};
+    }
+    match tx {
+        Tx::Postgres(t) => write!(t),
+        Tx::Sqlite(t) => write!(t),
+    }
+    Ok(())
+}
+
+/// Analytics' consumer.
+pub(crate) struct Ingest {
+    /// Called after each committed batch with its clicks' count (metrics).
+    pub(crate) service: &'static str,
+}
+
+#[async_trait]
+impl Handler for Ingest {
+    async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn handle_batch(&self, tx: &mut Tx, events: &[Envelope]) -> Result<(), HandlerError> {
+        let mut clicks = Vec::with_capacity(events.len());
+        for e in events {
+            if CLICK_TYPES.contains(&e.event_type.as_str()) {
+                clicks.push(parse_click(e)?);
+            } else {
+                store_subject(tx, &parse_subject(e)?).await?;
+            }
+        }
+        if !clicks.is_empty() {
+            store_clicks(tx, &clicks).await?;
+            metrics::counter!("analytics_clicks_ingested_total", "service" => self.service)
+                .increment(clicks.len() as u64);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,452 @@
+//! Reading analytics: the query parameters (range, time zone, interval,
+//! filters), and the summary built from the rollups — hourly per-dimension
+//! rows when nothing is filtered, the full cube when something is.
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+use kernel::Problem;
+use kernel::db::{Db, DbError, Id, Timestamp, Tx};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ingest::DIMENSIONS;
+use crate::sketch::Sketch;
+
+/// The query string every analytics read accepts.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Start (RFC 3339, or a date in `tz`); default: 30 days before `to`.
+    pub from: Option<String>,
+    /// End, exclusive (RFC 3339, or a date in `tz`: the start of that day); default: now.
+    pub to: Option<String>,
+    /// IANA time zone of dates and day buckets; default UTC.
+    pub tz: Option<String>,
+    /// `hour` or `day` (default: `hour` up to two days, else `day`).
+    pub interval: Option<String>,
+    /// Entries per top list (1–100, default 10).
+    pub limit: Option<u32>,
+    /// Comma-separated dimensions to list tops of (default: all).
+    pub top: Option<String>,
+    /// Filters.
+    pub country: Option<String>,
+    pub device: Option<String>,
+    pub browser: Option<String>,
+    pub os: Option<String>,
+    pub referrer: Option<String>,
+    pub bot: Option<String>,
+}
+
+/// Which clicks a read covers.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// `workspace`, `link`, `qr` or `tag`.
+    pub kind: &'static str,
+    /// The link or QR id, or the tag.
+    pub key: Option<String>,
+    /// What a person recognises it by (slug, code, tag).
+    pub label: String,
+    /// Subjects counted (empty for the workspace: all of them).
+    pub subjects: Vec<Uuid>,
+}
+
+impl Scope {
+    fn all(&self) -> bool {
+        self.kind == "workspace"
+    }
+
+    /// The subjects of the per-subject rollups (the nil id is the workspace's).
+    fn rollup_subjects(&self) -> Vec<Uuid> {
+        if self.all() { vec![Uuid::nil()] } else { self.subjects.clone() }
+    }
+}
+
+/// A checked query.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Whole hours, unix seconds, `[from, to)`.
+    pub from: i64,
+    pub to: i64,
+    pub tz: TimeZone,
+    pub tz_name: String,
+    pub daily: bool,
+    pub limit: u32,
+    pub top: Vec<&'static str>,
+    /// country, device, browser, os, referrer, bot ('' = any).
+    pub filters: [String; 6],
+}
+
+impl Query {
+    /// Whether any dimension is filtered.
+    pub fn filtered(&self) -> bool {
+        self.filters.iter().any(|f| !f.is_empty())
+    }
+}
+
+fn instant(field: &str, raw: &str, tz: &TimeZone) -> Result<i64, Problem> {
+    if let Ok(t) = raw.parse::<jiff::Timestamp>() {
+        return Ok(t.as_second());
+    }
+    let date: jiff::civil::Date =
+        raw.parse().map_err(|_| Problem::validation(field, "is an RFC 3339 time or a date (YYYY-MM-DD)"))?;
+    date.to_zoned(tz.clone())
+        .map(|z| z.timestamp().as_second())
+        .map_err(|_| Problem::validation(field, "is not a date in this time zone"))
+}
+
+/// Checks the parameters; `now` and `max_days` come from the clock and configuration.
+pub fn parse(p: &Params, now: i64, max_days: u32) -> Result<Query, Problem> {
+    let tz_name = p.tz.clone().unwrap_or_else(|| "UTC".into());
+    let tz = TimeZone::get(&tz_name)
+        .map_err(|_| Problem::validation("tz", "is not an IANA time zone (e.g. Europe/Berlin)"))?;
+    let to = match &p.to {
+        Some(t) => instant("to", t, &tz)?,
+        None => now,
+    };
+    let from = match &p.from {
+        Some(f) => instant("from", f, &tz)?,
+        None => to - 30 * 86_400,
+    };
+    if from >= to {
+        return Err(Problem::validation("from", "is before to"));
+    }
+    // Rollups are hourly: the range widens to whole hours.
+    let (from, to) = (from - from.rem_euclid(3600), to + (3600 - to.rem_euclid(3600)) % 3600);
+    if to - from > i64::from(max_days) * 86_400 {
+        return Err(Problem::validation("to", format!("is at most {max_days} days after from")));
+    }
+    let daily = match p.interval.as_deref() {
+        None => to - from > 2 * 86_400,
+        Some("day") => true,
+        Some("hour") if to - from <= 31 * 86_400 => false,
+        Some("hour") => return Err(Problem::validation("interval", "hour covers at most 31 days; use day")),
+        Some(_) => return Err(Problem::validation("interval", "is hour or day")),
+    };
+    let limit = p.limit.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(Problem::validation("limit", "is 1 to 100"));
+    }
+    let top = match p.top.as_deref() {
+        None => DIMENSIONS.to_vec(),
+        Some(list) => {
+            let mut v = Vec::new();
+            for d in list.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                let dim = DIMENSIONS.iter().find(|x| **x == d).ok_or_else(|| {
+                    Problem::validation(
+                        "top",
+                        format!("{d:?} is not a dimension ({})", DIMENSIONS.join(", ")),
+                    )
+                })?;
+                v.push(*dim);
+            }
+            v
+        }
+    };
+    let filter = |name: &str, v: &Option<String>| -> Result<String, Problem> {
+        let v = v.clone().unwrap_or_default();
+        if v.len() > 253 || v.chars().any(char::is_control) {
+            return Err(Problem::validation(name, "is at most 253 printable characters"));
+        }
+        Ok(if name == "country" { v.to_ascii_uppercase() } else { v })
+    };
+    let filters = [
+        filter("country", &p.country)?,
+        filter("device", &p.device)?,
+        filter("browser", &p.browser)?,
+        filter("os", &p.os)?,
+        filter("referrer", &p.referrer)?,
+        filter("bot", &p.bot)?,
+    ];
+    Ok(Query { from, to, tz, tz_name, daily, limit, top, filters })
+}
+
+/// One bucket of the series.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// The bucket's start: a date (`day`) or an RFC 3339 time in `tz` (`hour`).
+    pub t: String,
+    pub clicks: i64,
+    pub humans: i64,
+}
+
+/// One entry of a top list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// The value; `null` when unknown (no country, no referrer).
+    pub value: Option<String>,
+    pub clicks: i64,
+    pub humans: i64,
+}
+
+/// The answer of a summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub clicks: i64,
+    pub humans: i64,
+    pub unique_visitors: u64,
+    /// `exact`, or `hyperloglog` (about 1.6 % standard error).
+    pub unique_visitors_method: &'static str,
+    pub series: Vec<Point>,
+    pub top: BTreeMap<&'static str, Vec<Entry>>,
+}
+
+macro_rules! subjects_sql {
+    ($before:expr, $after:expr) => {
+        (
+            concat!($before, "subject_id = any($2)", $after),
+            concat!($before, "subject_id in (select value from json_each($2))", $after),
+        )
+    };
+}
+
+const H_SERIES: (&str, &str) = subjects_sql!(
+    "select hour, cast(sum(clicks) as bigint), cast(sum(humans) as bigint) from analytics.hourly where tenant_id = $1 and ",
+    " and dim = 'total' and hour >= $3 and hour < $4 group by hour order by hour"
+);
+const H_TOP: (&str, &str) = subjects_sql!(
+    "select value, cast(sum(clicks) as bigint) as c, cast(sum(humans) as bigint) from analytics.hourly where tenant_id = $1 and ",
+    " and dim = $5 and hour >= $3 and hour < $4 group by value order by c desc, value limit $6"
+);
+const SKETCHES: (&str, &str) = subjects_sql!(
+    "select sketch from analytics.sketches where tenant_id = $1 and ",
+    " and hour >= $3 and hour < $4"
+);
+
+macro_rules! filtered {
+    ($select:expr, $table:literal, $time:literal, $tail:expr) => {
+        subjects_sql!(
+            concat!($select, " from analytics.", $table, " where tenant_id = $1 and ($5 or "),
+            concat!(
+                ") and ",
+                $time,
+                " >= $3 and ",
+                $time,
+                " < $4 and ($6 = '' or country = $6) \
+             and ($7 = '' or device = $7) and ($8 = '' or browser = $8) and ($9 = '' or os = $9) \
+             and ($10 = '' or referrer = $10) and ($11 = '' or bot = $11) ",
+                $tail
+            )
+        )
+    };
+}
+
+const C_SERIES: (&str, &str) = filtered!(
+    "select hour, cast(sum(clicks) as bigint), cast(sum(case when bot = 'human' then clicks else 0 end) as bigint)",
+    "cube",
+    "hour",
+    "group by hour order by hour"
+);
+const C_UNIQUE: (&str, &str) = filtered!("select count(distinct visitor)", "events", "occurred_at", "");
+
+macro_rules! cube_top {
+    ($col:literal) => {
+        filtered!(
+            concat!("select ", $col, " as v, cast(sum(clicks) as bigint) as c, cast(sum(case when bot = 'human' then clicks else 0 end) as bigint)"),
+            "cube", "hour", concat!("group by ", $col, " order by c desc, v limit $12")
+        )
+    };
+}
+const C_TOP: [(&str, &str); 6] = [
+    cube_top!("country"),
+    cube_top!("device"),
+    cube_top!("browser"),
+    cube_top!("os"),
+    cube_top!("referrer"),
+    cube_top!("bot"),
+];
+
+/// Raw events for the CSV export, a page at a time after a (time, id) position.
+pub(crate) const EXPORT: (&str, &str) = filtered!(
+    "select occurred_at, event_id, kind, subject_id, link_id, qr_id, country, device, browser, os, referrer, bot, visitor",
+    "events",
+    "occurred_at",
+    "and (occurred_at > $12 or (occurred_at = $12 and event_id > $13)) order by occurred_at, event_id limit $14"
+);
+
+/// One raw event as exported.
+pub(crate) type RawRow =
+    (Timestamp, Id, String, Id, Id, Option<Id>, String, String, String, String, String, String, String);
+
+/// Binds a subject-list statement for either engine and runs `$method` on it.
+macro_rules! run {
+    ($tx:expr, $sql:expr, $subjects:expr, $kind:ident, $fetch:ident, |$q:ident| $binds:expr) => {
+        match $tx {
+            Tx::Postgres(t) => {
+                let $q = t.$kind($sql.0).bind($subjects.to_vec());
+                t.$fetch($binds).await?
+            }
+            Tx::Sqlite(t) => {
+                let ids: Vec<String> = $subjects.iter().map(|u| u.hyphenated().to_string()).collect();
+                let json = serde_json::to_string(&ids).unwrap_or_default();
+                let $q = t.$kind($sql.1).bind(json);
+                t.$fetch($binds).await?
+            }
+        }
+    };
+}
+pub(crate) use run;
+
+/// Reads the summary of `scope` for `q`.
+pub async fn summary(
+    db: &Db,
+    tenant: kernel::TenantId,
+    scope: &Scope,
+    q: &Query,
+) -> Result<Summary, DbError> {
+    let mut tx = db.read(tenant).await?;
+    let (from, to) = (Timestamp::from_unix(q.from), Timestamp::from_unix(q.to));
+    let f = &q.filters;
+    let hours: Vec<(Timestamp, i64, i64)>;
+    let mut top = BTreeMap::new();
+    let (unique, method);
+    if q.filtered() {
+        let subjects = &scope.subjects;
+        hours = run!(&mut tx, C_SERIES, subjects, query_as, fetch_all, |b| b
+            .bind(from)
+            .bind(to)
+            .bind(scope.all())
+            .bind(f[0].clone())
+            .bind(f[1].clone())
+            .bind(f[2].clone())
+            .bind(f[3].clone())
+            .bind(f[4].clone())
+            .bind(f[5].clone()));
+        for dim in &q.top {
+            let i = DIMENSIONS.iter().position(|d| d == dim).unwrap_or(0);
+            let rows: Vec<(String, i64, i64)> = run!(&mut tx, C_TOP[i], subjects, query_as, fetch_all, |b| b
+                .bind(from)
+                .bind(to)
+                .bind(scope.all())
+                .bind(f[0].clone())
+                .bind(f[1].clone())
+                .bind(f[2].clone())
+                .bind(f[3].clone())
+                .bind(f[4].clone())
+                .bind(f[5].clone())
+                .bind(i64::from(q.limit)));
+            top.insert(*dim, entries(rows));
+        }
+        let (n,): (i64,) = run!(&mut tx, C_UNIQUE, subjects, query_as, fetch_one, |b| b
+            .bind(from)
+            .bind(to)
+            .bind(scope.all())
+            .bind(f[0].clone())
+            .bind(f[1].clone())
+            .bind(f[2].clone())
+            .bind(f[3].clone())
+            .bind(f[4].clone())
+            .bind(f[5].clone()));
+        (unique, method) = (u64::try_from(n).unwrap_or(0), "exact");
+    } else {
+        let subjects = scope.rollup_subjects();
+        hours = run!(&mut tx, H_SERIES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
+        for dim in &q.top {
+            let rows: Vec<(String, i64, i64)> = run!(&mut tx, H_TOP, subjects, query_as, fetch_all, |b| b
+                .bind(from)
+                .bind(to)
+                .bind(*dim)
+                .bind(i64::from(q.limit)));
+            top.insert(*dim, entries(rows));
+        }
+        let blobs: Vec<(Vec<u8>,)> =
+            run!(&mut tx, SKETCHES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
+        let mut all = Sketch::default();
+        for (b,) in blobs {
+            all.merge(&Sketch::decode(&b));
+        }
+        (unique, method) = (all.count(), if all.is_exact() { "exact" } else { "hyperloglog" });
+    }
+    let (clicks, humans) = hours.iter().fold((0, 0), |(c, h), (_, hc, hh)| (c + hc, h + hh));
+    let series = series(q, hours.into_iter().map(|(t, c, h)| (t.unix(), c, h)));
+    Ok(Summary { clicks, humans, unique_visitors: unique, unique_visitors_method: method, series, top })
+}
+
+fn entries(rows: Vec<(String, i64, i64)>) -> Vec<Entry> {
+    rows.into_iter()
+        .map(|(v, clicks, humans)| Entry { value: (!v.is_empty()).then_some(v), clicks, humans })
+        .collect()
+}
+
+/// Buckets hourly counts by hour or by local day in `tz`, every bucket of the range present.
+fn series(q: &Query, hours: impl Iterator<Item = (i64, i64, i64)>) -> Vec<Point> {
+    let label = |secs: i64| -> String {
+        let Ok(ts) = jiff::Timestamp::from_second(secs) else { return String::new() };
+        let z = ts.to_zoned(q.tz.clone());
+        if q.daily { z.date().to_string() } else { z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string() }
+    };
+    let mut buckets: Vec<Point> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut hour = q.from;
+    while hour < q.to {
+        let t = label(hour);
+        if !index.contains_key(&t) {
+            index.insert(t.clone(), buckets.len());
+            buckets.push(Point { t, clicks: 0, humans: 0 });
+        }
+        hour += 3600;
+    }
+    for (h, c, hu) in hours {
+        if let Some(&i) = index.get(&label(h)) {
+            buckets[i].clicks += c;
+            buckets[i].humans += hu;
+        }
+    }
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_726_400; // 2025-11-21T12:00:00Z
+
+    #[test]
+    fn ranges_widen_to_whole_hours_and_bad_input_names_the_parameter() {
+        let q = parse(
+            &Params {
+                from: Some("2025-11-20T10:30:00Z".into()),
+                to: Some("2025-11-20T12:10:00Z".into()),
+                ..Default::default()
+            },
+            NOW,
+            400,
+        )
+        .unwrap_or_else(|p| unreachable!("{p:?}"));
+        assert_eq!((q.to - q.from) / 3600, 3);
+        assert!(!q.daily);
+        let bad = |p: Params| parse(&p, NOW, 400).err().map(|e| e.status().as_u16());
+        assert!(bad(Params { tz: Some("Mars/Olympus".into()), ..Default::default() }).is_some());
+        assert!(
+            bad(Params {
+                from: Some("2025-11-22".into()),
+                to: Some("2025-11-21".into()),
+                ..Default::default()
+            })
+            .is_some()
+        );
+        assert!(bad(Params { from: Some("2020-01-01".into()), ..Default::default() }).is_some());
+        assert!(bad(Params { top: Some("country,shoe".into()), ..Default::default() }).is_some());
+        assert!(bad(Params { interval: Some("week".into()), ..Default::default() }).is_some());
+    }
+
+    #[test]
+    fn days_follow_the_time_zone() {
+        let q = parse(
+            &Params {
+                from: Some("2025-11-20".into()),
+                to: Some("2025-11-22".into()),
+                tz: Some("America/New_York".into()),
+                interval: Some("day".into()),
+                ..Default::default()
+            },
+            NOW,
+            400,
+        )
+        .unwrap_or_else(|p| unreachable!("{p:?}"));
+        // 2025-11-21T03:00Z is still the 20th in New York.
+        let s = series(&q, [(1_763_694_000, 2, 1)].into_iter());
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].t.as_str(), s[0].clicks), ("2025-11-20", 2));
+    }
+}

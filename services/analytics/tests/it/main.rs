@@ -1,0 +1,365 @@
+//! Analytics as a user sees it: clicks on short links and scans of QR codes
+//! show up in summaries, exports and the live stream, through the gateway, on
+//! embedded backends or PostgreSQL + Redis + NATS (from the environment).
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use analytics::AnalyticsService;
+use futures_util::StreamExt;
+use gateway::GatewayService;
+use kernel::events::Envelope;
+use kernel::{Service, TenantId};
+use links::LinksService;
+use reqwest::{Method, StatusCode};
+use routing::RoutingService;
+use serde_json::{Value, json};
+use testkit::{TestApp, eventually};
+
+const SECRET: &str = "analytics-test-secret-0123456789abcdef";
+const ISSUER: &str = "https://signpost.test";
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+
+async fn spawn() -> TestApp {
+    let services: Vec<Arc<dyn Service>> = vec![
+        Arc::new(LinksService),
+        Arc::new(RoutingService),
+        Arc::new(AnalyticsService),
+        Arc::new(GatewayService),
+    ];
+    TestApp::spawn_with(services, &[("JWT_SECRET_KEY", SECRET), ("SIGNPOST_JWT_ISSUER", ISSUER)]).await
+}
+
+fn token(tenant: TenantId) -> String {
+    testkit::hs256_token(SECRET, ISSUER, tenant, "member")
+}
+
+async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
+    app.call(Method::GET, path, Some(token), None).await
+}
+
+async fn create_link(app: &TestApp, token: &str, body: Value) -> Value {
+    let (status, link) = app.call(Method::POST, "/v1/links", Some(token), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    link
+}
+
+async fn visit(app: &TestApp, path: &str, agent: &str, referrer: Option<&str>) {
+    let mut req = app.client.get(app.url(path)).header("user-agent", agent);
+    if let Some(r) = referrer {
+        req = req.header("referer", r);
+    }
+    let status = req.send().await.unwrap().status();
+    assert!(status.is_redirection(), "{path}: {status}");
+}
+
+/// Waits until analytics knows the link (its link.created was consumed).
+async fn known(app: &TestApp, token: &str, path: &str) {
+    eventually(&format!("{path} is known"), || async {
+        (get(app, path, token).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the summary at `path` counts `clicks`, and returns it.
+async fn summary_with(app: &TestApp, token: &str, path: &str, clicks: i64) -> Value {
+    eventually(&format!("{path} counts {clicks}"), || async {
+        let (status, s) = get(app, path, token).await;
+        (status == StatusCode::OK && s["clicks"] == clicks).then_some(s)
+    })
+    .await
+}
+
+async fn text(app: &TestApp, path: &str, token: &str) -> (StatusCode, String, String) {
+    let res = app.client.get(app.url(path)).bearer_auth(token).send().await.unwrap();
+    let status = res.status();
+    let kind = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, kind, res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_click_shows_up_in_the_live_stream_the_summary_and_every_export() {
+    let app = spawn().await;
+    let t = token(TenantId::new());
+    let link =
+        create_link(&app, &t, json!({ "url": "https://example.com/spring", "tags": ["spring"] })).await;
+    let (id, slug) = (link["id"].as_str().unwrap(), link["slug"].as_str().unwrap());
+    let base = format!("/v1/analytics/links/{id}");
+    known(&app, &t, &format!("{base}/summary")).await;
+
+    // The live stream: a `ready` event, then the click within a second of the redirect.
+    let res = app.client.get(app.url("/v1/analytics/stream")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: ready") {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    visit(&app, &format!("/{slug}"), FIREFOX, Some("https://www.google.com/search?q=spring")).await;
+    let redirected = Instant::now();
+    seen.clear();
+    while !seen.contains("event: link.clicked") {
+        let left = Duration::from_secs(1).saturating_sub(redirected.elapsed());
+        let chunk = tokio::time::timeout(left, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no click on the stream within 1 s: {seen:?}"))
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let live: Value = serde_json::from_str(data).unwrap();
+    assert_eq!((live["link_id"].as_str(), live["slug"].as_str()), (Some(id), Some(slug)));
+    assert_eq!(live["referrer"], "www.google.com");
+    assert!(live.get("visitor").is_none(), "the stream carries no visitor id");
+    drop(body);
+
+    let s = summary_with(&app, &t, &format!("{base}/summary"), 1).await;
+    assert_eq!((s["humans"].as_i64(), s["unique_visitors"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(s["scope"]["label"], slug);
+    assert_eq!(s["top"]["browser"][0], json!({ "value": "firefox", "clicks": 1, "humans": 1 }));
+    assert_eq!(s["top"]["referrer"][0]["value"], "google.com");
+    assert_eq!(s["top"]["country"][0]["value"], Value::Null, "no GeoIP database: country unknown");
+    assert_eq!(s["series"].as_array().unwrap().iter().map(|p| p["clicks"].as_i64().unwrap()).sum::<i64>(), 1);
+    // The workspace and the link's tag count it too.
+    summary_with(&app, &t, "/v1/analytics/summary", 1).await;
+    summary_with(&app, &t, "/v1/analytics/tags/spring/summary", 1).await;
+
+    let (status, kind, csv) = text(&app, &format!("{base}/events.csv"), &t).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::OK, "text/csv; charset=utf-8"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("occurred_at,event_id,kind,subject_id,link_id"));
+    assert!(
+        lines[1].contains(&format!(",click,{id},{id},,,desktop,firefox,linux,google.com,human,")),
+        "{csv}"
+    );
+    let (_, _, csv) = text(&app, &format!("{base}/summary.csv"), &t).await;
+    assert!(csv.contains("total,,1,1,1\r\n"), "{csv}");
+    assert!(csv.contains("top:browser,firefox,1,1,"), "{csv}");
+    let res = app.client.get(app.url(&format!("{base}/summary.pdf"))).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/pdf");
+    let pdf = res.bytes().await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-1.4") && pdf.ends_with(b"%%EOF\n"));
+    assert!(String::from_utf8_lossy(&pdf).contains(&format!("(Link /{slug})")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn filters_devices_bots_unique_visitors_and_time_zones() {
+    let app = spawn().await;
+    let t = token(TenantId::new());
+    let link = create_link(&app, &t, json!({ "url": "https://example.com/" })).await;
+    let (id, slug) = (link["id"].as_str().unwrap().to_string(), link["slug"].as_str().unwrap().to_string());
+    let path = format!("/{slug}");
+    for _ in 0..3 {
+        visit(&app, &path, FIREFOX, None).await;
+    }
+    visit(&app, &path, IPHONE, Some("https://t.co/x")).await;
+    visit(&app, &path, IPHONE, Some("https://t.co/x")).await;
+    visit(&app, &path, "curl/8.5.0", None).await;
+    let head = app.client.head(app.url(&path)).header("user-agent", IPHONE).send().await.unwrap();
+    assert!(head.status().is_redirection());
+
+    let base = format!("/v1/analytics/links/{id}/summary");
+    let s = summary_with(&app, &t, &base, 7).await;
+    // One visitor per (address, user agent) and day: Firefox, iPhone, curl.
+    assert_eq!((s["humans"].as_i64(), s["unique_visitors"].as_u64()), (Some(5), Some(3)));
+    let bots: Vec<(String, i64)> = s["top"]["bot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["value"].as_str().unwrap().to_string(), e["clicks"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(bots, vec![("human".into(), 5), ("bot".into(), 1), ("head-probe".into(), 1)]);
+
+    let (_, m) = get(&app, &format!("{base}?device=mobile&top=device,referrer"), &t).await;
+    assert_eq!(
+        (m["clicks"].as_i64(), m["humans"].as_i64(), m["unique_visitors"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_eq!(m["top"]["referrer"][0], json!({ "value": "t.co", "clicks": 2, "humans": 2 }));
+    assert!(m["top"].get("country").is_none(), "only the tops asked for");
+    assert_eq!(m["filters"], json!({ "device": "mobile" }));
+    let (_, h) = get(&app, &format!("{base}?bot=human&browser=firefox"), &t).await;
+    assert_eq!((h["clicks"].as_i64(), h["unique_visitors"].as_u64()), (Some(3), Some(1)));
+
+    // Day buckets follow the time zone: UTC+14 is already tomorrow for much of the UTC day.
+    let (_, z) = get(&app, &format!("{base}?tz=Pacific/Kiritimati&interval=day"), &t).await;
+    let local_today = (time::OffsetDateTime::now_utc() + time::Duration::hours(14)).date().to_string();
+    let days = z["series"].as_array().unwrap();
+    let busy: Vec<&str> =
+        days.iter().filter(|d| d["clicks"] != 0).map(|d| d["t"].as_str().unwrap()).collect();
+    assert_eq!(busy, vec![local_today.as_str()], "{z}");
+    assert_eq!(z["tz"], "Pacific/Kiritimati");
+    let (_, hourly) =
+        get(&app, &format!("{base}?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&interval=hour"), &t)
+            .await;
+    assert_eq!(hourly["series"].as_array().unwrap().len(), 24);
+    assert_eq!(hourly["clicks"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_qr_code_counts_its_scans_apart_from_its_links_clicks() {
+    let app = spawn().await;
+    let t = token(TenantId::new());
+    let link = create_link(&app, &t, json!({ "url": "https://example.com/menu" })).await;
+    let (status, qr) =
+        app.call(Method::POST, "/v1/qr", Some(&t), Some(json!({ "link_id": link["id"] }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{qr}");
+    let code = qr["code"].as_str().unwrap();
+    visit(&app, &format!("/q/{code}"), IPHONE, None).await;
+    visit(&app, &format!("/q/{code}"), IPHONE, None).await;
+    visit(&app, &format!("/{}", link["slug"].as_str().unwrap()), FIREFOX, None).await;
+    let q =
+        summary_with(&app, &t, &format!("/v1/analytics/qr/{}/summary", qr["id"].as_str().unwrap()), 2).await;
+    assert_eq!(q["scope"]["kind"], "qr");
+    assert_eq!(q["top"]["device"][0]["value"], "mobile");
+    summary_with(&app, &t, &format!("/v1/analytics/links/{}/summary", link["id"].as_str().unwrap()), 1).await;
+    summary_with(&app, &t, "/v1/analytics/summary", 3).await;
+    let (_, _, csv) = text(&app, "/v1/analytics/events.csv", &t).await;
+    assert_eq!(csv.matches(",scan,").count(), 2, "{csv}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_queries_get_problems_and_other_workspaces_see_nothing() {
+    let app = spawn().await;
+    let (a, b) = (token(TenantId::new()), token(TenantId::new()));
+    let link = create_link(&app, &a, json!({ "url": "https://example.com/", "tags": ["mine"] })).await;
+    let (status, qr) =
+        app.call(Method::POST, "/v1/qr", Some(&a), Some(json!({ "link_id": link["id"] }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = link["id"].as_str().unwrap();
+    let base = format!("/v1/analytics/links/{id}/summary");
+    known(&app, &a, &base).await;
+    known(&app, &a, &format!("/v1/analytics/qr/{}/summary", qr["id"].as_str().unwrap())).await;
+    for path in [
+        base.clone(),
+        format!("/v1/analytics/links/{id}/events.csv"),
+        format!("/v1/analytics/qr/{}/summary", qr["id"].as_str().unwrap()),
+        "/v1/analytics/tags/mine/summary".to_string(),
+    ] {
+        let (status, body) = get(&app, &path, &b).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "tenant B reads {path}: {body}");
+        assert_eq!(body["status"], 404);
+    }
+    let (_, theirs) = get(&app, "/v1/analytics/summary", &b).await;
+    assert_eq!(theirs["clicks"], 0);
+    let cases = [
+        (format!("/v1/analytics/links/{}/summary", uuid::Uuid::now_v7()), 404),
+        ("/v1/analytics/links/not-a-uuid/summary".to_string(), 404),
+        (format!("/v1/analytics/qr/{id}/summary"), 404),
+        ("/v1/analytics/tags/nothing/summary".to_string(), 404),
+        (format!("{base}?from=2026-02-01&to=2026-01-01"), 422),
+        (format!("{base}?from=2020-01-01&to=2026-01-01"), 422),
+        (format!("{base}?top=country,shoe"), 422),
+        (format!("{base}?tz=Mars/Olympus"), 422),
+        (format!("{base}?from=yesterday"), 422),
+        (format!("{base}?interval=hour&from=2026-01-01&to=2026-03-01"), 422),
+        (format!("{base}?limit=0"), 422),
+        (format!("{base}?colour=red"), 400),
+    ];
+    for (path, want) in cases {
+        let (status, body) = get(&app, &path, &a).await;
+        assert_eq!(status.as_u16(), want, "{path}: {body}");
+        assert_eq!(body["status"], want, "{path}: problem JSON");
+    }
+    let (status, _) = app.call(Method::GET, &base, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let res = app.client.get(app.url("/v1/analytics/stream")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_click_is_dead_lettered_and_the_pipeline_goes_on() {
+    let app = spawn().await;
+    let tenant = TenantId::new();
+    let t = token(tenant);
+    let link = create_link(&app, &t, json!({ "url": "https://example.com/" })).await;
+    let summary = format!("/v1/analytics/links/{}/summary", link["id"].as_str().unwrap());
+    known(&app, &t, &summary).await;
+    // A click event without the fields analytics needs, as a buggy producer would send it.
+    let bad = Envelope::new("link.clicked", tenant, "anonymous", json!({ "link_id": "not-a-uuid" }));
+    app.db("routing").outbox_reinsert(&bad).await.unwrap();
+    visit(&app, &format!("/{}", link["slug"].as_str().unwrap()), FIREFOX, None).await;
+    summary_with(&app, &t, &summary, 1).await;
+    let analytics = app.db("analytics");
+    eventually("the bad event is a dead letter", || async {
+        (analytics.kernel_counts().await.unwrap().1 == 1).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retention_removes_old_raw_events_and_the_rollups_keep_them() {
+    let app = spawn().await;
+    let tenant = TenantId::new();
+    let t = token(tenant);
+    let link = create_link(&app, &t, json!({ "url": "https://example.com/" })).await;
+    let id = link["id"].as_str().unwrap();
+    // A click from 20 months ago (a replayed backlog) and one from now.
+    let mut old = Envelope::new(
+        "link.clicked",
+        tenant,
+        "anonymous",
+        json!({ "link_id": id, "browser": "firefox", "os": "linux", "device": "desktop", "bot": "human",
+                "visitor": "0123456789abcdef0123456789abcdef" }),
+    );
+    old.occurred_at -= time::Duration::days(610);
+    let from = (old.occurred_at - time::Duration::days(1)).date();
+    app.db("routing").outbox_reinsert(&old).await.unwrap();
+    visit(&app, &format!("/{}", link["slug"].as_str().unwrap()), FIREFOX, None).await;
+    let (status, body) = get(&app, &format!("/v1/analytics/links/{id}/summary?from={from}"), &t).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "the range is over 400 days: {body}");
+    let old_range =
+        format!("/v1/analytics/links/{id}/summary?from={from}&to={}", from + time::Duration::days(3));
+    summary_with(&app, &t, &old_range, 1).await;
+    let csv_path =
+        format!("/v1/analytics/links/{id}/events.csv?from={from}&to={}", from + time::Duration::days(3));
+    let (_, _, csv) = text(&app, &csv_path, &t).await;
+    assert_eq!(csv.lines().count(), 2, "the old raw event is there before retention runs");
+
+    let db = app.db("analytics");
+    analytics::maintain(&db, 13).await.unwrap();
+    let (_, _, csv) = text(&app, &csv_path, &t).await;
+    assert_eq!(csv.lines().count(), 1, "raw events past 13 months are gone: {csv}");
+    summary_with(&app, &t, &old_range, 1).await;
+    let (_, _, recent) = text(&app, &format!("/v1/analytics/links/{id}/events.csv"), &t).await;
+    assert_eq!(recent.lines().count(), 2, "this month's click is kept");
+
+    if let kernel::platform::DbBackend::Postgres(pg) = &app.database {
+        let parts = || async {
+            let names: Vec<String> = sqlx::query_scalar(
+                "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
+                 where i.inhparent = 'analytics.events'::regclass order by 1",
+            )
+            .fetch_all(pg.owner_pool())
+            .await
+            .unwrap();
+            names
+        };
+        let now = time::OffsetDateTime::now_utc().date();
+        let this_month = format!("events_{:04}_{:02}", now.year(), u8::from(now.month()));
+        let before = parts().await;
+        assert!(before.contains(&this_month), "{before:?}");
+        assert_eq!(before.len(), 5, "default + last month .. two months ahead: {before:?}");
+        // Keeping no full month drops last month's partition whole; this month's stays.
+        let dropped = analytics::maintain(&db, 0).await.unwrap();
+        assert_eq!(dropped, 1);
+        let after = parts().await;
+        assert!(after.contains(&this_month) && after.len() == 4, "{after:?}");
+        let (_, _, recent) = text(&app, &format!("/v1/analytics/links/{id}/events.csv"), &t).await;
+        assert_eq!(recent.lines().count(), 2);
+    }
+    app.stop().await;
+}
