@@ -237,16 +237,18 @@ impl Rollup {
         let hour = c.hour();
         *self.cube.entry((c.subject, hour, c.dims.clone())).or_default() += 1;
         let human = i64::from(c.human());
-        for subject in [c.subject, Uuid::nil()] {
-            let mut bump = |dim: &'static str, value: &str| {
-                let e = self.hourly.entry((subject, dim, hour, value.to_string())).or_default();
-                e.0 += 1;
-                e.1 += human;
-            };
-            bump("total", "");
-            for (dim, value) in DIMENSIONS.iter().zip(&c.dims) {
-                bump(dim, value);
-            }
+        // Per-dimension rows only for the workspace: a subject's own cube rows are few.
+        let workspace = Uuid::nil();
+        let mut bump = |dim: &'static str, value: &str| {
+            let e = self.hourly.entry((workspace, dim, hour, value.to_string())).or_default();
+            e.0 += 1;
+            e.1 += human;
+        };
+        bump("total", "");
+        for (dim, value) in DIMENSIONS.iter().zip(&c.dims) {
+            bump(dim, value);
+        }
+        for subject in [c.subject, workspace] {
             self.sketches.entry((subject, hour)).or_default().push(visitor_hash(&c.visitor));
         }
     }
@@ -435,9 +437,9 @@ async fn store_subject(tx: &mut Tx, s: &Subject) -> Result<(), HandlerError> {
 }
 
 /// Analytics' consumer.
-pub(crate) struct Ingest {
-    /// Called after each committed batch with its clicks' count (metrics).
-    pub(crate) service: &'static str,
+pub struct Ingest {
+    /// The service name its metrics carry.
+    pub service: &'static str,
 }
 
 #[async_trait]

@@ -300,7 +300,8 @@ pub async fn summary(
     let hours: Vec<(Timestamp, i64, i64)>;
     let mut top = BTreeMap::new();
     let (unique, method);
-    if q.filtered() {
+    // The per-dimension rollup covers the unfiltered workspace; anything narrower reads the cube.
+    if q.filtered() || !scope.all() {
         let subjects = &scope.subjects;
         hours = run!(&mut tx, C_SERIES, subjects, query_as, fetch_all, |b| b
             .bind(from)
@@ -327,17 +328,21 @@ pub async fn summary(
                 .bind(i64::from(q.limit)));
             top.insert(*dim, entries(rows));
         }
-        let (n,): (i64,) = run!(&mut tx, C_UNIQUE, subjects, query_as, fetch_one, |b| b
-            .bind(from)
-            .bind(to)
-            .bind(scope.all())
-            .bind(f[0].clone())
-            .bind(f[1].clone())
-            .bind(f[2].clone())
-            .bind(f[3].clone())
-            .bind(f[4].clone())
-            .bind(f[5].clone()));
-        (unique, method) = (u64::try_from(n).unwrap_or(0), "exact");
+        (unique, method) = if q.filtered() {
+            let (n,): (i64,) = run!(&mut tx, C_UNIQUE, subjects, query_as, fetch_one, |b| b
+                .bind(from)
+                .bind(to)
+                .bind(scope.all())
+                .bind(f[0].clone())
+                .bind(f[1].clone())
+                .bind(f[2].clone())
+                .bind(f[3].clone())
+                .bind(f[4].clone())
+                .bind(f[5].clone()));
+            (u64::try_from(n).unwrap_or(0), "exact")
+        } else {
+            sketch_count(&mut tx, &scope.rollup_subjects(), from, to).await?
+        };
     } else {
         let subjects = scope.rollup_subjects();
         hours = run!(&mut tx, H_SERIES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
@@ -349,17 +354,26 @@ pub async fn summary(
                 .bind(i64::from(q.limit)));
             top.insert(*dim, entries(rows));
         }
-        let blobs: Vec<(Vec<u8>,)> =
-            run!(&mut tx, SKETCHES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
-        let mut all = Sketch::default();
-        for (b,) in blobs {
-            all.merge(&Sketch::decode(&b));
-        }
-        (unique, method) = (all.count(), if all.is_exact() { "exact" } else { "hyperloglog" });
+        (unique, method) = sketch_count(&mut tx, &subjects, from, to).await?;
     }
     let (clicks, humans) = hours.iter().fold((0, 0), |(c, h), (_, hc, hh)| (c + hc, h + hh));
     let series = series(q, hours.into_iter().map(|(t, c, h)| (t.unix(), c, h)));
     Ok(Summary { clicks, humans, unique_visitors: unique, unique_visitors_method: method, series, top })
+}
+
+/// Distinct visitors of `subjects` in the range, from the hourly sketches.
+async fn sketch_count(
+    tx: &mut Tx,
+    subjects: &[Uuid],
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(u64, &'static str), DbError> {
+    let blobs: Vec<(Vec<u8>,)> = run!(tx, SKETCHES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
+    let mut all = Sketch::default();
+    for (b,) in blobs {
+        all.merge(&Sketch::decode(&b));
+    }
+    Ok((all.count(), if all.is_exact() { "exact" } else { "hyperloglog" }))
 }
 
 fn entries(rows: Vec<(String, i64, i64)>) -> Vec<Entry> {

@@ -41,6 +41,7 @@ create table analytics.events (
     visitor      text not null
 ) partition by range (occurred_at);
 create index events_tenant_time on analytics.events (tenant_id, occurred_at, event_id);
+create index events_subject_time on analytics.events (tenant_id, subject_id, occurred_at);
 create table analytics.events_default partition of analytics.events default;
 
 -- Clicks per (subject, hour) and every combination of the dimensions: filtered queries.
@@ -59,7 +60,8 @@ create table analytics.cube (
 );
 create index cube_tenant_hour on analytics.cube (tenant_id, hour);
 
--- Clicks per (subject or workspace, dimension, hour, value): unfiltered summaries.
+-- Clicks per (workspace, dimension, hour, value): unfiltered workspace summaries
+-- (subject_id is always the nil UUID for now; a subject reads its cube rows).
 create table analytics.hourly (
     tenant_id   uuid not null,
     subject_id  uuid not null,

@@ -37,6 +37,7 @@ create table analytics.events (
     visitor      text not null
 );
 create index analytics.events_tenant_time on events (tenant_id, occurred_at, event_id);
+create index analytics.events_subject_time on events (tenant_id, subject_id, occurred_at);
 
 create table analytics.cube (
     tenant_id   text not null,

@@ -363,3 +363,20 @@ async fn retention_removes_old_raw_events_and_the_rollups_keep_them() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_analytics_route_is_in_the_openapi_document() {
+    let app = spawn().await;
+    let (status, doc) = app.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for scope in
+        ["/v1/analytics", "/v1/analytics/links/{id}", "/v1/analytics/qr/{id}", "/v1/analytics/tags/{tag}"]
+    {
+        for leaf in ["summary", "summary.csv", "summary.pdf", "events.csv"] {
+            let path = format!("{scope}/{leaf}");
+            assert!(doc["paths"][&path]["get"].is_object(), "{path} is documented");
+        }
+    }
+    assert!(doc["paths"]["/v1/analytics/stream"]["get"].is_object());
+    app.stop().await;
+}
