@@ -94,7 +94,7 @@ async fn main() {
                     "browser": rng.pick(&BROWSERS), "os": rng.pick(&OSES), "device": rng.pick(&DEVICES),
                     "bot": rng.pick(&BOTS), "country": rng.pick(&COUNTRIES), "referrer_host": rng.pick(&REFERRERS),
                     // A third of clicks come back from a small pool of returning visitors.
-                    "visitor": if rng.next() % 3 == 0 { format!("{:032x}", rng.next() % 5000) } else { format!("{:016x}{:016x}", rng.next(), rng.next()) },
+                    "visitor": if rng.next().is_multiple_of(3) { format!("{:032x}", rng.next() % 5000) } else { format!("{:016x}{:016x}", rng.next(), rng.next()) },
                 }));
                 e.occurred_at = start + time::Duration::seconds_f64(span * k as f64 / clicks as f64);
                 e
