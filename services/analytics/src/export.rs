@@ -7,11 +7,11 @@ use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kernel::db::{Db, DbError, Id, Timestamp, Tx};
+use kernel::db::{Db, DbError, Id, Timestamp};
 use kernel::pdf::{Page, document, text_width};
 use uuid::Uuid;
 
-use crate::query::{EXPORT, Query, RawRow, Scope, Summary, run};
+use crate::query::{EXPORT, Query, RawRow, Scope, Summary, run, with_filters};
 
 /// Rows per database read of the streamed export.
 const PAGE: i64 = 2000;
@@ -73,21 +73,12 @@ async fn page(
     after: &(Timestamp, Id),
 ) -> Result<Vec<RawRow>, DbError> {
     let mut tx = db.read(tenant).await?;
-    let f = &q.filters;
     let subjects = &scope.subjects;
-    let rows: Vec<RawRow> = run!(&mut tx, EXPORT, subjects, query_as, fetch_all, |b| b
-        .bind(Timestamp::from_unix(q.from))
-        .bind(Timestamp::from_unix(q.to))
-        .bind(scope.kind == "workspace")
-        .bind(f[0].clone())
-        .bind(f[1].clone())
-        .bind(f[2].clone())
-        .bind(f[3].clone())
-        .bind(f[4].clone())
-        .bind(f[5].clone())
-        .bind(after.0)
-        .bind(after.1)
-        .bind(PAGE));
+    let rows: Vec<RawRow> =
+        run!(&mut tx, EXPORT, subjects, query_as, fetch_all, |b| with_filters!(b, q, scope)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(PAGE));
     Ok(rows)
 }
 
@@ -242,34 +233,4 @@ pub fn summary_pdf(scope: &Scope, q: &Query, s: &Summary) -> Response {
         }
     }
     attachment(Body::from(document(&[p])), "application/pdf", "summary.pdf")
-}
-
-/// Reads what a tx needs for a subject (used by the scope lookup).
-pub(crate) const SUBJECT: &str =
-    "select kind, label from analytics.subjects where tenant_id = $1 and id = $2";
-/// The subjects carrying a tag.
-pub(crate) const TAGGED: &str =
-    "select subject_id from analytics.subject_tags where tenant_id = $1 and tag = $2";
-
-/// The subject `id` of `kind` in the tenant, as (kind, label).
-pub(crate) async fn subject(
-    db: &Db,
-    tenant: kernel::TenantId,
-    id: Uuid,
-) -> Result<Option<(String, String)>, DbError> {
-    let mut tx = db.read(tenant).await?;
-    Ok(match &mut tx {
-        Tx::Postgres(t) => t.fetch_optional(t.query_as(SUBJECT).bind(Id(id))).await?,
-        Tx::Sqlite(t) => t.fetch_optional(t.query_as(SUBJECT).bind(Id(id))).await?,
-    })
-}
-
-/// The subjects carrying `tag`.
-pub(crate) async fn tagged(db: &Db, tenant: kernel::TenantId, tag: &str) -> Result<Vec<Uuid>, DbError> {
-    let mut tx = db.read(tenant).await?;
-    let ids: Vec<(Id,)> = match &mut tx {
-        Tx::Postgres(t) => t.fetch_all(t.query_as(TAGGED).bind(tag.to_string())).await?,
-        Tx::Sqlite(t) => t.fetch_all(t.query_as(TAGGED).bind(tag.to_string())).await?,
-    };
-    Ok(ids.into_iter().map(|(i,)| i.0).collect())
 }

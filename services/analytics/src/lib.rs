@@ -193,7 +193,7 @@ async fn scope(s: &Analytics, tenant: TenantId, kind: Kind, params: &RawPathPara
         Kind::Link | Kind::Qr => {
             let want = if matches!(kind, Kind::Link) { "link" } else { "qr" };
             let id: uuid::Uuid = param.parse().map_err(|_| Problem::not_found())?;
-            let (found, label) = export::subject(&s.db, tenant, id).await?.ok_or_else(Problem::not_found)?;
+            let (found, label) = query::subject(&s.db, tenant, id).await?.ok_or_else(Problem::not_found)?;
             if found != want {
                 return Err(Problem::not_found().into());
             }
@@ -208,7 +208,7 @@ async fn scope(s: &Analytics, tenant: TenantId, kind: Kind, params: &RawPathPara
             if param.is_empty() || param.chars().count() > 50 {
                 return Err(Problem::not_found().into());
             }
-            let subjects = export::tagged(&s.db, tenant, &param).await?;
+            let subjects = query::tagged(&s.db, tenant, &param).await?;
             if subjects.is_empty() {
                 return Err(Problem::not_found().into());
             }

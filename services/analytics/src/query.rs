@@ -52,7 +52,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn all(&self) -> bool {
+    pub(crate) fn all(&self) -> bool {
         self.kind == "workspace"
     }
 
@@ -268,15 +268,31 @@ pub(crate) const EXPORT: (&str, &str) = filtered!(
 pub(crate) type RawRow =
     (Timestamp, Id, String, Id, Id, Option<Id>, String, String, String, String, String, String, String);
 
+/// Binds `$3`–`$11` of a filtered statement: the range, "every subject", and the six filters.
+macro_rules! with_filters {
+    ($b:expr, $q:expr, $scope:expr) => {
+        $b.bind(kernel::db::Timestamp::from_unix($q.from))
+            .bind(kernel::db::Timestamp::from_unix($q.to))
+            .bind($scope.all())
+            .bind($q.filters[0].clone())
+            .bind($q.filters[1].clone())
+            .bind($q.filters[2].clone())
+            .bind($q.filters[3].clone())
+            .bind($q.filters[4].clone())
+            .bind($q.filters[5].clone())
+    };
+}
+pub(crate) use with_filters;
+
 /// Binds a subject-list statement for either engine and runs `$method` on it.
 macro_rules! run {
     ($tx:expr, $sql:expr, $subjects:expr, $kind:ident, $fetch:ident, |$q:ident| $binds:expr) => {
         match $tx {
-            Tx::Postgres(t) => {
+            kernel::db::Tx::Postgres(t) => {
                 let $q = t.$kind($sql.0).bind($subjects.to_vec());
                 t.$fetch($binds).await?
             }
-            Tx::Sqlite(t) => {
+            kernel::db::Tx::Sqlite(t) => {
                 let ids: Vec<String> = $subjects.iter().map(|u| u.hyphenated().to_string()).collect();
                 let json = serde_json::to_string(&ids).unwrap_or_default();
                 let $q = t.$kind($sql.1).bind(json);
@@ -296,49 +312,23 @@ pub async fn summary(
 ) -> Result<Summary, DbError> {
     let mut tx = db.read(tenant).await?;
     let (from, to) = (Timestamp::from_unix(q.from), Timestamp::from_unix(q.to));
-    let f = &q.filters;
     let hours: Vec<(Timestamp, i64, i64)>;
     let mut top = BTreeMap::new();
     let (unique, method);
     // The per-dimension rollup covers the unfiltered workspace; anything narrower reads the cube.
     if q.filtered() || !scope.all() {
         let subjects = &scope.subjects;
-        hours = run!(&mut tx, C_SERIES, subjects, query_as, fetch_all, |b| b
-            .bind(from)
-            .bind(to)
-            .bind(scope.all())
-            .bind(f[0].clone())
-            .bind(f[1].clone())
-            .bind(f[2].clone())
-            .bind(f[3].clone())
-            .bind(f[4].clone())
-            .bind(f[5].clone()));
+        hours = run!(&mut tx, C_SERIES, subjects, query_as, fetch_all, |b| with_filters!(b, q, scope));
         for dim in &q.top {
             let i = DIMENSIONS.iter().position(|d| d == dim).unwrap_or(0);
-            let rows: Vec<(String, i64, i64)> = run!(&mut tx, C_TOP[i], subjects, query_as, fetch_all, |b| b
-                .bind(from)
-                .bind(to)
-                .bind(scope.all())
-                .bind(f[0].clone())
-                .bind(f[1].clone())
-                .bind(f[2].clone())
-                .bind(f[3].clone())
-                .bind(f[4].clone())
-                .bind(f[5].clone())
-                .bind(i64::from(q.limit)));
+            let rows: Vec<(String, i64, i64)> =
+                run!(&mut tx, C_TOP[i], subjects, query_as, fetch_all, |b| with_filters!(b, q, scope)
+                    .bind(i64::from(q.limit)));
             top.insert(*dim, entries(rows));
         }
         (unique, method) = if q.filtered() {
-            let (n,): (i64,) = run!(&mut tx, C_UNIQUE, subjects, query_as, fetch_one, |b| b
-                .bind(from)
-                .bind(to)
-                .bind(scope.all())
-                .bind(f[0].clone())
-                .bind(f[1].clone())
-                .bind(f[2].clone())
-                .bind(f[3].clone())
-                .bind(f[4].clone())
-                .bind(f[5].clone()));
+            let (n,): (i64,) =
+                run!(&mut tx, C_UNIQUE, subjects, query_as, fetch_one, |b| with_filters!(b, q, scope));
             (u64::try_from(n).unwrap_or(0), "exact")
         } else {
             sketch_count(&mut tx, &scope.rollup_subjects(), from, to).await?
@@ -407,6 +397,36 @@ fn series(q: &Query, hours: impl Iterator<Item = (i64, i64, i64)>) -> Vec<Point>
         }
     }
     buckets
+}
+
+/// A link's or QR code's kind and label.
+pub(crate) const SUBJECT: &str =
+    "select kind, label from analytics.subjects where tenant_id = $1 and id = $2";
+/// The subjects carrying a tag.
+pub(crate) const TAGGED: &str =
+    "select subject_id from analytics.subject_tags where tenant_id = $1 and tag = $2";
+
+/// The subject `id` of `kind` in the tenant, as (kind, label).
+pub(crate) async fn subject(
+    db: &Db,
+    tenant: kernel::TenantId,
+    id: Uuid,
+) -> Result<Option<(String, String)>, DbError> {
+    let mut tx = db.read(tenant).await?;
+    Ok(match &mut tx {
+        Tx::Postgres(t) => t.fetch_optional(t.query_as(SUBJECT).bind(Id(id))).await?,
+        Tx::Sqlite(t) => t.fetch_optional(t.query_as(SUBJECT).bind(Id(id))).await?,
+    })
+}
+
+/// The subjects carrying `tag`.
+pub(crate) async fn tagged(db: &Db, tenant: kernel::TenantId, tag: &str) -> Result<Vec<Uuid>, DbError> {
+    let mut tx = db.read(tenant).await?;
+    let ids: Vec<(Id,)> = match &mut tx {
+        Tx::Postgres(t) => t.fetch_all(t.query_as(TAGGED).bind(tag.to_string())).await?,
+        Tx::Sqlite(t) => t.fetch_all(t.query_as(TAGGED).bind(tag.to_string())).await?,
+    };
+    Ok(ids.into_iter().map(|(i,)| i.0).collect())
 }
 
 #[cfg(test)]
