@@ -10,6 +10,11 @@ use kernel::config::{Config, Overrides, SETTINGS};
 use kernel::platform::CancellationToken;
 use kernel::{Platform, Service};
 
+/// mimalloc: the hot paths allocate small, short-lived buffers on every
+/// request, which glibc's allocator serves at a noticeably higher cost.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Short links, dynamic QR codes, microsites and analytics, self-hosted.
 #[derive(Debug, Parser)]
 #[command(name = "signpost", version, propagate_version = true)]

@@ -1,5 +1,5 @@
 //! Wires services to backends: connects what the configuration names, runs
-//! migrations, starts consumers, relays and appenders, mounts the routes and
+//! migrations, starts consumers, relays and journals, mounts the routes and
 //! shuts everything down in order.
 
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::cache::{Cache, CacheError, MemoryCache, RedisCache, RedisConn};
 use crate::config::{Config, DatabaseConfig};
 use crate::db::{Db, DbError, Migrations, PgBackend, SqliteBackend};
-use crate::events::{Appender, Bus, BusError, Consumer, MemoryBus, NatsBus, run_relay};
+use crate::events::{Bus, BusError, Consumer, Journal, JournalError, MemoryBus, NatsBus, run_relay};
 use crate::http;
 use crate::http::Path;
 use crate::problem::Problem;
@@ -97,19 +97,24 @@ pub struct Kernel {
     /// In-process clients that services register for each other.
     pub registry: Arc<crate::registry::Registry>,
     redis: Option<RedisConn>,
-    appenders: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    append_stop: CancellationToken,
+    journals: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    journal_stop: CancellationToken,
+    /// Fires once the consumers of this process are subscribed.
+    consuming: CancellationToken,
     draining: CancellationToken,
 }
 
 impl Kernel {
-    /// A batched appender writing into `db`'s outbox (group commit).
-    pub fn appender(&self, db: &Db) -> Appender {
-        let (appender, task) = Appender::start(db.clone(), 512, self.append_stop.clone());
-        if let Ok(mut tasks) = self.appenders.lock() {
-            tasks.push(task);
+    /// This process's journal `name` for high-rate events (clicks, scans,
+    /// views), under `<data_dir>/journal/<name>`; its drainers publish to the bus.
+    pub fn journal(&self, name: &str) -> Result<Journal, JournalError> {
+        let dir = self.config.data_dir.join("journal").join(name);
+        let (journal, drainers) =
+            Journal::open(&dir, self.bus.clone(), self.consuming.clone(), self.journal_stop.clone())?;
+        if let Ok(mut tasks) = self.journals.lock() {
+            tasks.extend(drainers);
         }
-        appender
+        Ok(journal)
     }
 
     /// Fires when the process starts to stop: long-lived responses (event
@@ -265,8 +270,9 @@ impl Platform {
             authority: Arc::default(),
             registry: Arc::default(),
             redis,
-            appenders: Arc::default(),
-            append_stop: CancellationToken::new(),
+            journals: Arc::default(),
+            journal_stop: CancellationToken::new(),
+            consuming: CancellationToken::new(),
             draining: CancellationToken::new(),
         };
 
@@ -312,6 +318,7 @@ impl Platform {
         for (c, d) in consumers {
             consumer_tasks.extend(kernel.bus.start_consumer(c, d, consumer_stop.clone()).await?);
         }
+        kernel.consuming.cancel();
         let relay_stop = CancellationToken::new();
         let relays = dbs
             .iter()
@@ -393,13 +400,13 @@ impl Platform {
         Ok(())
     }
 
-    /// Stops the workers in dependency order: appenders commit what they hold,
+    /// Stops the workers in dependency order: journals publish what they hold,
     /// relays flush the outboxes, consumers finish, pools close.
     pub async fn shutdown(self) {
         self.kernel.draining.cancel();
-        self.kernel.append_stop.cancel();
-        let appenders = self.kernel.appenders.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        for t in appenders {
+        self.kernel.journal_stop.cancel();
+        let journals = self.kernel.journals.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        for t in journals {
             let _ = t.await;
         }
         self.relay_stop.cancel();

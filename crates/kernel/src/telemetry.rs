@@ -41,7 +41,7 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full("event_append_batch_size".to_string()),
+                        Matcher::Full("event_journal_batch_size".to_string()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
                     )
                 });
@@ -65,14 +65,16 @@ fn describe() {
         Unit::Seconds,
         "Time to answer an HTTP request, by method, route and status code."
     );
-    describe_counter!("events_published_total", "Events the outbox relay handed to the bus, by service.");
+    describe_counter!(
+        "events_published_total",
+        "Events the outbox relay or a journal handed to the bus, by service or journal."
+    );
     describe_counter!("events_consumed_total", "Events applied by consumers, by consumer.");
     describe_counter!("events_dead_lettered_total", "Events a consumer could not handle, by consumer.");
-    describe_histogram!("event_append_batch_size", "Events committed per batched append transaction.");
-    describe_histogram!(
-        "event_append_commit_seconds",
-        Unit::Seconds,
-        "Time to commit one batched append transaction."
+    describe_histogram!("event_journal_batch_size", "Events a journal published at once, by journal.");
+    describe_counter!(
+        "events_journal_unreadable_total",
+        "Journal records that could not be decoded (skipped)."
     );
     describe_gauge!("signpost_up", "1 while the process serves requests.");
 }

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kernel::db::{Db, DbError, Migration, Migrations, PgDb, SqliteDb, Tx};
-use kernel::events::{Appender, Consumer, Envelope, Handler, HandlerError};
+use kernel::events::{Consumer, Envelope, Handler, HandlerError, Journal};
 use kernel::http::{Json, Page, PageParams, PageRequest, Path, Query};
 use kernel::{ApiError, BoxError, Problem, Service, ServiceContext, ServiceParts, TenantId};
 use serde::{Deserialize, Serialize};
@@ -189,7 +189,7 @@ impl<S: Send + Sync> FromRequestParts<S> for FixtureTenant {
 #[derive(Clone)]
 struct AppState {
     store: Arc<dyn NotesStore>,
-    views: Appender,
+    views: Journal,
     instance: String,
 }
 
@@ -238,7 +238,7 @@ async fn view(
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| Problem::not_found())?;
     let event = Envelope::new("note.viewed", tenant, "anonymous", json!({ "note_id": id }));
-    s.views.append(event).await.map_err(ApiError::internal)?;
+    s.views.append(&event).map_err(ApiError::internal)?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -325,7 +325,7 @@ impl Service for Fixture {
         let db = ctx.db.ok_or("fixture needs its schema")?;
         let state = AppState {
             store: store(&db),
-            views: ctx.kernel.appender(&db),
+            views: ctx.kernel.journal("fixture")?,
             instance: ctx.kernel.config.public_url.clone(),
         };
         let router = Router::new()

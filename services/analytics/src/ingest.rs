@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use kernel::db::{Id, Timestamp, Tx};
+use kernel::db::{Id, Tx};
 use kernel::events::{Envelope, Handler, HandlerError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -80,7 +80,7 @@ fn bounded(field: &str, v: String, max: usize) -> Result<String, HandlerError> {
 
 /// Reads a click or scan; a malformed one is rejected (dead-lettered by the kernel).
 pub(crate) fn parse_click(e: &Envelope) -> Result<Click, HandlerError> {
-    let d: ClickData = serde_json::from_value(e.data.clone())
+    let d = ClickData::deserialize(&e.data)
         .map_err(|err| HandlerError::Reject(format!("not a click event: {err}")))?;
     let kind = if e.event_type == "qr.scanned" { "scan" } else { "click" };
     let subject = match (kind, d.qr_id) {
@@ -146,7 +146,7 @@ struct Subject {
 }
 
 fn parse_subject(e: &Envelope) -> Result<Subject, HandlerError> {
-    let d: SubjectData = serde_json::from_value(e.data.clone())
+    let d = SubjectData::deserialize(&e.data)
         .map_err(|err| HandlerError::Reject(format!("not a link or QR event: {err}")))?;
     if d.tenant_id.is_some_and(|t| t != e.tenant_id) {
         return Err(HandlerError::Reject("the subject's tenant is not the event's".into()));
@@ -208,17 +208,24 @@ const SKETCHES_PUT_PG: &str = "insert into analytics.sketches (tenant_id, subjec
      select $1, * from unnest($2::uuid[], $3::timestamptz[], $4::bytea[]) \
      on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
 
+// SQLite takes a whole batch per statement as one JSON array of rows (each row
+// an array, read with `->>` by position): a statement per row costs a round
+// trip to the connection's thread each. `where true` lets an upsert follow a select.
 const RAW_LITE: &str = "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
-     country, device, browser, os, referrer, bot, visitor) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+     country, device, browser, os, referrer, bot, visitor) select $1, value->>0, value->>1, value->>2, value->>3, \
+     value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 from json_each($2)";
 const CUBE_LITE: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
+     select $1, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8 \
+     from json_each($2) where true on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
      do update set clicks = clicks + excluded.clicks";
 const HOURLY_LITE: &str = "insert into analytics.hourly (tenant_id, subject_id, dim, hour, value, clicks, humans) \
-     values ($1, $2, $3, $4, $5, $6, $7) on conflict (tenant_id, subject_id, dim, hour, value) \
+     select $1, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 from json_each($2) where true \
+     on conflict (tenant_id, subject_id, dim, hour, value) \
      do update set clicks = clicks + excluded.clicks, humans = humans + excluded.humans";
-const SKETCH_GET_LITE: &str =
-    "select sketch from analytics.sketches where tenant_id = $1 and subject_id = $2 and hour = $3";
-const SKETCH_PUT_LITE: &str = "insert into analytics.sketches (tenant_id, subject_id, hour, sketch) values ($1, $2, $3, $4) \
+const SKETCHES_GET_LITE: &str = "select subject_id, hour, sketch from analytics.sketches where tenant_id = $1 \
+     and (subject_id, hour) in (select value->>0, value->>1 from json_each($2))";
+const SKETCHES_PUT_LITE: &str = "insert into analytics.sketches (tenant_id, subject_id, hour, sketch) \
+     select $1, value->>0, value->>1, unhex(value->>2) from json_each($2) where true \
      on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
 
 type CubeKey = (Uuid, i64, [String; 6]);
@@ -256,6 +263,19 @@ impl Rollup {
 
 fn at(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The stored sketches with the batch's visitors added.
+fn merge(
+    stored: impl Iterator<Item = (Uuid, i64, Vec<u8>)>,
+    added: HashMap<(Uuid, i64), Vec<u64>>,
+) -> Vec<((Uuid, i64), Sketch)> {
+    let mut merged: HashMap<(Uuid, i64), Sketch> =
+        stored.map(|(s, h, b)| ((s, h), Sketch::decode(&b))).collect();
+    for (key, hashes) in added {
+        merged.entry(key).or_default().extend(hashes);
+    }
+    merged.into_iter().collect()
 }
 
 /// Writes a batch of one tenant's clicks.
@@ -320,12 +340,7 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
                         .bind(keys.iter().map(|k| at(k.1)).collect::<Vec<_>>()),
                 )
                 .await?;
-            let mut merged: HashMap<(Uuid, i64), Sketch> =
-                stored.into_iter().map(|(s, h, b)| ((s, h.unix_timestamp()), Sketch::decode(&b))).collect();
-            for (key, hashes) in roll.sketches {
-                merged.entry(key).or_default().extend(hashes);
-            }
-            let merged: Vec<((Uuid, i64), Sketch)> = merged.into_iter().collect();
+            let merged = merge(stored.into_iter().map(|(s, h, b)| (s, h.unix_timestamp(), b)), roll.sketches);
             t.execute(
                 t.query(SKETCHES_PUT_PG)
                     .bind(merged.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
@@ -335,69 +350,40 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
             .await?;
         }
         Tx::Sqlite(t) => {
-            for c in clicks {
-                t.execute(
-                    t.query(RAW_LITE)
-                        .bind(Timestamp::from_unix(c.at))
-                        .bind(Id(c.event_id))
-                        .bind(c.kind)
-                        .bind(Id(c.subject))
-                        .bind(Id(c.link_id))
-                        .bind(c.qr_id.map(Id))
-                        .bind(c.dims[0].clone())
-                        .bind(c.dims[1].clone())
-                        .bind(c.dims[2].clone())
-                        .bind(c.dims[3].clone())
-                        .bind(c.dims[4].clone())
-                        .bind(c.dims[5].clone())
-                        .bind(c.visitor.clone()),
-                )
-                .await?;
-            }
-            for ((subject, hour, d), n) in roll.cube {
-                let [country, device, browser, os, referrer, bot] = d;
-                t.execute(
-                    t.query(CUBE_LITE)
-                        .bind(Id(subject))
-                        .bind(Timestamp::from_unix(hour))
-                        .bind(country)
-                        .bind(device)
-                        .bind(browser)
-                        .bind(os)
-                        .bind(referrer)
-                        .bind(bot)
-                        .bind(n),
-                )
-                .await?;
-            }
-            for ((subject, dim, hour, value), (n, h)) in roll.hourly {
-                t.execute(
-                    t.query(HOURLY_LITE)
-                        .bind(Id(subject))
-                        .bind(dim)
-                        .bind(Timestamp::from_unix(hour))
-                        .bind(value)
-                        .bind(n)
-                        .bind(h),
-                )
-                .await?;
-            }
-            for ((subject, hour), hashes) in roll.sketches {
-                let stored: Option<(Vec<u8>,)> = t
-                    .fetch_optional(
-                        t.query_as(SKETCH_GET_LITE).bind(Id(subject)).bind(Timestamp::from_unix(hour)),
-                    )
-                    .await?;
-                let mut sketch = stored.map(|(b,)| Sketch::decode(&b)).unwrap_or_default();
-                sketch.extend(hashes);
-                t.execute(
-                    t.query(SKETCH_PUT_LITE)
-                        .bind(Id(subject))
-                        .bind(Timestamp::from_unix(hour))
-                        .bind(sketch.encode()),
-                )
-                .await?;
-            }
+            use serde_json::json;
+            let rows = |v: Vec<Value>| Value::Array(v).to_string();
+            let raw = clicks
+                .iter()
+                .map(|c| {
+                    let [country, device, browser, os, referrer, bot] = &c.dims;
+                    json!([
+                        c.at, c.event_id, c.kind, c.subject, c.link_id, c.qr_id, country, device, browser,
+                        os, referrer, bot, c.visitor
+                    ])
+                })
+                .collect();
+            t.execute(t.query(RAW_LITE).bind(rows(raw))).await?;
+            let cube = roll
+                .cube
+                .iter()
+                .map(|((subject, hour, d), n)| json!([subject, hour, d[0], d[1], d[2], d[3], d[4], d[5], n]))
+                .collect();
+            t.execute(t.query(CUBE_LITE).bind(rows(cube))).await?;
+            let hourly = roll
+                .hourly
+                .iter()
+                .map(|((subject, dim, hour, value), (n, h))| json!([subject, dim, hour, value, n, h]))
+                .collect();
+            t.execute(t.query(HOURLY_LITE).bind(rows(hourly))).await?;
+            let keys = roll.sketches.keys().map(|(subject, hour)| json!([subject, hour])).collect();
+            let stored: Vec<(Id, i64, Vec<u8>)> =
+                t.fetch_all(t.query_as(SKETCHES_GET_LITE).bind(rows(keys))).await?;
+            let merged = merge(stored.into_iter().map(|(Id(s), h, b)| (s, h, b)), roll.sketches);
+            let put = merged
+                .iter()
+                .map(|((subject, hour), sketch)| json!([subject, hour, kernel::hex(&sketch.encode())]))
+                .collect();
+            t.execute(t.query(SKETCHES_PUT_LITE).bind(rows(put))).await?;
         }
     }
     Ok(())

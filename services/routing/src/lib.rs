@@ -2,8 +2,9 @@
 //! from its own read model (schema `routing`, fed by link events) behind the
 //! cache, asks links directly on a miss when links runs in the same process
 //! (read-your-writes), applies the link's rules, and records each click as a
-//! `link.clicked` event through the kernel's batched append (group commit): no
-//! transaction of its own per request, and nothing answered is lost on a crash.
+//! `link.clicked` event in the kernel's journal (one file append, published to
+//! the bus in batches): no database transaction per request, and nothing
+//! answered is lost on a crash.
 
 pub mod agent;
 mod pages;
@@ -20,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kernel::db::{Db, DbError, Id, Migration, Migrations, Timestamp, Tx};
-use kernel::events::{Appender, Consumer, Envelope, Handler, HandlerError};
+use kernel::events::{Consumer, Envelope, Handler, HandlerError, Journal};
 use kernel::http::ClientIp;
 use kernel::password::{Hasher, Verified};
 use kernel::{BoxError, Kernel, Problem, Service, ServiceContext, ServiceParts, TenantId};
@@ -50,8 +51,45 @@ pub const ROUTE_TTL: Duration = Duration::from_secs(60);
 /// Wrong passwords allowed per link and client address in 15 minutes.
 const PASSWORD_TRIES: u64 = 10;
 
+/// This process's decoded copy of hot routes, in front of the shared cache:
+/// a hit costs no decoding. An entry is good while the epoch it was read in is
+/// current (every change to routes bumps it) and for at most `ttl`.
+struct Local<T> {
+    /// The value, the epoch it was read in, and when.
+    map: std::sync::RwLock<std::collections::HashMap<String, LocalEntry<T>>>,
+    ttl: Duration,
+}
+
+type LocalEntry<T> = (Arc<T>, u64, std::time::Instant);
+
+/// Most entries in a [`Local`] cache; a full one starts over.
+const LOCAL_ENTRIES: usize = 100_000;
+
+impl<T> Local<T> {
+    fn new(ttl: Duration) -> Self {
+        Self { map: std::sync::RwLock::default(), ttl }
+    }
+
+    fn get(&self, key: &str, epoch: u64) -> Option<Arc<T>> {
+        let map = self.map.read().ok()?;
+        let (value, seen, at) = map.get(key)?;
+        (*seen == epoch && at.elapsed() < self.ttl).then(|| value.clone())
+    }
+
+    fn put(&self, key: &str, value: Arc<T>, epoch: u64) {
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= LOCAL_ENTRIES {
+                map.clear();
+            }
+            map.insert(key.to_string(), (value, epoch, std::time::Instant::now()));
+        }
+    }
+}
+
 struct Routing {
     kernel: Kernel,
+    /// Decoded routes by cache key.
+    local: Local<RouteRecord>,
     /// The country database, when `GEOIP_DB` names one.
     geoip: Option<maxminddb::Reader<Vec<u8>>>,
     /// Changes whenever the read model's handler evicts cache entries.
@@ -59,7 +97,7 @@ struct Routing {
     /// The platform's own host (of the public URL), lower case.
     public_host: String,
     db: Db,
-    appender: Appender,
+    journal: Journal,
     hasher: Hasher,
     visitor_key: ring::hmac::Key,
 }
@@ -107,6 +145,17 @@ const TAKE_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, 
      on conflict (tenant_id, link_id) do update set clicks = click_counts.clicks + 1 \
      where click_counts.clicks < $3";
 const CLICKS: &str = "select clicks from routing.click_counts where tenant_id = $1 and link_id = $2";
+
+/// The events the read model follows.
+const ROUTE_EVENTS: &[&str] = &[
+    "link.created",
+    "link.updated",
+    "link.deleted",
+    "qr.created",
+    "qr.updated",
+    "domain.verified",
+    "domain.deleted",
+];
 
 fn cache_key(domain: &str, slug: &str) -> String {
     format!("route:{domain}:{slug}")
@@ -201,13 +250,19 @@ impl Routing {
         }
     }
 
-    /// The route of a public path: cache, then the read model, then (in-process) links.
-    async fn lookup(&self, domain: &str, slug: &str) -> Result<Option<RouteRecord>, BoxError> {
+    /// The route of a public path: this process's copy, the cache, then the
+    /// read model, then (in-process) links.
+    async fn lookup(&self, domain: &str, slug: &str) -> Result<Option<Arc<RouteRecord>>, BoxError> {
         let key = cache_key(domain, slug);
         let seen = self.epoch.load(Ordering::SeqCst);
+        if let Some(r) = self.local.get(&key, seen) {
+            return Ok(Some(r));
+        }
         if let Ok(Some(bytes)) = self.kernel.cache.get(&key).await
             && let Ok(r) = serde_json::from_slice::<RouteRecord>(&bytes)
         {
+            let r = Arc::new(r);
+            self.local.put(&key, r.clone(), seen);
             return Ok(Some(r));
         }
         let stored: Option<(String,)> = read_global!(&self.db, t => {
@@ -228,7 +283,7 @@ impl Routing {
         {
             self.fill(&key, &bytes, ROUTE_TTL, seen).await;
         }
-        Ok(record)
+        Ok(record.map(Arc::new))
     }
 
     /// The verified custom domain of a hostname, if any (cached).
@@ -356,7 +411,7 @@ impl Routing {
     fn visitor(&self, ip: &str, user_agent: &str) -> String {
         let day = time::OffsetDateTime::now_utc().date();
         let tag = ring::hmac::sign(&self.visitor_key, format!("{day}|{ip}|{user_agent}").as_bytes());
-        tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+        kernel::hex(&tag.as_ref()[..16])
     }
 }
 
@@ -393,11 +448,30 @@ impl Service for RoutingService {
             None => None,
         };
         let epoch = Arc::new(AtomicU64::new(0));
+        // Another instance may apply a change (its consumer got the event): every
+        // instance hears of it on the live tap and drops its decoded copies.
+        let mut changes = kernel.bus.watch(ROUTE_EVENTS).await?;
+        let (bump, draining) = (epoch.clone(), kernel.draining());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = draining.cancelled() => break,
+                    e = futures_util::StreamExt::next(&mut changes) => match e {
+                        Some(_) => { bump.fetch_add(1, Ordering::SeqCst); }
+                        None => break,
+                    },
+                }
+            }
+        });
+        // The tap is lossy: with a shared cache (several instances), a decoded copy
+        // lives briefly; alone, every change reaches this process's own handler.
+        let local_ttl = if kernel.cache.kind() == "memory" { ROUTE_TTL } else { Duration::from_secs(1) };
         let state = Arc::new(Routing {
+            local: Local::new(local_ttl),
             geoip,
             epoch: epoch.clone(),
             public_host,
-            appender: kernel.appender(&db),
+            journal: kernel.journal("routing")?,
             hasher: Hasher::new(kernel::password::MIN_MEMORY_KIB, kernel::password::MIN_ITERATIONS, 2)?,
             visitor_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             kernel: kernel.clone(),
@@ -412,15 +486,7 @@ impl Service for RoutingService {
             edge: None,
             consumers: vec![Consumer {
                 name: "routing.links",
-                event_types: &[
-                    "link.created",
-                    "link.updated",
-                    "link.deleted",
-                    "qr.created",
-                    "qr.updated",
-                    "domain.verified",
-                    "domain.deleted",
-                ],
+                event_types: ROUTE_EVENTS,
                 handler: Arc::new(RoutesHandler { kernel, epoch }),
             }],
             openapi_paths: openapi(),
@@ -559,7 +625,7 @@ async fn resolve(
     r: &Routing,
     p: &Public,
     headers: &HeaderMap,
-) -> Result<Option<(RouteRecord, Option<uuid::Uuid>)>, Response> {
+) -> Result<Option<(Arc<RouteRecord>, Option<uuid::Uuid>)>, Response> {
     match p {
         Public::Link(slug) => {
             if !links::model::could_be_slug(slug) {
@@ -577,7 +643,9 @@ async fn resolve(
                 return Ok(None);
             }
             match r.lookup_qr(code).await {
-                Ok(Some((qr, route))) if !route.deleted && !qr.deleted => Ok(Some((route, Some(qr.qr_id)))),
+                Ok(Some((qr, route))) if !route.deleted && !qr.deleted => {
+                    Ok(Some((Arc::new(route), Some(qr.qr_id))))
+                }
                 Ok(_) => Ok(None),
                 Err(e) => Err(internal(&e)),
             }
@@ -748,9 +816,9 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
             "counted": counted,
         }),
     );
-    // The answer waits for the click to be committed (group commit): a redirect
-    // that was answered is never lost, even to kill -9.
-    if let Err(e) = r.appender.append(click).await {
+    // The click is in the journal before the answer leaves: a redirect that was
+    // answered is never lost, even to kill -9.
+    if let Err(e) = r.journal.append(&click) {
         return internal(&e);
     }
     if fire {

@@ -72,17 +72,9 @@ impl Migrations {
                 }),
             )
             .map(|(version, sql)| {
-                let checksum = hex(&Sha256::digest(sql.as_bytes()));
+                let checksum = crate::hex(&Sha256::digest(sql.as_bytes()));
                 Step { version, sql, checksum }
             })
             .collect()
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

@@ -276,9 +276,9 @@ impl Tx {
 }
 
 impl Db {
-    /// Inserts events of any tenants into the outbox in one system transaction
-    /// (the batched append path: one commit for many events).
-    pub(crate) async fn append_outbox<'e>(
+    /// Inserts events of any tenants into the outbox in one system transaction.
+    #[cfg(feature = "testing")]
+    async fn append_outbox<'e>(
         &self,
         events: impl Iterator<Item = &'e crate::events::Envelope>,
     ) -> Result<(), DbError> {

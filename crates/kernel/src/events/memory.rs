@@ -29,16 +29,17 @@ struct Subscriber {
 /// How many published events a slow watcher may fall behind before it skips.
 const WATCH_BUFFER: usize = 4096;
 
-/// In-process bus: consumers are tasks in this process.
-pub struct MemoryBus {
-    subscribers: Mutex<Vec<Subscriber>>,
+/// A live tap: its event types and its channel.
+struct Watcher {
+    event_types: &'static [&'static str],
     live: broadcast::Sender<Arc<Envelope>>,
 }
 
-impl Default for MemoryBus {
-    fn default() -> Self {
-        Self { subscribers: Mutex::default(), live: broadcast::channel(WATCH_BUFFER).0 }
-    }
+/// In-process bus: consumers are tasks in this process.
+#[derive(Default)]
+pub struct MemoryBus {
+    subscribers: Mutex<Vec<Subscriber>>,
+    watchers: Mutex<Vec<Watcher>>,
 }
 
 impl MemoryBus {
@@ -48,16 +49,12 @@ impl MemoryBus {
     }
 }
 
-/// The events of `types` from a broadcast receiver; a lagging reader skips ahead.
-fn watch_stream(
-    rx: broadcast::Receiver<Arc<Envelope>>,
-    types: &'static [&'static str],
-) -> BoxStream<'static, Envelope> {
+/// The events from a broadcast receiver; a lagging reader skips ahead.
+fn watch_stream(rx: broadcast::Receiver<Arc<Envelope>>) -> BoxStream<'static, Envelope> {
     futures_util::stream::unfold(rx, move |mut rx| async move {
         loop {
             match rx.recv().await {
-                Ok(e) if types.contains(&e.event_type.as_str()) => return Some(((*e).clone(), rx)),
-                Ok(_) => {}
+                Ok(e) => return Some(((*e).clone(), rx)),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     metrics::counter!("events_watch_skipped_total").increment(n);
                 }
@@ -94,9 +91,13 @@ impl Bus for MemoryBus {
         for wait in pending {
             wait.await.map_err(|_| BusError::Publish("a consumer stopped mid-delivery".into()))??;
         }
-        if self.live.receiver_count() > 0 {
-            for e in events {
-                let _ = self.live.send(Arc::new(e.clone()));
+        if let Ok(mut watchers) = self.watchers.lock() {
+            // A tap nobody reads any more is dropped; the others get their types only.
+            watchers.retain(|w| w.live.receiver_count() > 0);
+            for w in watchers.iter() {
+                for e in events.iter().filter(|e| w.event_types.contains(&e.event_type.as_str())) {
+                    let _ = w.live.send(Arc::new(e.clone()));
+                }
             }
         }
         Ok(())
@@ -132,7 +133,12 @@ impl Bus for MemoryBus {
         &self,
         event_types: &'static [&'static str],
     ) -> Result<BoxStream<'static, Envelope>, BusError> {
-        Ok(watch_stream(self.live.subscribe(), event_types))
+        let (live, rx) = broadcast::channel(WATCH_BUFFER);
+        self.watchers
+            .lock()
+            .map_err(|_| BusError::Connect("watcher list is poisoned".into()))?
+            .push(Watcher { event_types, live });
+        Ok(watch_stream(rx))
     }
 
     async fn ping(&self) -> Result<(), BusError> {

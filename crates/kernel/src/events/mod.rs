@@ -1,10 +1,10 @@
 //! Events: the envelope, the transactional outbox and its relay, the bus
-//! (in-process or NATS JetStream), idempotent consumers, and the batched append
-//! path for high-rate events.
+//! (in-process or NATS JetStream), idempotent consumers, and the journal for
+//! high-rate events.
 
-mod append;
 mod bus;
 mod consumer;
+mod journal;
 mod memory;
 mod nats;
 mod relay;
@@ -14,9 +14,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use append::{AppendError, Appender};
 pub use bus::{Bus, BusError};
 pub use consumer::{Consumer, Handler, HandlerError};
+pub use journal::{Journal, JournalError};
 pub use memory::MemoryBus;
 pub use nats::NatsBus;
 pub use relay::{relay_once, run_relay};

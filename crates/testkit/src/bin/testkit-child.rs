@@ -3,14 +3,17 @@
 //! returned, and never exits by itself.
 //!
 //! `testkit-child write-note TENANT`   — one note + its outbox event, then wait.
-//! `testkit-child append-views TENANT` — batched appends from 8 tasks, forever.
+//! `testkit-child append-views TENANT` — journal appends from 8 tasks, forever,
+//! in a platform running the fixture service (which drains them).
 
 use std::io::Write;
 
 use kernel::TenantId;
 use kernel::config::{Config, Overrides};
-use kernel::events::{Appender, Envelope};
-use kernel::platform::{CancellationToken, DbBackend};
+use std::sync::Arc;
+
+use kernel::events::Envelope;
+use kernel::platform::{DbBackend, Platform};
 use testkit::fixture;
 
 #[tokio::main]
@@ -34,20 +37,26 @@ async fn main() {
             say(&format!("written {}", note.id));
         }
         "append-views" => {
-            let (appender, _task) = Appender::start(db, 512, CancellationToken::new());
+            drop(db);
+            let platform =
+                Platform::start(config, vec![Arc::new(fixture::Fixture)]).await.unwrap_or_else(|e| fail(e));
+            let journal = platform.kernel().journal("fixture").unwrap_or_else(|e| fail(e));
             for _ in 0..8 {
-                let appender: Appender = appender.clone();
+                let journal = journal.clone();
                 tokio::spawn(async move {
                     loop {
                         let e = Envelope::new("note.viewed", tenant, "anonymous", serde_json::json!({}));
-                        let id = e.event_id;
-                        match appender.append(e).await {
-                            Ok(()) => say(&format!("appended {id}")),
+                        match journal.append(&e) {
+                            Ok(()) => say(&format!("appended {}", e.event_id)),
                             Err(err) => fail(err),
                         }
+                        tokio::task::yield_now().await;
                     }
                 });
             }
+            // Keep the platform (its drainers and consumers) alive until the kill.
+            std::future::pending::<()>().await;
+            drop(platform);
         }
         other => fail(format!("unknown command {other}")),
     }

@@ -83,7 +83,7 @@ async fn batched_appends_are_each_delivered_once() {
     assert_eq!(post_views(&app, tenant, &id, 60).await, 60);
     settles_at(&app, tenant, (1, 60)).await;
     let metrics = metrics_text(&app).await;
-    assert!(metrics.contains("event_append_batch_size_bucket"), "batch sizes are measured");
+    assert!(metrics.contains("event_journal_batch_size_bucket"), "batch sizes are measured");
     app.stop().await;
 }
 
