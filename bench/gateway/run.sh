@@ -8,14 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
-TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/signpost-target}"
-export CARGO_TARGET_DIR="$TARGET"
-cargo build --release --quiet
-BIN="$TARGET/release/signpost"
-WORK=$(mktemp -d)
+source bench/common.sh
 UP=18080 NGX=18081 GW=18082
-SECRET=bench-secret-0123456789abcdef0123456789
-ISSUER=https://bench.signpost.local
 
 # Two nginx instances: the upstream (1 worker) that both proxies call, and the
 # nginx proxy (2 workers, like the gateway's 2 runtime threads). Sharing one

@@ -11,14 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
-TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/signpost-target}"
-export CARGO_TARGET_DIR="$TARGET"
-cargo build --release --quiet
-BIN="$TARGET/release/signpost"
-WORK=$(mktemp -d)
+source bench/common.sh
 NGX=18091 SP=18092
-SECRET=bench-secret-0123456789abcdef0123456789
-ISSUER=https://bench.signpost.local
 
 # nginx with 2 workers, like signpost's 2 runtime threads on this 2-core machine.
 cat > "$WORK/nginx.conf" <<NGINX
@@ -56,14 +50,27 @@ echo "signpost RSS at idle: $(ps -o rss= -p "$SP_PID") KiB"
 echo "== maximum throughput (wrk -t1 -c64 -d${DURATION}s)"
 declare -A RPS
 SENT=1  # the check above
+SUMMARY="http://127.0.0.1:$SP/v1/analytics/links/$LINK_ID/summary"
+counted() { curl -sf -H "Authorization: Bearer $TOKEN" "$SUMMARY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["clicks"])'; }
+wait_counted() { # until analytics has counted $SENT clicks (at most 5 minutes)
+    for _ in $(seq 1 600); do
+        COUNTED=$(counted)
+        [ "$COUNTED" -ge "$SENT" ] && return 0
+        sleep 0.5
+    done
+}
 for name in nginx signpost; do
     case $name in nginx) port=$NGX;; signpost) port=$SP;; esac
+    [ "$name" = signpost ] && T0=$(date +%s.%N)
     out=$(wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/bench")
     RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     [ "$name" = signpost ] && SENT=$((SENT + $(echo "$out" | awk '/requests in/ {print $1}')))
     echo "$name: ${RPS[$name]} req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {n=$NF} END {print "p50 " p50 ", p99 " p99 ", non-2xx " n}')"
     [ "$name" = signpost ] && echo "signpost RSS under load: $(ps -o rss= -p "$SP_PID") KiB"
 done
+# End to end: from the first redirect until analytics' summary shows them all.
+wait_counted
+python3 -c "t = $(date +%s.%N) - $T0; print('end to end: %d clicks counted by analytics %.1f s after the load began: %.0f clicks/s' % ($COUNTED, t, $COUNTED / t))"
 python3 -c "print('signpost / nginx throughput ratio: %.2f' % (${RPS[signpost]} / ${RPS[nginx]}))"
 
 if command -v oha >/dev/null; then
@@ -87,12 +94,7 @@ else
 fi
 
 # Every answered redirect is counted: analytics' total for the link must reach
-# the number of redirects answered (it lags while the journal drains).
+# the number of redirects answered.
 echo "redirects answered by signpost: $SENT"
-SUMMARY="http://127.0.0.1:$SP/v1/analytics/links/$LINK_ID/summary"
-for _ in $(seq 1 600); do
-    COUNTED=$(curl -sf -H "Authorization: Bearer $TOKEN" "$SUMMARY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["clicks"])')
-    [ "$COUNTED" -ge "$SENT" ] && break
-    sleep 0.5
-done
+wait_counted
 echo "clicks counted by analytics: $COUNTED"

@@ -75,10 +75,12 @@ async fn page(
     let mut tx = db.read(tenant).await?;
     let subjects = &scope.subjects;
     let rows: Vec<RawRow> =
-        run!(&mut tx, EXPORT, subjects, query_as, fetch_all, |b| with_filters!(b, q, scope)
-            .bind(after.0)
-            .bind(after.1)
-            .bind(PAGE));
+        run!(&mut tx, EXPORT[usize::from(scope.all())], subjects, query_as, fetch_all, |b| with_filters!(
+            b, q, scope
+        )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(PAGE));
     Ok(rows)
 }
 

@@ -40,6 +40,9 @@ const MAX_RECORD: usize = 256 * 1024;
 /// Slots tried per journal before giving up.
 const MAX_SLOTS: usize = 64;
 const HEADER: usize = 8;
+/// How long a stopping drainer keeps publishing a backlog; the rest waits on
+/// disk for the next start.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why an append failed; nothing of the record counts as written.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +167,10 @@ impl Journal {
                 dir.display()
             ))));
         };
-        let segment = segments(&slot)?.last().map_or(0, |s| s + 1);
+        // Numbers only grow within a slot, also past segments already drained
+        // and removed: the checkpoint may name one of those.
+        let (_, saved) = Checkpoint::open(&slot)?;
+        let segment = segments(&slot)?.last().map_or(0, |s| s + 1).max(saved.map_or(0, |p| p.segment + 1));
         let file = create_segment(&slot, segment)?;
         let inner = Arc::new(Inner {
             dir: slot.clone(),
@@ -361,7 +367,16 @@ async fn drain_slot(
     let mut buf = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut stopping = false;
+    let mut deadline = None;
     loop {
+        if shutdown.is_cancelled() {
+            stopping = true;
+            let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + STOP_DEADLINE);
+            if std::time::Instant::now() > until {
+                tracing::info!(journal = %name, "stopping with a backlog; it is published at the next start");
+                return Ok(());
+            }
+        }
         let writing = source.writing();
         if file.is_none() {
             match File::open(segment_path(slot, at.segment)) {
@@ -400,7 +415,7 @@ async fn drain_slot(
                         return Ok(());
                     }
                     tokio::select! {
-                        _ = shutdown.cancelled() => stopping = true,
+                        _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -442,10 +457,8 @@ async fn drain_slot(
         let Source::Own(inner) = source else { continue };
         inner.idle.store(true, Ordering::Release);
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                stopping = true;
-                // One more pass picks up what was written before the stop.
-            }
+            // One more pass picks up what was written before the stop.
+            _ = shutdown.cancelled() => {}
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
@@ -553,6 +566,13 @@ mod tests {
             vec![8],
             "the old segment is gone; the new one is written"
         );
+        // The emptied slot is taken by the next process, whose first records are
+        // not mistaken for the ones its checkpoint already passed.
+        let (second, mut published_too, stop_too) = open(&dir, SEGMENT_BYTES).await;
+        second.append(&event(30)).unwrap();
+        assert_eq!(next_n(&mut published_too, 1).await, vec![30]);
+        assert_eq!(segments(&dir.join("2")).unwrap(), vec![1], "segment numbers only grow");
+        stop_too.cancel();
         shutdown.cancel();
         drop(live);
         let _ = std::fs::remove_dir_all(dir);

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Redirect lookups with many links stored: `signpost up` (embedded backends,
+# click capture on) is measured on one slug before and after LINKS routes are
+# added to routing's read model, then on random slugs among all of them (most
+# lookups then miss the per-process cache and read SQLite).
+#
+# The routes are written straight into routing.db (one transaction): creating a
+# million links through the API would take most of an hour here, and the
+# redirect reads nothing but this read model.
+#
+# Needs: wrk, oha (cargo install oha), python3.
+# Usage: bench/redirect/many_links.sh [LINKS] [DURATION_SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LINKS="${1:-1000000}"
+DURATION="${2:-10}"
+source bench/common.sh
+SP=18094
+
+SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
+JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
+    "$BIN" up --listen "127.0.0.1:$SP" > "$WORK/signpost.log" 2>&1 &
+SP_PID=$!
+trap 'kill "$SP_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$SP/healthz" >/dev/null && break; sleep 0.1; done
+TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
+curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" >/dev/null
+test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/bench")" = 302 || { echo "no redirect"; exit 1; }
+
+measure() { # label path-or-script
+    local label=$1 target=$2 out rate
+    if [ "${target#/}" = "$target" ]; then
+        out=$(wrk -t1 -c64 -d"${DURATION}s" --latency -s "$target" "http://127.0.0.1:$SP/")
+    else
+        out=$(wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$SP$target")
+    fi
+    echo "$label, maximum (wrk -t1 -c64): $(echo "$out" | awk '/Requests\/sec/ {r=$2} / 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {n=$NF} END {print r " req/s, p50 " p50 ", p99 " p99 ", non-2xx " n}')"
+}
+latency() { # label path rate
+    oha --no-tui --output-format json --redirect 0 -z "${DURATION}s" -q "$3" -c 32 --latency-correction \
+        "http://127.0.0.1:$SP$2" > "$WORK/oha.json"
+    python3 - "$1" "$3" "$WORK/oha.json" <<'PY'
+import json, sys
+label, rate, path = sys.argv[1], sys.argv[2], sys.argv[3]
+d = json.load(open(path))
+p = d["latencyPercentiles"]
+print(f"{label}, at {rate} req/s (oha -c 32): p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
+PY
+}
+
+echo "== one slug, 1 link stored"
+measure "hot slug" /bench
+latency "hot slug" /bench 10000
+
+echo "== storing $LINKS more routes in routing's read model"
+python3 - "$WORK/data/routing.db" "$LINKS" <<'PY'
+import json, sqlite3, sys, time, uuid
+path, n = sys.argv[1], int(sys.argv[2])
+db = sqlite3.connect(path, timeout=30)
+tenant = str(uuid.uuid4())
+began = time.time()
+def rows():
+    for i in range(n):
+        link = str(uuid.uuid4())
+        record = {"tenant_id": tenant, "link_id": link, "domain": "", "slug": f"r{i}",
+                  "url": f"https://example.com/{i}", "redirect_type": 302, "version": 1}
+        yield ("", f"r{i}", tenant, link, json.dumps(record), 1)
+with db:
+    db.executemany("insert into routes (domain, slug, tenant_id, link_id, record, version) values (?, ?, ?, ?, ?, ?)", rows())
+print(f"{n} routes in {time.time() - began:.1f} s; routes now: {db.execute('select count(*) from routes').fetchone()[0]}")
+PY
+test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/r$((LINKS - 1))")" = 302 || { echo "a stored route does not redirect"; exit 1; }
+
+echo "== one slug, $LINKS links stored"
+measure "hot slug" /bench
+latency "hot slug" /bench 10000
+cat > "$WORK/random.lua" <<LUA
+math.randomseed(os.time())
+request = function() return wrk.format("GET", "/r" .. math.random(0, $LINKS - 1)) end
+LUA
+echo "== random slugs among $LINKS (mostly cold: the per-process cache keeps 100,000)"
+measure "random slugs" "$WORK/random.lua"
+echo "signpost RSS after the runs: $(ps -o rss= -p "$SP_PID") KiB"
