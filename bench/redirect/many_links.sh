@@ -8,8 +8,8 @@
 # million links through the API would take most of an hour here, and the
 # redirect reads nothing but this read model.
 #
-# Needs: wrk, oha (cargo install oha), python3.
-# Usage: bench/redirect/many_links.sh [LINKS] [DURATION_SECONDS]
+# Needs: oha (cargo install oha), python3.
+# Usage: bench/redirect/many_links.sh [LINKS, a power of ten] [DURATION_SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LINKS="${1:-1000000}"
@@ -28,30 +28,26 @@ curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" >/dev/null
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/bench")" = 302 || { echo "no redirect"; exit 1; }
 
-measure() { # label path-or-script
-    local label=$1 target=$2 out rate
-    if [ "${target#/}" = "$target" ]; then
-        out=$(wrk -t1 -c64 -d"${DURATION}s" --latency -s "$target" "http://127.0.0.1:$SP/")
-    else
-        out=$(wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$SP$target")
-    fi
-    echo "$label, maximum (wrk -t1 -c64): $(echo "$out" | awk '/Requests\/sec/ {r=$2} / 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {n=$NF} END {print r " req/s, p50 " p50 ", p99 " p99 ", non-2xx " n}')"
-}
-latency() { # label path rate
-    oha --no-tui --output-format json --redirect 0 -z "${DURATION}s" -q "$3" -c 32 --latency-correction \
-        "http://127.0.0.1:$SP$2" > "$WORK/oha.json"
-    python3 - "$1" "$3" "$WORK/oha.json" <<'PY'
+# oha for every phase: it reports the status of every answer (all must be 302).
+run_oha() { # label url-or-regex rate(0 = as fast as it goes) [--rand-regex-url]
+    local label=$1 url=$2 rate=$3 conns=64 how="maximum"
+    local args=(--no-tui --output-format json --redirect 0 -z "${DURATION}s")
+    if [ "$rate" != 0 ]; then args+=(-q "$rate" --latency-correction); conns=32; how="at $rate req/s"; fi
+    if [ "${4:-}" = regex ]; then args+=(--rand-regex-url); fi
+    oha "${args[@]}" -c "$conns" "$url" > "$WORK/oha.json"
+    python3 - "$label, $how (oha -c $conns)" "$WORK/oha.json" <<'PY'
 import json, sys
-label, rate, path = sys.argv[1], sys.argv[2], sys.argv[3]
+label, path = sys.argv[1], sys.argv[2]
 d = json.load(open(path))
 p = d["latencyPercentiles"]
-print(f"{label}, at {rate} req/s (oha -c 32): p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
+print(f"{label}: {d['summary']['requestsPerSec']:.0f} req/s, p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
 PY
 }
+HOT="http://127.0.0.1:$SP/bench"
 
 echo "== one slug, 1 link stored"
-measure "hot slug" /bench
-latency "hot slug" /bench 10000
+run_oha "hot slug" "$HOT" 0
+run_oha "hot slug" "$HOT" 10000
 
 echo "== storing $LINKS more routes in routing's read model"
 python3 - "$WORK/data/routing.db" "$LINKS" <<'PY'
@@ -73,12 +69,11 @@ PY
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/r$((LINKS - 1))")" = 302 || { echo "a stored route does not redirect"; exit 1; }
 
 echo "== one slug, $LINKS links stored"
-measure "hot slug" /bench
-latency "hot slug" /bench 10000
-cat > "$WORK/random.lua" <<LUA
-math.randomseed(os.time())
-request = function() return wrk.format("GET", "/r" .. math.random(0, $LINKS - 1)) end
-LUA
+run_oha "hot slug" "$HOT" 0
+run_oha "hot slug" "$HOT" 10000
+# Slugs r10…0 to r99…9: all stored when LINKS is a power of ten.
+DIGITS=$(( ${#LINKS} - 2 ))
 echo "== random slugs among $LINKS (mostly cold: the per-process cache keeps 100,000)"
-measure "random slugs" "$WORK/random.lua"
+run_oha "random slugs" "http://127.0.0.1:$SP/r[1-9][0-9]{$DIGITS}" 0 regex
+run_oha "random slugs" "http://127.0.0.1:$SP/r[1-9][0-9]{$DIGITS}" 10000 regex
 echo "signpost RSS after the runs: $(ps -o rss= -p "$SP_PID") KiB"
