@@ -235,6 +235,8 @@ pub struct Platform {
 impl Platform {
     /// Connects every backend, migrates, starts the services and their workers.
     pub async fn start(config: Config, services: Vec<Arc<dyn Service>>) -> Result<Self, StartError> {
+        // Outbound TLS (S3, webhooks) needs it, whoever embeds the platform.
+        crate::install_crypto_provider();
         let config = Arc::new(config);
         let db = DbBackend::connect(&config).await?;
         let all: Vec<Migrations> = services.iter().filter_map(|s| s.migrations()).collect();
