@@ -278,12 +278,15 @@ impl Routing {
                 None => None,
             },
         };
+        let record = record.map(Arc::new);
         if let Some(r) = &record
-            && let Ok(bytes) = serde_json::to_vec(r)
+            && let Ok(bytes) = serde_json::to_vec(r.as_ref())
         {
             self.fill(&key, &bytes, ROUTE_TTL, seen).await;
+            // Decoded already: the next request need not decode the cached bytes.
+            self.local.put(&key, r.clone(), seen);
         }
-        Ok(record.map(Arc::new))
+        Ok(record)
     }
 
     /// The verified custom domain of a hostname, if any (cached).
