@@ -71,6 +71,7 @@ pub const DEFAULT_ROUTES: &[(&str, &str)] = &[
     ("/v1/audit", "audit"),
     ("/v1/billing", "billing"),
     ("/q/", "routing"),
+    ("/assets/qr/", "links"),
 ];
 
 fn limit(key: &str, text: &str) -> Result<Limit, ConfigError> {

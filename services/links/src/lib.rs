@@ -68,6 +68,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             postgres: include_str!("../migrations/postgres/0006_qr_logos.sql"),
             sqlite: include_str!("../migrations/sqlite/0006_qr_logos.sql"),
         },
+        Migration {
+            version: "0007_import_heartbeat",
+            postgres: include_str!("../migrations/postgres/0007_import_heartbeat.sql"),
+            sqlite: include_str!("../migrations/sqlite/0007_import_heartbeat.sql"),
+        },
     ],
 };
 

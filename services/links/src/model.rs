@@ -243,6 +243,12 @@ pub struct QrRoute {
     pub version: i64,
 }
 
+/// Whether `text` can be a scan code (base62, as generated); cheap to ask
+/// before a lookup.
+pub fn is_code(text: &str) -> bool {
+    (1..=32).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// A random 8-character base62 scan code.
 pub fn generated_code() -> String {
     let mut rng = rand::rng();

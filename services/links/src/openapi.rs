@@ -74,6 +74,15 @@ pub(crate) fn paths() -> Value {
                 "responses": { "200": { "description": "The image", "content": { "image/png": {}, "image/svg+xml": {}, "application/pdf": {} } },
                                "304": { "description": "Not modified (ETag)" }, "404": problem, "422": problem } }
         },
+        "/assets/qr/{code}/{file}": {
+            "get": { "summary": "Public, immutable address of a rendering ({hash}.png|svg|pdf, as in a code's public_images or an image's Content-Location); no credentials; cached for a year", "tags": ["qr"],
+                "security": [],
+                "parameters": [
+                    { "name": "code", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9]{1,32}$" } },
+                    { "name": "file", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{64}\\.(png|svg|pdf)$" } } ],
+                "responses": { "200": { "description": "The image", "content": { "image/png": {}, "image/svg+xml": {}, "application/pdf": {} } },
+                               "304": { "description": "Not modified (ETag)" }, "404": problem } }
+        },
         "/v1/domains": {
             "post": { "summary": "Add a custom domain (admins); the answer names the TXT record that proves it is yours", "tags": ["domains"],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["hostname"],

@@ -27,6 +27,25 @@ pub(crate) fn routes() -> Router<Arc<Links>> {
         .route("/v1/qr/{id}", get(read).patch(update).delete(remove))
         .route("/v1/qr/{id}/logo", axum::routing::put(put_logo).delete(delete_logo))
         .route("/v1/qr/{id}/{file}", get(image))
+        .route("/assets/qr/{code}/{file}", get(public_image))
+}
+
+/// The style every code is first printed in, served publicly without asking.
+fn default_style() -> Style {
+    Style::parse(&StyleQuery::default()).unwrap_or_else(|_| unreachable!("the default style is valid"))
+}
+
+/// The content address of one rendering: what it encodes, in which style,
+/// format and logo. The scan URL carries the code, which is unique, so the
+/// address is too.
+fn rendering_hash(url: &str, style: &Style, format: Format, logo: Option<&str>) -> String {
+    let text = format!("{url}|{}|{}|{}", style.key(), format.ext(), logo.unwrap_or(""));
+    kernel::hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// The public, immutable URL of a rendering (what a CDN in front caches).
+fn public_image_url(s: &Links, code: &str, hash: &str, format: Format) -> String {
+    format!("{}/assets/qr/{code}/{hash}.{}", s.kernel.config.public_url, format.ext())
 }
 
 fn scan_url(s: &Links, code: &str) -> String {
@@ -43,9 +62,17 @@ fn qr_json(s: &Links, q: &Qr) -> Value {
         "title": q.title,
         "has_logo": q.logo.is_some(),
         "images": { "png": format!("{base}/image.png"), "svg": format!("{base}/image.svg"), "pdf": format!("{base}/image.pdf") },
+        "public_images": public_images(s, q),
         "created_at": q.created_at,
         "updated_at": q.updated_at,
     })
+}
+
+/// The default style's images at their public addresses.
+fn public_images(s: &Links, q: &Qr) -> Value {
+    let (url, style) = (scan_url(s, &q.code), default_style());
+    let at = |f: Format| public_image_url(s, &q.code, &rendering_hash(&url, &style, f, q.logo.as_deref()), f);
+    json!({ "png": at(Format::Png), "svg": at(Format::Svg), "pdf": at(Format::Pdf) })
 }
 
 #[derive(Deserialize)]
@@ -154,7 +181,7 @@ async fn remove(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> Api
 /// `image.png`, `image.svg` or `image.pdf` in a style. Each rendering is made
 /// once and kept in object storage under the hash of what it shows; the image
 /// of a code never changes (its destination does, not its scan URL), so it is
-/// cached for a year.
+/// cached for a year. `Content-Location` gives its public, immutable address.
 async fn image(
     State(s): AppState,
     caller: Caller,
@@ -166,26 +193,68 @@ async fn image(
     let format = file.strip_prefix("image.").and_then(Format::parse).ok_or_else(Problem::not_found)?;
     let style = Style::parse(&q)?;
     let qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
-    let url = scan_url(&s, &qr.code);
-    let logo_hash = qr.logo.clone().filter(|_| q.logo.unwrap_or(true));
-    let hash: String = Sha256::digest(
-        format!("{url}|{}|{}|{}", style.key(), format.ext(), logo_hash.as_deref().unwrap_or("")).as_bytes(),
-    )
-    .iter()
-    .map(|b| format!("{b:02x}"))
-    .collect();
+    let logo = qr.logo.as_deref().filter(|_| q.logo.unwrap_or(true));
+    let hash = rendering_hash(&scan_url(&s, &qr.code), &style, format, logo);
+    let wanted = Wanted { hash: &hash, format, style: &style, logo, may_render: true };
+    let mut res = rendering(&s, &qr, wanted, &headers).await?;
+    if let Ok(v) = HeaderValue::from_str(&public_image_url(&s, &qr.code, &hash, format)) {
+        res.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// `/assets/qr/{code}/{hash}.{ext}`, public: a rendering by its content address.
+/// Any rendering made through the API is there; the default style is made on
+/// first request. Anything else (a guessed hash, a deleted code) is a 404.
+async fn public_image(
+    State(s): AppState,
+    Path((code, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (hash, ext) = file.split_once('.').ok_or_else(Problem::not_found)?;
+    let format = Format::parse(ext).ok_or_else(Problem::not_found)?;
+    let is_hash = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !is_hash || !model::is_code(&code) {
+        return Err(Problem::not_found().into());
+    }
+    let (qr, _) = s.store.qr_by_code(&code).await?.ok_or_else(Problem::not_found)?;
+    let style = default_style();
+    let logo = qr.logo.as_deref();
+    let may_render = rendering_hash(&scan_url(&s, &qr.code), &style, format, logo) == hash;
+    rendering(&s, &qr, Wanted { hash, format, style: &style, logo, may_render }, &headers).await
+}
+
+fn image_key(qr: &Qr, hash: &str, format: Format) -> Result<ObjectKey, ApiError> {
+    let tenant = kernel::TenantId::from_uuid(qr.tenant_id.0);
+    ObjectKey::for_tenant(tenant, &format!("qr/{hash}.{}", format.ext())).map_err(ApiError::internal)
+}
+
+/// One rendering of a code, by its content address.
+struct Wanted<'a> {
+    hash: &'a str,
+    format: Format,
+    style: &'a Style,
+    /// The logo's hash, when it is in the image.
+    logo: Option<&'a str>,
+    /// Whether a rendering not yet stored may be made now.
+    may_render: bool,
+}
+
+/// The rendering wanted: from object storage, or (when it may be) made now and stored.
+async fn rendering(s: &Links, qr: &Qr, w: Wanted<'_>, headers: &HeaderMap) -> ApiResult<Response> {
+    let Wanted { hash, format, style, logo: logo_hash, may_render } = w;
     let etag = format!("\"{hash}\"");
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok(cached(StatusCode::NOT_MODIFIED.into_response(), &etag, format));
     }
-    let key = ObjectKey::for_tenant(caller.tenant, &format!("qr/{hash}.{}", format.ext()))
-        .map_err(ApiError::internal)?;
+    let key = image_key(qr, hash, format)?;
     let bytes = match s.kernel.storage.get(&key).await.map_err(ApiError::internal)? {
         Some(b) => b,
+        None if !may_render => return Err(Problem::not_found().into()),
         None => {
-            let logo = match &logo_hash {
+            let logo = match logo_hash {
                 Some(h) => {
-                    let key = logo_key(&caller, h)?;
+                    let key = logo_key(kernel::TenantId::from_uuid(qr.tenant_id.0), h)?;
                     let png = s
                         .kernel
                         .storage
@@ -197,7 +266,8 @@ async fn image(
                 }
                 None => None,
             };
-            let rendered = bytes::Bytes::from(render::render(&url, format, &style, logo.as_ref())?);
+            let url = scan_url(s, &qr.code);
+            let rendered = bytes::Bytes::from(render::render(&url, format, style, logo.as_ref())?);
             s.kernel.storage.put(&key, rendered.clone()).await.map_err(ApiError::internal)?;
             metrics::counter!("qr_renderings_total", "format" => format.ext()).increment(1);
             rendered
@@ -223,8 +293,8 @@ fn cached(mut res: Response, etag: &str, format: Format) -> Response {
     res
 }
 
-fn logo_key(caller: &Caller, hash: &str) -> Result<ObjectKey, ApiError> {
-    ObjectKey::for_tenant(caller.tenant, &format!("qr/logos/{hash}.png")).map_err(ApiError::internal)
+fn logo_key(tenant: kernel::TenantId, hash: &str) -> Result<ObjectKey, ApiError> {
+    ObjectKey::for_tenant(tenant, &format!("qr/logos/{hash}.png")).map_err(ApiError::internal)
 }
 
 /// Sets the code's logo: a PNG of at most 256 KiB and 1024×1024 pixels. Images
@@ -241,8 +311,8 @@ async fn put_logo(
     }
     render::Logo::decode(&body)?;
     let mut qr = s.store.get_qr(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
-    let hash: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
-    s.kernel.storage.put(&logo_key(&caller, &hash)?, body).await.map_err(ApiError::internal)?;
+    let hash = kernel::hex(&Sha256::digest(&body));
+    s.kernel.storage.put(&logo_key(caller.tenant, &hash)?, body).await.map_err(ApiError::internal)?;
     qr.logo = Some(hash);
     qr.updated_at = Timestamp::now();
     s.store.update_qr(&qr, &caller.actor()).await?;

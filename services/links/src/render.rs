@@ -196,7 +196,7 @@ pub fn render(data: &str, format: Format, style: &Style, logo: Option<&Logo>) ->
     match format {
         Format::Png => png(total, &at, style, logo.zip(hole)),
         Format::Svg => Ok(svg(total, &at, style, logo.zip(hole)).into_bytes()),
-        Format::Pdf => Ok(pdf(total, &at, style)),
+        Format::Pdf => Ok(pdf(total, &at, style, logo.zip(hole))),
     }
 }
 
@@ -278,8 +278,14 @@ fn svg(
     )
 }
 
-/// A one-page PDF drawing the modules as filled squares (vector, any zoom).
-fn pdf(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Vec<u8> {
+/// A one-page PDF drawing the modules as filled squares (vector, any zoom),
+/// with the logo as an image (its transparency kept) in the cleared square.
+fn pdf(
+    total: usize,
+    at: &dyn Fn(usize, usize) -> bool,
+    style: &Style,
+    logo: Option<(&Logo, (usize, usize))>,
+) -> Vec<u8> {
     let side = f64::from(style.size);
     let unit = side / total as f64;
     let mut page = kernel::pdf::Page::new(side, side);
@@ -290,6 +296,14 @@ fn pdf(total: usize, at: &dyn Fn(usize, usize) -> bool, style: &Style) -> Vec<u8
         .filter(|&(x, y)| at(x, y))
         .map(|(x, y)| (x as f64 * unit, side - (y as f64 + 1.0) * unit));
     page.squares(style.fg, unit, modules);
+    if let Some((l, (start, n))) = logo {
+        let (box_side, fit) = (n as f64 * unit, n as f64 * unit / l.width.max(l.height) as f64);
+        let (w, h) = (l.width as f64 * fit, l.height as f64 * fit);
+        let x = start as f64 * unit + (box_side - w) / 2.0;
+        let y = side - (start as f64 * unit) - box_side + (box_side - h) / 2.0;
+        let (iw, ih) = (u32::try_from(l.width).unwrap_or(0), u32::try_from(l.height).unwrap_or(0));
+        page.image(x, y, w, h, kernel::pdf::Image::from_rgba(iw, ih, &l.rgba));
+    }
     kernel::pdf::document(&[page])
 }
 
@@ -351,6 +365,14 @@ mod tests {
         assert_ne!(with, without);
         assert_eq!(decode_png(&with), url, "readable through the logo");
         assert!(Logo::decode(b"not a png").is_err());
+        // The PDF carries the logo as an image drawn inside the code.
+        let pdf = String::from_utf8_lossy(&render(url, Format::Pdf, &style, Some(&logo)).unwrap_or_default())
+            .into_owned();
+        assert!(pdf.contains("/Subtype /Image") && pdf.contains("/Width 40 /Height 40"), "{pdf:.400}");
+        assert!(pdf.contains("/Im0 Do"));
+        let plain =
+            String::from_utf8_lossy(&render(url, Format::Pdf, &style, None).unwrap_or_default()).into_owned();
+        assert!(!plain.contains("/Subtype /Image"));
     }
 
     #[test]

@@ -220,6 +220,8 @@ pub struct ImportJob {
     pub errors: String,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// When the process running it last saved its progress.
+    pub heartbeat_at: Option<Timestamp>,
 }
 
 /// A tracking pixel of a workspace.
@@ -286,11 +288,11 @@ const SET_DEFAULT: &str = "update links.domains set is_default = true \
      where tenant_id = $1 and id = $2 and deleted_at is null and verified_at is not null";
 const DELETE_DOMAIN: &str = "update links.domains set deleted_at = $3, is_default = false \
      where tenant_id = $1 and id = $2 and deleted_at is null";
-const INSERT_JOB: &str = "insert into links.import_jobs (tenant_id, id, status, total, imported, errors, created_at) \
-     values ($1, $2, $3, $4, $5, $6, $7)";
-const SAVE_JOB: &str = "update links.import_jobs set status = $3, imported = $4, errors = $5, finished_at = $6 \
-     where tenant_id = $1 and id = $2";
-const JOB: &str = "select tenant_id, id, status, total, imported, errors, created_at, finished_at \
+const INSERT_JOB: &str = "insert into links.import_jobs \
+     (tenant_id, id, status, total, imported, errors, created_at, heartbeat_at) values ($1, $2, $3, $4, $5, $6, $7, $8)";
+const SAVE_JOB: &str = "update links.import_jobs set status = $3, imported = $4, errors = $5, finished_at = $6, \
+     heartbeat_at = $7 where tenant_id = $1 and id = $2";
+const JOB: &str = "select tenant_id, id, status, total, imported, errors, created_at, finished_at, heartbeat_at \
      from links.import_jobs where tenant_id = $1 and id = $2";
 const INSERT_PIXEL: &str = "insert into links.pixels (tenant_id, id, kind, pixel_id, name, created_at) \
      values ($1, $2, $3, $4, $5, $6)";
@@ -548,7 +550,8 @@ macro_rules! store_impl {
                         .bind(j.total)
                         .bind(j.imported)
                         .bind(j.errors.clone())
-                        .bind(j.created_at),
+                        .bind(j.created_at)
+                        .bind(j.heartbeat_at),
                 )
                 .await?;
                 tx.commit().await
@@ -562,7 +565,8 @@ macro_rules! store_impl {
                         .bind(j.status.clone())
                         .bind(j.imported)
                         .bind(j.errors.clone())
-                        .bind(j.finished_at),
+                        .bind(j.finished_at)
+                        .bind(j.heartbeat_at),
                 )
                 .await?;
                 tx.commit().await

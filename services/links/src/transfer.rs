@@ -23,6 +23,11 @@ use crate::{AppState, CreateBody, Links, new_link};
 
 /// Most rows one import takes.
 pub const MAX_ROWS: usize = 10_000;
+/// How often a running import saves its progress (its heartbeat).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// A running import silent for this long has lost its process: readers report
+/// it interrupted, with the rows it did not reach.
+const STALE_SECS: i64 = 30;
 /// The columns an import understands (`url` is required).
 pub const COLUMNS: &[&str] = &[
     "url",
@@ -139,6 +144,7 @@ async fn import(State(s): AppState, caller: Caller, body: axum::body::Bytes) -> 
         errors: "[]".into(),
         created_at: Timestamp::now(),
         finished_at: None,
+        heartbeat_at: Some(Timestamp::now()),
     };
     s.store.start_import(&job).await?;
     let answer = job_json(&job);
@@ -146,6 +152,7 @@ async fn import(State(s): AppState, caller: Caller, body: axum::body::Bytes) -> 
     tokio::spawn(async move {
         let mut job = job;
         let mut errors: Vec<Value> = Vec::new();
+        let mut saved = std::time::Instant::now();
         for (i, row) in rows.into_iter().enumerate() {
             // Row 1 is the header: data rows are numbered from 2, as a spreadsheet shows them.
             let line = i + 2;
@@ -163,10 +170,19 @@ async fn import(State(s): AppState, caller: Caller, body: axum::body::Bytes) -> 
                 Ok(_) => job.imported += 1,
                 Err(error) => errors.push(json!({ "row": line, "error": error })),
             }
+            if saved.elapsed() >= HEARTBEAT {
+                job.errors = serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());
+                job.heartbeat_at = Some(Timestamp::now());
+                if let Err(e) = state.store.save_import(&job).await {
+                    tracing::warn!(error = %e, "cannot save the import's progress");
+                }
+                saved = std::time::Instant::now();
+            }
         }
         job.errors = serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());
         job.status = "done".into();
         job.finished_at = Some(Timestamp::now());
+        job.heartbeat_at = job.finished_at;
         if let Err(e) = state.store.save_import(&job).await {
             tracing::error!(error = %e, "cannot save the import report");
         }
@@ -183,8 +199,36 @@ async fn import(State(s): AppState, caller: Caller, body: axum::body::Bytes) -> 
 
 async fn job(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiResult<Response> {
     caller.require("links:read")?;
-    let job = s.store.import(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    let mut job = s.store.import(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    if interrupted(&mut job, Timestamp::now()) {
+        s.store.save_import(&job).await?;
+        tracing::warn!(tenant_id = %caller.tenant, job_id = %id, imported = job.imported, "link import was interrupted");
+    }
     Ok(axum::Json(job_json(&job)).into_response())
+}
+
+/// A running job whose heartbeat stopped (its process died) becomes `failed`,
+/// its report saying from which row on nothing was imported. Rows before it
+/// are as the report says: imported, or explained.
+fn interrupted(job: &mut ImportJob, now: Timestamp) -> bool {
+    let beat = job.heartbeat_at.unwrap_or(job.created_at);
+    if job.status != "running" || now.unix() - beat.unix() < STALE_SECS {
+        return false;
+    }
+    let mut errors = serde_json::from_str::<Vec<Value>>(&job.errors).unwrap_or_default();
+    let done = job.imported + i64::try_from(errors.len()).unwrap_or(0);
+    if done < job.total {
+        // Data rows are numbered from 2 (row 1 is the header).
+        let (first, last) = (done + 2, job.total + 1);
+        errors.push(json!({
+            "row": first,
+            "error": format!("not imported: the import stopped here (its process ended); import rows {first} to {last} again"),
+        }));
+    }
+    job.errors = serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());
+    job.status = "failed".into();
+    job.finished_at = Some(beat);
+    true
 }
 
 fn csv_line(fields: &[String]) -> String {

@@ -226,3 +226,48 @@ async fn a_csv_import_keeps_good_rows_explains_bad_ones_and_the_export_lists_the
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "a url column is required");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_import_whose_process_died_is_reported_interrupted_with_the_rows_it_never_reached() {
+    use kernel::db::{Id, Timestamp};
+    let (app, _) = spawn().await;
+    let tenant = TenantId::new();
+    let t = token(tenant, "member");
+    // A job of 10 rows whose process died after 4 of them (3 imported, row 4
+    // explained) and whose last heartbeat is two minutes old.
+    let id = uuid::Uuid::now_v7();
+    let then = Timestamp::from_unix(Timestamp::now().unix() - 120);
+    let db = app.db("links");
+    let mut tx = db.begin(tenant).await.unwrap();
+    const SQL: &str = "insert into links.import_jobs \
+        (tenant_id, id, status, total, imported, errors, created_at, heartbeat_at) \
+        values ($1, $2, 'running', 10, 3, $3, $4, $5)";
+    let errors = r#"[{"row":4,"error":"url: is missing"}]"#;
+    macro_rules! insert {
+        ($t:expr) => {
+            $t.execute($t.query(SQL).bind(Id(id)).bind(errors.to_string()).bind(then).bind(then))
+                .await
+                .unwrap()
+        };
+    }
+    if let Some(pg) = tx.postgres() {
+        insert!(pg);
+    } else if let Some(lite) = tx.sqlite() {
+        insert!(lite);
+    }
+    tx.commit().await.unwrap();
+
+    let path = format!("/v1/links/import/{id}");
+    let (status, job) = call(&app, Method::GET, &path, Some(&t), None).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "failed", "not running forever: {job}");
+    assert_eq!((job["imported"].as_i64(), job["failed"].as_i64()), (Some(3), Some(2)), "{job}");
+    assert_eq!(job["errors"][0]["row"], 4, "what was explained stays: {job}");
+    assert_eq!(job["errors"][1]["row"], 6, "the first row never reached: {job}");
+    let note = job["errors"][1]["error"].as_str().unwrap();
+    assert!(note.contains("rows 6 to 11"), "{note}");
+    // The verdict is stored: asking again gives the same report.
+    let (_, again) = call(&app, Method::GET, &path, Some(&t), None).await;
+    assert_eq!(again, job);
+    app.stop().await;
+}

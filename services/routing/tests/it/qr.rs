@@ -63,6 +63,8 @@ async fn a_qr_code_image_decodes_to_its_scan_url_and_a_scan_is_attributed_to_it(
         let res = image(&app, &t, &format!("/v1/qr/{}/{file}", qr["id"].as_str().unwrap()), None).await;
         assert_eq!(res.status(), StatusCode::OK, "{file}");
         assert_eq!(res.headers()["content-type"], kind);
+        // Read to the end: an unread body holds its connection open at shutdown.
+        assert!(!res.bytes().await.unwrap().is_empty());
     }
     for bad in ["?size=5", "?fg=purple", "?ec=Z", "?margin=99", "?colour=red"] {
         let res = image(&app, &t, &format!("{png_path}{bad}"), None).await;
@@ -210,11 +212,89 @@ async fn a_logo_sits_in_the_middle_with_error_correction_h_and_the_code_still_sc
     assert_eq!(ecc_level(&plain), 1, "L as asked without one");
     let svg = image(&app, &t, &format!("/v1/qr/{id}/image.svg"), None).await.text().await.unwrap();
     assert!(svg.contains("data:image/png;base64,"));
+    let pdf = image(&app, &t, &format!("/v1/qr/{id}/image.pdf"), None).await.bytes().await.unwrap();
+    let pdf = String::from_utf8_lossy(&pdf);
+    assert!(
+        pdf.contains("/Subtype /Image /ColorSpace /DeviceRGB /Width 40 /Height 40"),
+        "the PDF has the logo"
+    );
     assert_eq!(
         call(&app, Method::DELETE, &format!("/v1/qr/{id}/logo"), Some(&t), None).await.0,
         StatusCode::NO_CONTENT
     );
     let after = image(&app, &t, &format!("/v1/qr/{id}/image.png?ec=L"), None).await.bytes().await.unwrap();
     assert_eq!(after, plain, "without the logo, the plain rendering again");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_rendering_has_a_public_immutable_address_that_needs_no_credentials() {
+    let (app, _) = spawn().await;
+    let t = token(TenantId::new(), "member");
+    let link = create(&app, &t, json!({ "url": "https://example.com/poster" })).await;
+    let (_, qr) = call(&app, Method::POST, "/v1/qr", Some(&t), Some(json!({ "link_id": link["id"] }))).await;
+    let (id, code) = (qr["id"].as_str().unwrap().to_string(), qr["code"].as_str().unwrap().to_string());
+    let scan_url = qr["scan_url"].as_str().unwrap().to_string();
+    let anonymous = |url: String| {
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+
+    // The default style is there before anyone asked for it through the API.
+    let public_png = qr["public_images"]["png"].as_str().unwrap().to_string();
+    assert!(public_png.starts_with(&app.url(&format!("/assets/qr/{code}/"))), "{public_png}");
+    let res = anonymous(public_png.clone()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.headers()["cache-control"], "public, max-age=31536000, immutable");
+    let first = res.bytes().await.unwrap();
+    assert_eq!(decode(&first), scan_url);
+    for format in ["svg", "pdf"] {
+        let res = anonymous(qr["public_images"][format].as_str().unwrap().to_string()).await;
+        assert_eq!(res.status(), StatusCode::OK, "{format}");
+        // Read to the end: an unread body holds its connection open at shutdown.
+        assert!(!res.bytes().await.unwrap().is_empty());
+    }
+
+    // Any style made through the API names its public address.
+    let styled = image(&app, &t, &format!("/v1/qr/{id}/image.png?size=256&fg=8b0000"), None).await;
+    let location = styled.headers()["content-location"].to_str().unwrap().to_string();
+    let styled = styled.bytes().await.unwrap();
+    assert_ne!(location, public_png);
+    assert_eq!(anonymous(location.clone()).await.bytes().await.unwrap(), styled);
+
+    // Nothing else is served: a guessed hash, a style never made, a bad name.
+    let base = app.url(&format!("/assets/qr/{code}"));
+    for bad in [
+        format!("{base}/{}.png", "0".repeat(64)),
+        format!("{base}/{}.gif", "a".repeat(64)),
+        format!("{base}/not-a-hash.png"),
+        app.url(&format!("/assets/qr/no%20such/{}.png", "0".repeat(64))),
+        app.url(&format!("/assets/qr/ZZZZZZZZ/{}", public_png.rsplit('/').next().unwrap())),
+    ] {
+        assert_eq!(anonymous(bad.clone()).await.status(), StatusCode::NOT_FOUND, "{bad}");
+    }
+
+    // A new logo is a new address; the old one keeps its bytes (immutable).
+    let logo = png_square(32, 32, [0, 90, 200, 255]);
+    let put = app.client.put(app.url(&format!("/v1/qr/{id}/logo"))).bearer_auth(&t);
+    let (_, branded) = call(&app, Method::GET, &format!("/v1/qr/{id}"), Some(&t), None).await;
+    assert_eq!(branded["public_images"]["png"], qr["public_images"]["png"], "unchanged before the upload");
+    let res = put.header("content-type", "image/png").body(logo).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let branded: serde_json::Value = res.json().await.unwrap();
+    let branded_png = branded["public_images"]["png"].as_str().unwrap().to_string();
+    assert_ne!(branded_png, public_png);
+    let with_logo = anonymous(branded_png).await.bytes().await.unwrap();
+    assert_ne!(with_logo, first);
+    assert_eq!(decode(&with_logo), scan_url);
+    assert_eq!(anonymous(public_png.clone()).await.bytes().await.unwrap(), first);
+
+    // A deleted code's images are gone.
+    assert_eq!(
+        call(&app, Method::DELETE, &format!("/v1/qr/{id}"), Some(&t), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(anonymous(public_png).await.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
