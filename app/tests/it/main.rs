@@ -511,3 +511,94 @@ async fn two_analytics_consumers_share_the_stream_and_survive_a_kill_9_mid_batch
     let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
     cleanup(&engines, &config, &isolation).await;
 }
+
+#[tokio::test]
+async fn routing_in_its_own_process_redirects_a_new_link_by_asking_links_over_http() {
+    let engines = Engines::from_env();
+    if engines.database_url.is_none() || engines.nats_url.is_none() {
+        eprintln!("skipped: needs SIGNPOST_TEST_DATABASE_URL and SIGNPOST_TEST_NATS_URL");
+        return;
+    }
+    const SECRET: &str = "cli-routing-secret-0123456789abcdef";
+    const INTERNAL: &str = "cli-internal-token-0123456789abcdef";
+    let issuer = "https://signpost.test";
+    // Links (behind its gateway) in the test process...
+    let links = testkit::TestApp::spawn_with(
+        vec![std::sync::Arc::new(links::LinksService), std::sync::Arc::new(gateway::GatewayService)],
+        &[("JWT_SECRET_KEY", SECRET), ("SIGNPOST_JWT_ISSUER", issuer), ("SIGNPOST_INTERNAL_TOKEN", INTERNAL)],
+    )
+    .await;
+    // ...and routing in a process of its own, on a stream links never writes
+    // to: it can only learn of a link by asking links over HTTP.
+    let (mut env, isolation) = test_env(&engines, &[("SIGNPOST_LOG", "warn")]).await;
+    env.insert("SIGNPOST_NATS_STREAM".into(), format!("R{}", uuid::Uuid::now_v7().simple()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = run(&["migrate"], &pairs);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut with_peer = env.clone();
+    with_peer.insert("SIGNPOST_UPSTREAMS".into(), format!("links={}", links.address));
+    with_peer.insert("SIGNPOST_INTERNAL_TOKEN".into(), INTERNAL.into());
+    let routing = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &with_peer);
+
+    let token = testkit::hs256_token(SECRET, issuer, TenantId::new(), "member");
+    let client = testkit::client();
+    let visit = |path: String| {
+        let req = client.get(format!("{}{path}", routing.address)).header("accept", "text/html");
+        async move {
+            let res = req.send().await.unwrap();
+            let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+            (res.status().as_u16(), location)
+        }
+    };
+    for i in 0..3 {
+        let (status, link) = links
+            .call(
+                reqwest::Method::POST,
+                "/v1/links",
+                Some(&token),
+                Some(serde_json::json!({ "url": format!("https://example.com/far/{i}") })),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{link}");
+        let slug = link["slug"].as_str().unwrap();
+        assert_eq!(
+            visit(format!("/{slug}")).await,
+            (302, Some(format!("https://example.com/far/{i}"))),
+            "at once"
+        );
+    }
+    let (_, link) = links
+        .call(
+            reqwest::Method::POST,
+            "/v1/links",
+            Some(&token),
+            Some(serde_json::json!({ "url": "https://example.com/printed" })),
+        )
+        .await;
+    let (status, qr) = links
+        .call(
+            reqwest::Method::POST,
+            "/v1/qr",
+            Some(&token),
+            Some(serde_json::json!({ "link_id": link["id"] })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{qr}");
+    let code = qr["code"].as_str().unwrap();
+    assert_eq!(visit(format!("/q/{code}")).await, (302, Some("https://example.com/printed".to_string())));
+    assert_eq!(visit("/no-such-link".into()).await.0, 404);
+
+    // A routing instance with the wrong token is told nothing.
+    let mut wrong = with_peer.clone();
+    wrong.insert("SIGNPOST_INTERNAL_TOKEN".into(), format!("{INTERNAL}-not"));
+    let stranger = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &wrong);
+    let res =
+        client.get(format!("{}/{}", stranger.address, link["slug"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+
+    sigterm_and_wait(stranger);
+    sigterm_and_wait(routing);
+    links.stop().await;
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    cleanup(&engines, &config, &isolation).await;
+}

@@ -413,6 +413,19 @@ pub trait Authority: Send + Sync + 'static {
 /// The prefix of every API key.
 pub const API_KEY_PREFIX: &str = "sp_";
 
+/// The header a service shows on another service's `/internal` routes.
+pub const INTERNAL_TOKEN_HEADER: &str = "x-signpost-internal-token";
+
+/// Whether `headers` carry the configured internal token (`SIGNPOST_INTERNAL_TOKEN`);
+/// never, when none is configured. Digests are compared, so the time taken says
+/// nothing about the token.
+pub fn internal_caller(configured: Option<&Secret<String>>, headers: &axum::http::HeaderMap) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some(token) = configured else { return false };
+    let Some(given) = headers.get(INTERNAL_TOKEN_HEADER) else { return false };
+    Sha256::digest(given.as_bytes()) == Sha256::digest(token.expose().as_bytes())
+}
+
 /// The cache key that marks a session revoked; identity sets it, the gateway reads it.
 pub fn revoked_session_key(session: Uuid) -> String {
     format!("auth:revoked:{session}")

@@ -82,6 +82,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "HMAC key of local signed URLs (≥ 32 bytes); unset = generated once into the data dir",
     ),
     ("JWT_SECRET_KEY", "jwt_secret_key", "HS256 key for access tokens (≥ 32 bytes); unset = Ed25519 keys"),
+    (
+        "SIGNPOST_INTERNAL_TOKEN",
+        "internal_token",
+        "scale-out: shared secret (≥ 32 bytes) services show each other on /internal routes (routing asks links for a link it has not heard of yet); the gateway never forwards /internal [default: unset, internal routes off]",
+    ),
     ("SIGNPOST_LOG", "log", "log filter, e.g. info or signpost=debug [default: info; RUST_LOG also works]"),
     ("SIGNPOST_LOG_FORMAT", "log_format", "json, pretty or auto (pretty on a terminal) [default: auto]"),
     (
@@ -144,7 +149,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "SIGNPOST_UPSTREAMS",
         "upstreams",
-        "gateway (proxy mode): SERVICE=URL|URL;… instances per service, http:// or h2c:// [default: none, in-process]",
+        "SERVICE=URL|URL;… instances per service, http:// or h2c://: the gateway's upstreams (proxy mode), and where a service finds another (routing → links) [default: none, in-process]",
     ),
     (
         "SIGNPOST_ROUTES",
@@ -360,6 +365,11 @@ pub struct Config {
     pub storage_signing_key: Option<Secret<String>>,
     /// HS256 key; `None` = Ed25519.
     pub jwt_secret_key: Option<Secret<String>>,
+    /// Shared secret of service-to-service `/internal` routes; `None` = off.
+    pub internal_token: Option<Secret<String>>,
+    /// `SIGNPOST_UPSTREAMS`, checked: instances (`http://` or `h2c://` base
+    /// URLs) per service.
+    pub upstreams: Vec<(String, Vec<String>)>,
     /// Log filter.
     pub log: String,
     /// Log format.
@@ -485,6 +495,7 @@ struct Raw {
     s3_secret_access_key: Option<String>,
     storage_signing_key: Option<String>,
     jwt_secret_key: Option<String>,
+    internal_token: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
     shutdown_timeout: Option<TomlScalar>,
@@ -562,6 +573,11 @@ pub struct Overrides {
 pub struct Warnings(pub Vec<String>);
 
 impl Config {
+    /// The configured instances of another service (empty when it runs in-process).
+    pub fn peers(&self, service: &str) -> &[String] {
+        self.upstreams.iter().find(|(s, _)| s == service).map_or(&[], |(_, urls)| urls.as_slice())
+    }
+
     /// Loads from the process environment and an optional file.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<(Self, Warnings), ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -636,6 +652,7 @@ impl Raw {
         take!(s3_secret_access_key, "AWS_SECRET_ACCESS_KEY");
         take!(storage_signing_key, "SIGNPOST_STORAGE_SIGNING_KEY");
         take!(jwt_secret_key, "JWT_SECRET_KEY");
+        take!(internal_token, "SIGNPOST_INTERNAL_TOKEN");
         if let Some(v) = get("RUST_LOG") {
             self.log = Some(v);
         }
@@ -809,6 +826,8 @@ impl Raw {
         };
         let storage_signing_key = secret_key("SIGNPOST_STORAGE_SIGNING_KEY", self.storage_signing_key)?;
         let jwt_secret_key = secret_key("JWT_SECRET_KEY", self.jwt_secret_key)?;
+        let internal_token = secret_key("SIGNPOST_INTERNAL_TOKEN", self.internal_token)?;
+        let upstreams = parse_upstreams(self.upstreams.as_deref())?;
         let dns_server = match &self.dns_server {
             Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
                 ConfigError::new("SIGNPOST_DNS_SERVER", format!("{v:?} is not an address like 127.0.0.1:53"))
@@ -908,6 +927,8 @@ impl Raw {
             storage,
             storage_signing_key,
             jwt_secret_key,
+            internal_token,
+            upstreams,
             log,
             log_format,
             shutdown_timeout,
@@ -991,6 +1012,33 @@ fn ident(key: &str, value: Option<String>, default: &str) -> Result<String, Conf
         && v.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok { Ok(v) } else { Err(ConfigError::new(key, format!("{v:?} is not a lower-case SQL identifier"))) }
+}
+
+/// `SIGNPOST_UPSTREAMS`: `SERVICE=URL|URL;…`, each URL `http://HOST:PORT` or
+/// `h2c://HOST:PORT` (no path, no trailing slash).
+fn parse_upstreams(text: Option<&str>) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut upstreams = Vec::new();
+    for entry in text.unwrap_or("").split(';').map(str::trim).filter(|x| !x.is_empty()) {
+        let bad = |m: &str| ConfigError::new("SIGNPOST_UPSTREAMS", format!("{entry:?}: {m}"));
+        let (service, urls) = entry.split_once('=').ok_or_else(|| bad("expected SERVICE=URL|URL"))?;
+        let urls: Vec<String> = urls
+            .split('|')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(bad("no instance URL"));
+        }
+        for u in &urls {
+            let ok = ["http://", "h2c://"].iter().any(|p| u.starts_with(p))
+                && u.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return Err(bad(&format!("{u:?} is not http://HOST:PORT or h2c://HOST:PORT")));
+            }
+        }
+        upstreams.push((service.trim().to_string(), urls));
+    }
+    Ok(upstreams)
 }
 
 fn secret_key(key: &str, value: Option<String>) -> Result<Option<Secret<String>>, ConfigError> {

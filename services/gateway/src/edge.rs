@@ -196,6 +196,15 @@ async fn admit(
     log: &mut AccessLogFields,
 ) -> Result<Option<Decision>, Response> {
     let path = req.uri().path().to_string();
+    // Service-to-service routes (`/internal`) are for services calling each
+    // other with the internal token, never for anyone else at the front door
+    // (and the proxy owns no such prefix).
+    if under(&path, "/internal")
+        && (g.proxy.is_some()
+            || !kernel::auth::internal_caller(g.kernel.config.internal_token.as_ref(), req.headers()))
+    {
+        return Err(Problem::not_found().into_response());
+    }
     // In proxy mode every path reaches the proxy handler: "matched" means a service owns it.
     let matched = match &g.proxy {
         Some(p) => p.service_for(&path).is_some() || access(&path) == Access::Public,

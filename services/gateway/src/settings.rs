@@ -147,28 +147,7 @@ impl Settings {
             );
         }
         body_limits.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        let mut upstreams = Vec::new();
-        for entry in e.upstreams.as_deref().unwrap_or("").split(';').map(str::trim).filter(|x| !x.is_empty())
-        {
-            let bad = |m: &str| err("SIGNPOST_UPSTREAMS", format!("{entry:?}: {m}"));
-            let (service, urls) = entry.split_once('=').ok_or_else(|| bad("expected SERVICE=URL|URL"))?;
-            let urls: Vec<String> = urls
-                .split('|')
-                .map(|u| u.trim().trim_end_matches('/').to_string())
-                .filter(|u| !u.is_empty())
-                .collect();
-            if urls.is_empty() {
-                return Err(bad("no instance URL"));
-            }
-            for u in &urls {
-                let ok = ["http://", "h2c://"].iter().any(|p| u.starts_with(p))
-                    && u.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
-                if !ok {
-                    return Err(bad(&format!("{u:?} is not http://HOST:PORT or h2c://HOST:PORT")));
-                }
-            }
-            upstreams.push((service.trim().to_string(), urls));
-        }
+        let upstreams = config.upstreams.clone();
         let mut routes_table: Vec<(String, String)> =
             DEFAULT_ROUTES.iter().map(|(p, s)| ((*p).to_string(), (*s).to_string())).collect();
         for pair in e.routes.as_deref().unwrap_or("").split(',').map(str::trim).filter(|x| !x.is_empty()) {

@@ -4,6 +4,7 @@
 //! directly on a miss (read-your-writes) through [`RouteSource`].
 
 pub mod domains;
+mod internal;
 pub mod model;
 mod openapi;
 mod pixels;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub use internal::RemoteRouteSource;
 use model::Utm;
 pub use model::{QrRoute, RouteRecord};
 use store::{Link, LinkFilter, Store};
@@ -138,6 +140,7 @@ impl Service for LinksService {
             .merge(domains::routes())
             .merge(pixels::routes())
             .merge(transfer::routes())
+            .merge(internal::routes())
             .with_state(state);
         Ok(ServiceParts {
             router,

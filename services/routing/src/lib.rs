@@ -26,7 +26,7 @@ use kernel::http::ClientIp;
 use kernel::password::{Hasher, Verified};
 use kernel::{BoxError, Kernel, Problem, Service, ServiceContext, ServiceParts, TenantId};
 use links::store::QR_DOMAIN;
-use links::{QrRoute, RouteRecord, SharedRouteSource};
+use links::{QrRoute, RemoteRouteSource, RouteRecord, SharedRouteSource};
 use serde_json::json;
 
 /// Routing's migrations.
@@ -100,6 +100,8 @@ struct Routing {
     journal: Journal,
     hasher: Hasher,
     visitor_key: ring::hmac::Key,
+    /// Links in other processes (`SIGNPOST_UPSTREAMS` + `SIGNPOST_INTERNAL_TOKEN`).
+    remote: Option<SharedRouteSource>,
 }
 
 type AppState = State<Arc<Routing>>;
@@ -273,7 +275,7 @@ impl Routing {
         let record = match stored.and_then(|(r,)| serde_json::from_str::<RouteRecord>(&r).ok()) {
             Some(r) => Some(r),
             // Not in the read model yet: a link created a moment ago. Ask links itself.
-            None => match self.kernel.registry.get::<SharedRouteSource>() {
+            None => match self.source() {
                 Some(source) => source.route(domain, slug).await?,
                 None => None,
             },
@@ -287,6 +289,12 @@ impl Routing {
             self.local.put(&key, r.clone(), seen);
         }
         Ok(record)
+    }
+
+    /// Where to ask for a route the read model does not have yet: links in this
+    /// process, or else links instances over HTTP when configured.
+    fn source(&self) -> Option<SharedRouteSource> {
+        self.kernel.registry.get::<SharedRouteSource>().or_else(|| self.remote.clone())
     }
 
     /// The verified custom domain of a hostname, if any (cached).
@@ -334,7 +342,7 @@ impl Routing {
         };
         match from_model {
             Some(found) => Ok(Some(found)),
-            None => match self.kernel.registry.get::<SharedRouteSource>() {
+            None => match self.source() {
                 Some(source) => source.qr(code).await,
                 None => Ok(None),
             },
@@ -469,7 +477,13 @@ impl Service for RoutingService {
         // The tap is lossy: with a shared cache (several instances), a decoded copy
         // lives briefly; alone, every change reaches this process's own handler.
         let local_ttl = if kernel.cache.kind() == "memory" { ROUTE_TTL } else { Duration::from_secs(1) };
+        let remote: Option<SharedRouteSource> =
+            match (kernel.config.peers("links"), &kernel.config.internal_token) {
+                ([], _) | (_, None) => None,
+                (instances, Some(token)) => Some(Arc::new(RemoteRouteSource::new(instances, token.clone())?)),
+            };
         let state = Arc::new(Routing {
+            remote,
             local: Local::new(local_ttl),
             geoip,
             epoch: epoch.clone(),

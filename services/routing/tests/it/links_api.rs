@@ -271,3 +271,30 @@ async fn an_import_whose_process_died_is_reported_interrupted_with_the_rows_it_n
     assert_eq!(again, job);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn internal_routes_answer_only_the_internal_token() {
+    const INTERNAL: &str = "internal-token-0123456789abcdef-0123456789";
+    let (app, _) = spawn_with(&[("SIGNPOST_INTERNAL_TOKEN", INTERNAL)]).await;
+    let t = token(TenantId::new(), "member");
+    let link = create(&app, &t, json!({ "url": "https://example.com/inside" })).await;
+    let path = app.url(&format!("/internal/routes/{}", link["slug"].as_str().unwrap()));
+    let ask = |token: Option<&str>| {
+        let mut req = app.client.get(&path);
+        if let Some(t) = token {
+            req = req.header(kernel::auth::INTERNAL_TOKEN_HEADER, t);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    for wrong in [None, Some("guess"), Some(&INTERNAL[1..])] {
+        let res = ask(wrong).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{wrong:?}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+    }
+    let res = ask(Some(INTERNAL)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let route: Value = res.json().await.unwrap();
+    assert_eq!(route["url"], "https://example.com/inside");
+    assert_eq!(route["link_id"], link["id"]);
+    app.stop().await;
+}
