@@ -513,7 +513,7 @@ async fn two_analytics_consumers_share_the_stream_and_survive_a_kill_9_mid_batch
 }
 
 #[tokio::test]
-async fn routing_in_its_own_process_redirects_a_new_link_by_asking_links_over_http() {
+async fn gateway_links_and_routing_in_their_own_processes_redirect_a_new_link_at_once() {
     let engines = Engines::from_env();
     if engines.database_url.is_none() || engines.nats_url.is_none() {
         eprintln!("skipped: needs SIGNPOST_TEST_DATABASE_URL and SIGNPOST_TEST_NATS_URL");
@@ -522,83 +522,89 @@ async fn routing_in_its_own_process_redirects_a_new_link_by_asking_links_over_ht
     const SECRET: &str = "cli-routing-secret-0123456789abcdef";
     const INTERNAL: &str = "cli-internal-token-0123456789abcdef";
     let issuer = "https://signpost.test";
-    // Links (behind its gateway) in the test process...
-    let links = testkit::TestApp::spawn_with(
-        vec![std::sync::Arc::new(links::LinksService), std::sync::Arc::new(gateway::GatewayService)],
-        &[("JWT_SECRET_KEY", SECRET), ("SIGNPOST_JWT_ISSUER", issuer), ("SIGNPOST_INTERNAL_TOKEN", INTERNAL)],
+    let (mut env, isolation) = test_env(
+        &engines,
+        &[
+            ("SIGNPOST_LOG", "warn"),
+            ("JWT_SECRET_KEY", SECRET),
+            ("SIGNPOST_JWT_ISSUER", issuer),
+            ("SIGNPOST_INTERNAL_TOKEN", INTERNAL),
+        ],
     )
     .await;
-    // ...and routing in a process of its own, on a stream links never writes
-    // to: it can only learn of a link by asking links over HTTP.
-    let (mut env, isolation) = test_env(&engines, &[("SIGNPOST_LOG", "warn")]).await;
-    env.insert("SIGNPOST_NATS_STREAM".into(), format!("R{}", uuid::Uuid::now_v7().simple()));
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let out = run(&["migrate"], &pairs);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut with_peer = env.clone();
-    with_peer.insert("SIGNPOST_UPSTREAMS".into(), format!("links={}", links.address));
-    with_peer.insert("SIGNPOST_INTERNAL_TOKEN".into(), INTERNAL.into());
-    let routing = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &with_peer);
+    let links = start_with(&["serve", "links", "--listen", "127.0.0.1:0"], &env);
+    // Routing reads a stream links never writes to: it can only learn of a
+    // link by asking links over HTTP.
+    let mut routing_env = env.clone();
+    routing_env.insert("SIGNPOST_NATS_STREAM".into(), format!("R{}", uuid::Uuid::now_v7().simple()));
+    routing_env.insert("SIGNPOST_UPSTREAMS".into(), format!("links={}", links.address));
+    let routing = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &routing_env);
+    let mut gateway_env = env.clone();
+    gateway_env
+        .insert("SIGNPOST_UPSTREAMS".into(), format!("links={};routing={}", links.address, routing.address));
+    let front = start_with(&["serve", "gateway", "--listen", "127.0.0.1:0"], &gateway_env);
 
     let token = testkit::hs256_token(SECRET, issuer, TenantId::new(), "member");
     let client = testkit::client();
+    let post = |path: &str, body: serde_json::Value| {
+        let req = client.post(format!("{}{path}", front.address)).bearer_auth(&token).json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
     let visit = |path: String| {
-        let req = client.get(format!("{}{path}", routing.address)).header("accept", "text/html");
+        let req = client.get(format!("{}{path}", front.address)).header("accept", "text/html");
         async move {
             let res = req.send().await.unwrap();
             let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_string());
             (res.status().as_u16(), location)
         }
     };
+    // The service checks its callers itself: nothing passes without a token.
+    let direct = client.get(format!("{}/v1/links", links.address)).send().await.unwrap();
+    assert_eq!(direct.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let direct = client.get(format!("{}/v1/links", links.address)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(direct.status(), reqwest::StatusCode::OK, "a valid token is verified by links itself");
+
     for i in 0..3 {
-        let (status, link) = links
-            .call(
-                reqwest::Method::POST,
-                "/v1/links",
-                Some(&token),
-                Some(serde_json::json!({ "url": format!("https://example.com/far/{i}") })),
-            )
-            .await;
-        assert_eq!(status, reqwest::StatusCode::CREATED, "{link}");
+        let (status, link) =
+            post("/v1/links", serde_json::json!({ "url": format!("https://example.com/far/{i}") })).await;
+        assert_eq!(status, 201, "{link}");
         let slug = link["slug"].as_str().unwrap();
-        assert_eq!(
-            visit(format!("/{slug}")).await,
-            (302, Some(format!("https://example.com/far/{i}"))),
-            "at once"
-        );
+        let expected = format!("https://example.com/far/{i}");
+        assert_eq!(visit(format!("/{slug}")).await, (302, Some(expected)), "at once");
     }
-    let (_, link) = links
-        .call(
-            reqwest::Method::POST,
-            "/v1/links",
-            Some(&token),
-            Some(serde_json::json!({ "url": "https://example.com/printed" })),
-        )
-        .await;
-    let (status, qr) = links
-        .call(
-            reqwest::Method::POST,
-            "/v1/qr",
-            Some(&token),
-            Some(serde_json::json!({ "link_id": link["id"] })),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{qr}");
+    let (_, link) = post("/v1/links", serde_json::json!({ "url": "https://example.com/printed" })).await;
+    let (status, qr) = post("/v1/qr", serde_json::json!({ "link_id": link["id"] })).await;
+    assert_eq!(status, 201, "{qr}");
     let code = qr["code"].as_str().unwrap();
     assert_eq!(visit(format!("/q/{code}")).await, (302, Some("https://example.com/printed".to_string())));
     assert_eq!(visit("/no-such-link".into()).await.0, 404);
+    // The front door never forwards /internal, token or not.
+    let inside = client
+        .get(format!("{}/internal/routes/{}", front.address, link["slug"].as_str().unwrap()))
+        .header(kernel::auth::INTERNAL_TOKEN_HEADER, INTERNAL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(inside.status(), reqwest::StatusCode::NOT_FOUND);
 
     // A routing instance with the wrong token is told nothing.
-    let mut wrong = with_peer.clone();
+    let mut wrong = routing_env.clone();
     wrong.insert("SIGNPOST_INTERNAL_TOKEN".into(), format!("{INTERNAL}-not"));
     let stranger = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &wrong);
     let res =
         client.get(format!("{}/{}", stranger.address, link["slug"].as_str().unwrap())).send().await.unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
 
-    sigterm_and_wait(stranger);
-    sigterm_and_wait(routing);
-    links.stop().await;
+    for p in [stranger, front, routing, links] {
+        sigterm_and_wait(p);
+    }
+    env.remove("SIGNPOST_UPSTREAMS");
     let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
     cleanup(&engines, &config, &isolation).await;
 }

@@ -200,13 +200,13 @@ async fn admit(
     // other with the internal token, never for anyone else at the front door
     // (and the proxy owns no such prefix).
     if under(&path, "/internal")
-        && (g.proxy.is_some()
+        && (g.proxying().is_some()
             || !kernel::auth::internal_caller(g.kernel.config.internal_token.as_ref(), req.headers()))
     {
         return Err(Problem::not_found().into_response());
     }
     // In proxy mode every path reaches the proxy handler: "matched" means a service owns it.
-    let matched = match &g.proxy {
+    let matched = match g.proxying() {
         Some(p) => p.service_for(&path).is_some() || access(&path) == Access::Public,
         None => req.extensions().get::<MatchedPath>().is_some(),
     };
@@ -332,6 +332,10 @@ async fn admit(
     let ip =
         kernel::http::client_key(kernel::http::client_addr(&g.settings.trusted_proxies, peer, req.headers()));
     req.extensions_mut().insert(kernel::http::ClientIp(ip.clone()));
+    if !g.front {
+        // Behind the front gateway, which limited already: a service's own edge does not count again.
+        return Ok(None);
+    }
     let endpoint =
         req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
     let who = caller.as_ref().map(|c| c.tenant.to_string());

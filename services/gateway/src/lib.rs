@@ -5,6 +5,11 @@
 //! `RateLimit-*` headers, answers CORS, sets security headers and enforces JSON
 //! content types. With `SIGNPOST_UPSTREAMS` set (`signpost serve gateway`) the
 //! same middleware fronts services in other processes through the proxy.
+//!
+//! A service in its own process (`signpost serve links`) runs the same
+//! middleware as [`ServiceEdge`]: it verifies the caller itself (defense in
+//! depth; API keys through identity's instances in `SIGNPOST_UPSTREAMS`) but
+//! neither proxies nor rate-limits, which the front gateway already did.
 
 mod edge;
 mod proxy;
@@ -26,14 +31,22 @@ pub use verify::{JWKS_REFRESH_INTERVAL, Verifier};
 pub struct Gateway {
     kernel: Kernel,
     settings: Settings,
+    /// Upstream instances: the proxy of a front gateway; for a service's own
+    /// edge, only the way to identity for API keys.
     proxy: Option<Arc<Proxy>>,
+    /// The front door (proxies, limits), or one service's own edge.
+    front: bool,
     /// Token verification (exposed for tests of key refresh).
     pub verifier: Verifier,
 }
 
 impl Gateway {
-    /// Builds the gateway from the platform configuration.
+    /// Builds the front gateway from the platform configuration.
     pub fn new(kernel: Kernel) -> Result<Self, BoxError> {
+        Self::build(kernel, true)
+    }
+
+    fn build(kernel: Kernel, front: bool) -> Result<Self, BoxError> {
         let settings = Settings::from_config(&kernel.config)?;
         let verifier = match &kernel.config.jwt_secret_key {
             Some(secret) => Verifier::hs256(secret.expose().as_bytes(), &settings.issuer),
@@ -42,7 +55,12 @@ impl Gateway {
         .with_local(kernel.authority.clone());
         let proxy =
             (!settings.upstreams.is_empty()).then(|| Proxy::new(&settings, kernel.config.tls.is_some()));
-        Ok(Self { kernel, settings, proxy, verifier })
+        Ok(Self { kernel, settings, proxy, front, verifier })
+    }
+
+    /// The proxy this gateway forwards every request through (front gateway in proxy mode).
+    fn proxying(&self) -> Option<&Arc<Proxy>> {
+        self.proxy.as_ref().filter(|_| self.front)
     }
 
     /// Wraps a router with the edge middleware.
@@ -63,7 +81,7 @@ impl Service for GatewayService {
     async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
         let gateway = Arc::new(Gateway::new(ctx.kernel)?);
         // Proxy mode: every path the kernel does not answer itself goes upstream.
-        let router = match &gateway.proxy {
+        let router = match gateway.proxying() {
             Some(p) => Router::new()
                 .route("/", axum::routing::any(proxy::handle))
                 .route("/{*path}", axum::routing::any(proxy::handle))
@@ -71,12 +89,33 @@ impl Service for GatewayService {
             None => Router::new(),
         };
         let openapi_source = gateway
-            .proxy
-            .as_ref()
+            .proxying()
             .map(|p| proxy::RemoteOpenApi::new(p.clone()) as Arc<dyn kernel::OpenApiSource>);
         Ok(ServiceParts {
             router,
             openapi_source,
+            edge: Some(Box::new(move |router| gateway.wrap(router))),
+            consumers: Vec::new(),
+            openapi_paths: serde_json::json!({}),
+        })
+    }
+}
+
+/// The gateway's middleware in front of one service running in its own
+/// process: callers are verified there too, but nothing is proxied or limited.
+pub struct ServiceEdge;
+
+#[async_trait]
+impl Service for ServiceEdge {
+    fn name(&self) -> &'static str {
+        "edge"
+    }
+
+    async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
+        let gateway = Arc::new(Gateway::build(ctx.kernel, false)?);
+        Ok(ServiceParts {
+            router: Router::new(),
+            openapi_source: None,
             edge: Some(Box::new(move |router| gateway.wrap(router))),
             consumers: Vec::new(),
             openapi_paths: serde_json::json!({}),

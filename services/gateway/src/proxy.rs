@@ -173,13 +173,19 @@ impl Proxy {
 
     /// The service that owns a path, if any service configured in this gateway does.
     pub fn service_for(&self, path: &str) -> Option<&str> {
-        let (_, service) = self.routes.iter().find(|(prefix, _)| {
+        let found = self.routes.iter().find(|(prefix, _)| {
             path.starts_with(prefix.as_str())
                 && (prefix.ends_with('/')
                     || path.len() == prefix.len()
                     || path.as_bytes()[prefix.len()] == b'/')
-        })?;
-        self.services.iter().any(|(s, _)| s == service).then_some(service.as_str())
+        });
+        // Any other public path at the root is a short link (`/{slug}`): routing's.
+        let service = match found {
+            Some((_, service)) => service.as_str(),
+            None if crate::access(path) == crate::Access::Public && !is_operator(path) => "routing",
+            None => return None,
+        };
+        self.services.iter().any(|(s, _)| s == service).then_some(service)
     }
 
     fn instances(&self, service: &str) -> &[Arc<Instance>] {
@@ -298,6 +304,11 @@ fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
     if let (Some(host), false) = (host, h.contains_key("x-forwarded-host")) {
         h.insert("x-forwarded-host", host);
     }
+}
+
+/// Paths the gateway process answers itself.
+fn is_operator(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json")
 }
 
 /// The handler behind every proxied path.
