@@ -336,8 +336,6 @@ async fn admit(
         // Behind the front gateway, which limited already: a service's own edge does not count again.
         return Ok(None);
     }
-    let endpoint =
-        req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
     let who = caller.as_ref().map(|c| c.tenant.to_string());
     let policy: Option<(String, Limit)> = match g.settings.route_limit(&path) {
         Some((prefix, l)) => Some((format!("route:{prefix}:{}", who.as_deref().unwrap_or(&ip)), l)),
@@ -354,6 +352,10 @@ async fn admit(
         Ok(d) if d.allowed => Ok(Some(d)),
         Ok(d) => {
             let tenant = who.unwrap_or_else(|| "anonymous".to_string());
+            let endpoint = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| path.clone(), |m| m.as_str().to_string());
             metrics::counter!("rate_limit_hits_total", "tenant_id" => tenant, "endpoint" => endpoint)
                 .increment(1);
             let mut res =

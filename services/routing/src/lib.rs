@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kernel::db::{Db, DbError, Id, Migration, Migrations, Timestamp, Tx};
-use kernel::events::{Consumer, Envelope, Handler, HandlerError, Journal};
+use kernel::events::{Consumer, Envelope, EnvelopeOf, Handler, HandlerError, Journal};
 use kernel::http::ClientIp;
 use kernel::password::{Hasher, Verified};
 use kernel::{BoxError, Kernel, Problem, Service, ServiceContext, ServiceParts, TenantId};
@@ -812,30 +812,30 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
         .as_deref()
         .and_then(|u| reqwest::Url::parse(u).ok())
         .and_then(|u| u.host_str().map(str::to_string));
-    let click = Envelope::new(
+    let click = EnvelopeOf::new(
         event_type,
         route.tenant_id,
         "anonymous",
-        json!({
-            "link_id": route.link_id,
-            "qr_id": qr,
-            "slug": route.slug,
-            "domain": route.domain,
-            "at": Timestamp::now().rfc3339(),
-            "referrer": v.referrer,
-            "referrer_host": referrer_host,
-            "browser": agent.browser,
-            "os": agent.os,
-            "device": agent.device,
-            "bot": agent.bot,
-            "country": country,
-            "visitor": r.visitor(&v.ip, &v.user_agent),
-            "counted": counted,
-        }),
+        Click {
+            link_id: route.link_id,
+            qr_id: qr,
+            slug: &route.slug,
+            domain: &route.domain,
+            at: Timestamp::now().rfc3339(),
+            referrer: v.referrer.as_deref(),
+            referrer_host,
+            browser: agent.browser,
+            os: agent.os,
+            device: agent.device,
+            bot: agent.bot,
+            country,
+            visitor: r.visitor(&v.ip, &v.user_agent),
+            counted,
+        },
     );
     // The click is in the journal before the answer leaves: a redirect that was
     // answered is never lost, even to kill -9.
-    if let Err(e) = r.journal.append(&click) {
+    if let Err(e) = r.journal.append_of(&click) {
         return internal(&e);
     }
     if fire {
@@ -843,6 +843,28 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
     }
     let status = StatusCode::from_u16(route.redirect_type).unwrap_or(StatusCode::FOUND);
     location(status, &target)
+}
+
+/// The payload of `link.clicked` and `qr.scanned`.
+#[derive(serde::Serialize)]
+struct Click<'a> {
+    link_id: uuid::Uuid,
+    qr_id: Option<uuid::Uuid>,
+    slug: &'a str,
+    domain: &'a str,
+    at: String,
+    referrer: Option<&'a str>,
+    referrer_host: Option<String>,
+    browser: &'a str,
+    os: &'a str,
+    device: &'a str,
+    /// human, bot, link-preview, head-probe
+    bot: &'a str,
+    country: Option<String>,
+    /// A salted, daily-rotated hash of address and user agent: never the address.
+    visitor: String,
+    /// Whether the click counts towards the link's click limit.
+    counted: bool,
 }
 
 fn with_utm(target: &str, route: &RouteRecord) -> String {

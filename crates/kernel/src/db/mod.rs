@@ -164,7 +164,8 @@ pub(crate) struct KernelSql {
     pub(crate) outbox_pending: String,
     pub(crate) outbox_delete: String,
     pub(crate) inbox_insert: String,
-    /// PostgreSQL only: many ids at once, returning those that were new.
+    /// Many ids at once (an array on PostgreSQL, a JSON array on SQLite),
+    /// returning those that were new.
     pub(crate) inbox_insert_many: String,
     pub(crate) dead_letter_insert: String,
 }
@@ -183,10 +184,17 @@ impl KernelSql {
             ),
             outbox_pending: format!("select seq, payload from {schema}.outbox order by seq limit $1"),
             outbox_delete,
-            inbox_insert_many: format!(
-                "insert into {schema}.inbox (consumer, event_id) select $1, unnest($2::uuid[]) \
-                 on conflict do nothing returning event_id"
-            ),
+            inbox_insert_many: match engine {
+                Engine::Postgres => format!(
+                    "insert into {schema}.inbox (consumer, event_id) select $1, unnest($2::uuid[]) \
+                     on conflict do nothing returning event_id"
+                ),
+                // `where true` lets SQLite parse the upsert clause after a select.
+                Engine::Sqlite => format!(
+                    "insert into {schema}.inbox (consumer, event_id) select $1, value from json_each($2) \
+                     where true on conflict do nothing returning event_id"
+                ),
+            },
             inbox_insert: format!(
                 "insert into {schema}.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
             ),
@@ -254,15 +262,7 @@ impl Tx {
     ) -> Result<std::collections::HashSet<uuid::Uuid>, DbError> {
         match self {
             Self::Postgres(t) => t.mark_handled_many(consumer, ids).await,
-            Self::Sqlite(t) => {
-                let mut fresh = std::collections::HashSet::with_capacity(ids.len());
-                for id in ids {
-                    if t.mark_handled(consumer, *id).await? {
-                        fresh.insert(*id);
-                    }
-                }
-                Ok(fresh)
-            }
+            Self::Sqlite(t) => t.mark_handled_many(consumer, ids).await,
         }
     }
 

@@ -236,16 +236,6 @@ macro_rules! tenant_tx {
                 Ok(())
             }
 
-            /// Records that `consumer` handled `event_id`; false if it already had.
-            #[allow(dead_code, reason = "PostgreSQL marks a whole batch at once")]
-            pub(crate) async fn mark_handled(&mut self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, DbError> {
-                let done = sqlx::query(AssertSqlSafe(self.shared.sql.inbox_insert.clone()))
-                    .bind(consumer.to_string())
-                    .bind($uuid(event_id))
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
         }
     };
 }
@@ -264,6 +254,25 @@ impl PgTx {
                 .fetch_all(&mut *self.tx)
                 .await?;
         Ok(fresh.into_iter().collect())
+    }
+}
+
+impl SqliteTx {
+    /// Records that `consumer` handled `ids` in one statement (one round trip to
+    /// the connection's thread, not one per event); returns those it had not
+    /// handled before.
+    pub(crate) async fn mark_handled_many(
+        &mut self,
+        consumer: &str,
+        ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, DbError> {
+        let json = serde_json::to_string(ids)?;
+        let fresh: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.shared.sql.inbox_insert_many.clone()))
+            .bind(consumer.to_string())
+            .bind(json)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(fresh.iter().filter_map(|s| uuid::Uuid::parse_str(s).ok()).collect())
     }
 }
 

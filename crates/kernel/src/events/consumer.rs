@@ -103,10 +103,14 @@ async fn apply(db: &Db, consumer: &Consumer, run: &[Envelope]) -> Result<(), Han
     let mut tx = db.begin(first.tenant_id).await?;
     let ids: Vec<uuid::Uuid> = run.iter().map(|e| e.event_id).collect();
     let fresh = tx.mark_handled_many(consumer.name, &ids).await?;
-    // A batch may carry one event twice (a redelivery racing the original).
-    let mut seen = std::collections::HashSet::with_capacity(fresh.len());
-    let applied: Vec<Envelope> =
-        run.iter().filter(|e| fresh.contains(&e.event_id) && seen.insert(e.event_id)).cloned().collect();
+    // Usually every event is new and the batch is applied as it came. Otherwise
+    // only the new ones, each once (a redelivery may race the original).
+    let applied: std::borrow::Cow<'_, [Envelope]> = if fresh.len() == run.len() {
+        std::borrow::Cow::Borrowed(run)
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(fresh.len());
+        run.iter().filter(|e| fresh.contains(&e.event_id) && seen.insert(e.event_id)).cloned().collect()
+    };
     if !applied.is_empty() {
         consumer.handler.handle_batch(&mut tx, &applied).await?;
     }

@@ -27,12 +27,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, Envelope};
+use super::{Bus, Envelope, EnvelopeOf};
 
 /// A segment is closed once it is this long.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Most events published at once.
-const BATCH: usize = 512;
+const BATCH: usize = 128;
 /// Bytes read per step of the drainer.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Largest record (a click is well under 2 KiB).
@@ -109,7 +109,7 @@ fn try_lock(slot: &Path) -> std::io::Result<Option<File>> {
     }
 }
 
-fn encode(event: &Envelope) -> Result<Vec<u8>, JournalError> {
+fn encode(event: &impl serde::Serialize) -> Result<Vec<u8>, JournalError> {
     let mut buf = Vec::with_capacity(768);
     buf.extend_from_slice(&[0; HEADER]);
     serde_json::to_writer(&mut buf, event).map_err(|e| JournalError::Record(e.to_string()))?;
@@ -194,7 +194,15 @@ impl Journal {
     /// Writes one event. When this returns `Ok`, the event survives a crash
     /// of the process and will be published.
     pub fn append(&self, event: &Envelope) -> Result<(), JournalError> {
-        let record = encode(event)?;
+        self.write(encode(event)?)
+    }
+
+    /// [`Journal::append`] of an event with a typed payload (no `Value` built).
+    pub fn append_of<T: serde::Serialize>(&self, event: &EnvelopeOf<'_, T>) -> Result<(), JournalError> {
+        self.write(encode(event)?)
+    }
+
+    fn write(&self, record: Vec<u8>) -> Result<(), JournalError> {
         let inner = &self.inner;
         {
             let mut active =

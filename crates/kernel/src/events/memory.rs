@@ -16,7 +16,7 @@ use super::{Bus, BusError, Consumer, Envelope};
 use crate::db::Db;
 
 struct Delivery {
-    events: Vec<Envelope>,
+    events: Arc<[Envelope]>,
     done: oneshot::Sender<Result<(), BusError>>,
 }
 
@@ -75,12 +75,16 @@ impl Bus for MemoryBus {
             .map(|s| s.clone())
             .map_err(|_| BusError::Publish("subscriber list is poisoned".into()))?;
         let mut pending = Vec::new();
+        // Subscribers that take the whole batch share one copy of it.
+        let mut whole: Option<Arc<[Envelope]>> = None;
         for sub in subscribers {
-            let mine: Vec<Envelope> =
-                events.iter().filter(|e| sub.event_types.contains(&e.event_type.as_str())).cloned().collect();
-            if mine.is_empty() {
-                continue;
-            }
+            let wanted = |e: &&Envelope| sub.event_types.contains(&e.event_type.as_str());
+            let count = events.iter().filter(wanted).count();
+            let mine: Arc<[Envelope]> = match count {
+                0 => continue,
+                n if n == events.len() => whole.get_or_insert_with(|| events.into()).clone(),
+                _ => events.iter().filter(wanted).cloned().collect(),
+            };
             let (done, wait) = oneshot::channel();
             sub.inbox
                 .send(Delivery { events: mine, done })

@@ -1,10 +1,11 @@
 //! The middleware every route runs through: request id, access log, metrics,
 //! the body-size guard and panic-to-problem.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -40,16 +41,45 @@ fn request_id(req: &Request) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
 }
 
+type HttpMetrics = (metrics::Counter, metrics::Histogram);
+/// Routes (by matched path) of one (method, status).
+type ByRoute = HashMap<Box<str>, HttpMetrics>;
+
+thread_local! {
+    /// The HTTP metric handles by (method, status) and route, per thread: a
+    /// request looks its pair up without building label strings.
+    static HTTP_METRICS: std::cell::RefCell<HashMap<(Method, u16), ByRoute>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn http_metrics(method: &Method, route: &str, status: u16) -> HttpMetrics {
+    HTTP_METRICS.with_borrow_mut(|by| {
+        let routes = by.entry((method.clone(), status)).or_default();
+        if let Some(m) = routes.get(route) {
+            return m.clone();
+        }
+        let labels = [
+            ("method", method.as_str().to_string()),
+            ("route", route.to_string()),
+            ("status_code", status.to_string()),
+        ];
+        let m = (
+            metrics::counter!("http_requests_total", &labels),
+            metrics::histogram!("http_request_duration_seconds", &labels),
+        );
+        routes.insert(route.into(), m.clone());
+        m
+    })
+}
+
 /// Request id, span, access log line and HTTP metrics.
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let id = request_id(&req);
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let quiet = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let quiet = matches!(route, "/healthz" | "/readyz" | "/metrics");
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
@@ -68,10 +98,9 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
             tracing::info!(status, duration_ms, tenant_id, upstream, "request");
         }
     });
-    let labels =
-        [("method", method.as_str().to_string()), ("route", route), ("status_code", status.to_string())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    let (requests, duration) = http_metrics(&method, route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     res
 }
 

@@ -57,6 +57,11 @@ async fn an_event_delivered_twice_has_one_effect() {
     })
     .await;
     settles_at(&app, tenant, (1, 0)).await;
+    // One batch carrying an old event and a new one twice: the new one counts once.
+    let new = Envelope::new("note.created", tenant, "system", serde_json::json!({ "body": "new" }));
+    let batch = [event.clone(), new.clone(), new];
+    app.kernel.bus.publish(&batch).await.unwrap_or_else(|e| panic!("{e}"));
+    settles_at(&app, tenant, (2, 0)).await;
     app.stop().await;
 }
 
