@@ -513,7 +513,7 @@ async fn two_analytics_consumers_share_the_stream_and_survive_a_kill_9_mid_batch
 }
 
 #[tokio::test]
-async fn gateway_links_and_routing_in_their_own_processes_redirect_a_new_link_at_once() {
+async fn gateway_links_routing_and_analytics_in_their_own_processes_redirect_at_once_and_stream_the_click() {
     let engines = Engines::from_env();
     if engines.database_url.is_none() || engines.nats_url.is_none() {
         eprintln!("skipped: needs SIGNPOST_TEST_DATABASE_URL and SIGNPOST_TEST_NATS_URL");
@@ -542,9 +542,15 @@ async fn gateway_links_and_routing_in_their_own_processes_redirect_a_new_link_at
     routing_env.insert("SIGNPOST_NATS_STREAM".into(), format!("R{}", uuid::Uuid::now_v7().simple()));
     routing_env.insert("SIGNPOST_UPSTREAMS".into(), format!("links={}", links.address));
     let routing = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &routing_env);
+    // Analytics counts and streams the clicks routing publishes.
+    let mut analytics_env = env.clone();
+    analytics_env.insert("SIGNPOST_NATS_STREAM".into(), routing_env["SIGNPOST_NATS_STREAM"].clone());
+    let analytics = start_with(&["serve", "analytics", "--listen", "127.0.0.1:0"], &analytics_env);
     let mut gateway_env = env.clone();
-    gateway_env
-        .insert("SIGNPOST_UPSTREAMS".into(), format!("links={};routing={}", links.address, routing.address));
+    gateway_env.insert(
+        "SIGNPOST_UPSTREAMS".into(),
+        format!("links={};routing={};analytics={}", links.address, routing.address, analytics.address),
+    );
     let front = start_with(&["serve", "gateway", "--listen", "127.0.0.1:0"], &gateway_env);
 
     let token = testkit::hs256_token(SECRET, issuer, TenantId::new(), "member");
@@ -584,6 +590,42 @@ async fn gateway_links_and_routing_in_their_own_processes_redirect_a_new_link_at
     let code = qr["code"].as_str().unwrap();
     assert_eq!(visit(format!("/q/{code}")).await, (302, Some("https://example.com/printed".to_string())));
     assert_eq!(visit("/no-such-link".into()).await.0, 404);
+
+    // The live stream passes through the proxy unbuffered: a click made through
+    // the front door shows up on it, from another process.
+    let res = client
+        .get(format!("{}/v1/analytics/stream", front.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: ready") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap_or_else(|_| panic!("no ready event through the proxy: {seen:?}"))
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let slug = link["slug"].as_str().unwrap();
+    assert_eq!(visit(format!("/{slug}")).await.0, 302);
+    let clicked = Instant::now();
+    seen.clear();
+    while !seen.contains("event: link.clicked") {
+        let left = Duration::from_secs(2).saturating_sub(clicked.elapsed());
+        let chunk = tokio::time::timeout(left, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap_or_else(|_| panic!("no click on the stream within 2 s: {seen:?}"))
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(slug), "{seen}");
+    drop(body);
+
     // The front door never forwards /internal, token or not.
     let inside = client
         .get(format!("{}/internal/routes/{}", front.address, link["slug"].as_str().unwrap()))
@@ -597,11 +639,16 @@ async fn gateway_links_and_routing_in_their_own_processes_redirect_a_new_link_at
     let mut wrong = routing_env.clone();
     wrong.insert("SIGNPOST_INTERNAL_TOKEN".into(), format!("{INTERNAL}-not"));
     let stranger = start_with(&["serve", "routing", "--listen", "127.0.0.1:0"], &wrong);
-    let res =
-        client.get(format!("{}/{}", stranger.address, link["slug"].as_str().unwrap())).send().await.unwrap();
+    // A link nobody has visited yet (so no instance has cached its route).
+    let (_, unseen) = post("/v1/links", serde_json::json!({ "url": "https://example.com/unseen" })).await;
+    let res = client
+        .get(format!("{}/{}", stranger.address, unseen["slug"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
 
-    for p in [stranger, front, routing, links] {
+    for p in [stranger, front, analytics, routing, links] {
         sigterm_and_wait(p);
     }
     env.remove("SIGNPOST_UPSTREAMS");
