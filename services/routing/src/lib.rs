@@ -115,21 +115,6 @@ macro_rules! on_tx {
     };
 }
 
-macro_rules! read_global {
-    ($db:expr, $t:ident => $body:expr) => {
-        match $db {
-            Db::Postgres(pg) => {
-                let mut $t = pg.read_global().await?;
-                $body
-            }
-            Db::Sqlite(lite) => {
-                let mut $t = lite.read_global().await?;
-                $body
-            }
-        }
-    };
-}
-
 const UPSERT_ROUTE: &str = "insert into routing.routes (tenant_id, domain, slug, link_id, record, version) \
      values ($1, $2, $3, $4, $5, $6) on conflict (domain, slug) do update set record = excluded.record, \
      version = excluded.version, link_id = excluded.link_id \
@@ -267,11 +252,7 @@ impl Routing {
             self.local.put(&key, r.clone(), seen);
             return Ok(Some(r));
         }
-        let stored: Option<(String,)> = read_global!(&self.db, t => {
-            let row: Result<Option<(String,)>, DbError> =
-                t.fetch_optional(t.query_as(ROUTE).bind(domain.to_string()).bind(slug.to_string())).await;
-            row?
-        });
+        let stored = self.route_row(domain, slug).await?;
         let record = match stored.and_then(|(r,)| serde_json::from_str::<RouteRecord>(&r).ok()) {
             Some(r) => Some(r),
             // Not in the read model yet: a link created a moment ago. Ask links itself.
@@ -291,6 +272,17 @@ impl Routing {
         Ok(record)
     }
 
+    /// The read model's record of `(domain, slug)`, as stored (JSON).
+    async fn route_row(&self, domain: &str, slug: &str) -> Result<Option<(String,)>, BoxError> {
+        Ok(match &self.db {
+            Db::Sqlite(lite) => lite.global_optional(ROUTE, &[domain, slug]).await?,
+            Db::Postgres(pg) => {
+                let mut t = pg.read_global().await?;
+                t.fetch_optional(t.query_as(ROUTE).bind(domain.to_string()).bind(slug.to_string())).await?
+            }
+        })
+    }
+
     /// Where to ask for a route the read model does not have yet: links in this
     /// process, or else links instances over HTTP when configured.
     fn source(&self) -> Option<SharedRouteSource> {
@@ -304,10 +296,13 @@ impl Routing {
         if let Ok(Some(v)) = self.kernel.cache.get(&key).await {
             return Ok((!v.is_empty()).then(|| host.to_string()));
         }
-        let found: Option<(String,)> = read_global!(&self.db, t => {
-            let row: Result<Option<(String,)>, DbError> = t.fetch_optional(t.query_as(DOMAIN).bind(host.to_string())).await;
-            row?
-        });
+        let found: Option<(String,)> = match &self.db {
+            Db::Sqlite(lite) => lite.global_optional(DOMAIN, &[host]).await?,
+            Db::Postgres(pg) => {
+                let mut t = pg.read_global().await?;
+                t.fetch_optional(t.query_as(DOMAIN).bind(host.to_string())).await?
+            }
+        };
         // Unknown hosts are remembered briefly too: a flood of them costs no queries.
         let (mark, ttl): (&[u8], u64) = if found.is_some() { (b"1", 60) } else { (b"", 5) };
         self.fill(&key, mark, Duration::from_secs(ttl), seen).await;
@@ -323,11 +318,7 @@ impl Routing {
             _ => None,
         };
         if qr.is_none() {
-            let stored: Option<(String,)> = read_global!(&self.db, t => {
-                let row: Result<Option<(String,)>, DbError> =
-                    t.fetch_optional(t.query_as(ROUTE).bind(QR_DOMAIN.to_string()).bind(code.to_string())).await;
-                row?
-            });
+            let stored = self.route_row(QR_DOMAIN, code).await?;
             qr = stored.and_then(|(r,)| serde_json::from_str(&r).ok());
             if let Some(q) = &qr
                 && let Ok(bytes) = serde_json::to_vec(q)

@@ -130,6 +130,22 @@ impl SqliteDb {
         Ok(SqliteGlobalTx::new(self.reader.begin().await?, self.shared.clone()))
     }
 
+    /// One read of the global tables, text parameters bound in order, as a
+    /// single statement on a reader connection with no transaction around it
+    /// (one statement reads one snapshot). One round trip to the connection's
+    /// thread instead of three (begin, select, rollback): for hot-path misses.
+    pub async fn global_optional<O>(&self, sql: &'static str, params: &[&str]) -> Result<Option<O>, DbError>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        super::tx::check_global(sql)?;
+        let mut query = sqlx::query_as::<_, O>(AssertSqlSafe(sql));
+        for p in params {
+            query = query.bind((*p).to_string());
+        }
+        Ok(query.fetch_optional(&self.reader).await?)
+    }
+
     /// A write transaction in the kernel's system scope.
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
         Ok(self.writer.begin_with("begin immediate").await?)
