@@ -575,6 +575,15 @@ async fn gateway_links_routing_and_analytics_in_their_own_processes_redirect_at_
     assert_eq!(direct.status(), reqwest::StatusCode::UNAUTHORIZED);
     let direct = client.get(format!("{}/v1/links", links.address)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(direct.status(), reqwest::StatusCode::OK, "a valid token is verified by links itself");
+    // An API key needs identity, which this links process was not given: it
+    // says it cannot check the key rather than calling it invalid.
+    let keyed = client
+        .get(format!("{}/v1/links", links.address))
+        .bearer_auth("sp_not_checkable")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
 
     for i in 0..3 {
         let (status, link) =

@@ -227,14 +227,20 @@ async fn admit(
     let token = bearer(req.headers()).map_err(IntoResponse::into_response)?.map(str::to_string);
     let caller = match token {
         Some(t) if t.starts_with(kernel::auth::API_KEY_PREFIX) => {
-            let proxy = g.proxy.clone();
+            let (proxy, front) = (g.proxy.clone(), g.front);
             let key = t.clone();
             let resolved = g
                 .verifier
                 .api_key(&t, || async move {
                     match proxy {
                         Some(p) => p.introspect(&key).await,
-                        None => Ok(None),
+                        // The front door with no identity anywhere knows no keys.
+                        None if front => Ok(None),
+                        // A service alone cannot tell a bad key from one it cannot check.
+                        None => {
+                            Err("identity is not reachable from this process (list it in SIGNPOST_UPSTREAMS)"
+                                .into())
+                        }
                     }
                 })
                 .await;

@@ -39,7 +39,9 @@ fn default_style() -> Style {
 /// format and logo. The scan URL carries the code, which is unique, so the
 /// address is too.
 fn rendering_hash(url: &str, style: &Style, format: Format, logo: Option<&str>) -> String {
-    let text = format!("{url}|{}|{}|{}", style.key(), format.ext(), logo.unwrap_or(""));
+    // `v2`: the renderer's version. PDFs made before v2 left the logo out; a
+    // changed renderer must not be served from an old address.
+    let text = format!("v2|{url}|{}|{}|{}", style.key(), format.ext(), logo.unwrap_or(""));
     kernel::hex(&Sha256::digest(text.as_bytes()))
 }
 

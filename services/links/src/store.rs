@@ -201,6 +201,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn start_import(&self, job: &ImportJob) -> Result<(), DbError>;
     async fn save_import(&self, job: &ImportJob) -> Result<(), DbError>;
+    /// Saves `job` as interrupted only if it is still running with the
+    /// heartbeat `beat` (its runner did not save meanwhile); false otherwise.
+    async fn interrupt_import(&self, job: &ImportJob, beat: Timestamp) -> Result<bool, DbError>;
     async fn import(&self, tenant: TenantId, id: Uuid) -> Result<Option<ImportJob>, DbError>;
 
     async fn add_pixel(&self, p: &Pixel) -> Result<(), DbError>;
@@ -292,6 +295,8 @@ const INSERT_JOB: &str = "insert into links.import_jobs \
      (tenant_id, id, status, total, imported, errors, created_at, heartbeat_at) values ($1, $2, $3, $4, $5, $6, $7, $8)";
 const SAVE_JOB: &str = "update links.import_jobs set status = $3, imported = $4, errors = $5, finished_at = $6, \
      heartbeat_at = $7 where tenant_id = $1 and id = $2";
+const INTERRUPT_JOB: &str = "update links.import_jobs set status = $3, errors = $4, finished_at = $5 \
+     where tenant_id = $1 and id = $2 and status = 'running' and coalesce(heartbeat_at, created_at) = $6";
 const JOB: &str = "select tenant_id, id, status, total, imported, errors, created_at, finished_at, heartbeat_at \
      from links.import_jobs where tenant_id = $1 and id = $2";
 const INSERT_PIXEL: &str = "insert into links.pixels (tenant_id, id, kind, pixel_id, name, created_at) \
@@ -570,6 +575,22 @@ macro_rules! store_impl {
                 )
                 .await?;
                 tx.commit().await
+            }
+
+            async fn interrupt_import(&self, j: &ImportJob, beat: Timestamp) -> Result<bool, DbError> {
+                let mut tx = self.0.begin(TenantId::from_uuid(j.tenant_id.0)).await?;
+                let changed = tx
+                    .execute(
+                        tx.query(INTERRUPT_JOB)
+                            .bind(j.id)
+                            .bind(j.status.clone())
+                            .bind(j.errors.clone())
+                            .bind(j.finished_at)
+                            .bind(beat),
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(changed == 1)
             }
 
             async fn import(&self, tenant: TenantId, id: Uuid) -> Result<Option<ImportJob>, DbError> {

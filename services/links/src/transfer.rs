@@ -26,8 +26,9 @@ pub const MAX_ROWS: usize = 10_000;
 /// How often a running import saves its progress (its heartbeat).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// A running import silent for this long has lost its process: readers report
-/// it interrupted, with the rows it did not reach.
-const STALE_SECS: i64 = 30;
+/// it interrupted, with the rows it did not reach. Far above the time one row
+/// can take (a database busy wait is 30 s at most).
+const STALE_SECS: i64 = 120;
 /// The columns an import understands (`url` is required).
 pub const COLUMNS: &[&str] = &[
     "url",
@@ -200,16 +201,24 @@ async fn import(State(s): AppState, caller: Caller, body: axum::body::Bytes) -> 
 async fn job(State(s): AppState, caller: Caller, Path(id): Path<Uuid>) -> ApiResult<Response> {
     caller.require("links:read")?;
     let mut job = s.store.import(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+    let beat = job.heartbeat_at.unwrap_or(job.created_at);
     if interrupted(&mut job, Timestamp::now()) {
-        s.store.save_import(&job).await?;
-        tracing::warn!(tenant_id = %caller.tenant, job_id = %id, imported = job.imported, "link import was interrupted");
+        // Only if the runner did not save meanwhile: a live import is never
+        // overwritten, and the answer is then what it saved.
+        if s.store.interrupt_import(&job, beat).await? {
+            tracing::warn!(tenant_id = %caller.tenant, job_id = %id, imported = job.imported, "link import was interrupted");
+        } else {
+            job = s.store.import(caller.tenant, id).await?.ok_or_else(Problem::not_found)?;
+        }
     }
     Ok(axum::Json(job_json(&job)).into_response())
 }
 
 /// A running job whose heartbeat stopped (its process died) becomes `failed`,
-/// its report saying from which row on nothing was imported. Rows before it
-/// are as the report says: imported, or explained.
+/// its report saying from which row on rows may be missing. Rows before it
+/// are as the report says: imported, or explained. Rows after it were saved
+/// in progress at most a second before the stop, so a few of them may have
+/// been imported: the report says to check.
 fn interrupted(job: &mut ImportJob, now: Timestamp) -> bool {
     let beat = job.heartbeat_at.unwrap_or(job.created_at);
     if job.status != "running" || now.unix() - beat.unix() < STALE_SECS {
@@ -222,7 +231,10 @@ fn interrupted(job: &mut ImportJob, now: Timestamp) -> bool {
         let (first, last) = (done + 2, job.total + 1);
         errors.push(json!({
             "row": first,
-            "error": format!("not imported: the import stopped here (its process ended); import rows {first} to {last} again"),
+            "error": format!(
+                "the import stopped here (its process ended): rows {first} to {last} may be missing; \
+                 the first few may have been imported in its last second, so check before importing them again"
+            ),
         }));
     }
     job.errors = serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());

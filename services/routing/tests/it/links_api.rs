@@ -234,9 +234,12 @@ async fn an_import_whose_process_died_is_reported_interrupted_with_the_rows_it_n
     let tenant = TenantId::new();
     let t = token(tenant, "member");
     // A job of 10 rows whose process died after 4 of them (3 imported, row 4
-    // explained) and whose last heartbeat is two minutes old.
+    // explained) and whose last heartbeat is ten minutes old, and a job whose
+    // runner saved a moment ago.
+    let live = uuid::Uuid::now_v7();
+    let now = Timestamp::now();
     let id = uuid::Uuid::now_v7();
-    let then = Timestamp::from_unix(Timestamp::now().unix() - 120);
+    let then = Timestamp::from_unix(Timestamp::now().unix() - 600);
     let db = app.db("links");
     let mut tx = db.begin(tenant).await.unwrap();
     const SQL: &str = "insert into links.import_jobs \
@@ -250,12 +253,21 @@ async fn an_import_whose_process_died_is_reported_interrupted_with_the_rows_it_n
                 .unwrap()
         };
     }
+    macro_rules! insert_live {
+        ($t:expr) => {
+            $t.execute($t.query(SQL).bind(Id(live)).bind("[]".to_string()).bind(now).bind(now)).await.unwrap()
+        };
+    }
     if let Some(pg) = tx.postgres() {
         insert!(pg);
+        insert_live!(pg);
     } else if let Some(lite) = tx.sqlite() {
         insert!(lite);
+        insert_live!(lite);
     }
     tx.commit().await.unwrap();
+    let (_, running) = call(&app, Method::GET, &format!("/v1/links/import/{live}"), Some(&t), None).await;
+    assert_eq!(running["status"], "running", "a beating import is left alone: {running}");
 
     let path = format!("/v1/links/import/{id}");
     let (status, job) = call(&app, Method::GET, &path, Some(&t), None).await;
