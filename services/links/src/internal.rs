@@ -28,6 +28,16 @@ pub(crate) fn routes() -> Router<Arc<Links>> {
     Router::new().route("/internal/routes/{slug}", get(route)).route("/internal/qr/{code}", get(qr))
 }
 
+/// Marks links' own "no such link" answers, which a refused token's 404 lacks.
+const NOT_FOUND_HEADER: &str = "x-signpost-not-found";
+
+fn missing() -> Problem {
+    Problem::not_found().with_header(
+        axum::http::HeaderName::from_static(NOT_FOUND_HEADER),
+        axum::http::HeaderValue::from_static("1"),
+    )
+}
+
 fn allowed(s: &Links, headers: &HeaderMap) -> Result<(), Problem> {
     let ok = internal_caller(s.kernel.config.internal_token.as_ref(), headers);
     if ok { Ok(()) } else { Err(Problem::not_found()) }
@@ -47,13 +57,13 @@ async fn route(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     allowed(&s, &headers)?;
-    let link = s.store.by_slug(&q.domain, &slug).await?.ok_or_else(Problem::not_found)?;
+    let link = s.store.by_slug(&q.domain, &slug).await?.ok_or_else(missing)?;
     Ok(axum::Json(link.route()).into_response())
 }
 
 async fn qr(State(s): AppState, Path(code): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
     allowed(&s, &headers)?;
-    let (q, l) = s.store.qr_by_code(&code).await?.ok_or_else(Problem::not_found)?;
+    let (q, l) = s.store.qr_by_code(&code).await?.ok_or_else(missing)?;
     Ok(axum::Json((q.route(), l.route())).into_response())
 }
 
@@ -64,6 +74,8 @@ pub struct RemoteRouteSource {
     instances: Vec<reqwest::Url>,
     token: Secret<String>,
     next: AtomicUsize,
+    /// Whether a refused token was logged already (once is enough).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteRouteSource {
@@ -81,7 +93,7 @@ impl RemoteRouteSource {
             .timeout(Duration::from_secs(3))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, instances, token, next: AtomicUsize::new(0) })
+        Ok(Self { http, instances, token, next: AtomicUsize::new(0), warned: Default::default() })
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
@@ -100,7 +112,18 @@ impl RemoteRouteSource {
             let sent =
                 self.http.get(url).header(INTERNAL_TOKEN_HEADER, self.token.expose().as_str()).send().await;
             match sent {
-                Ok(res) if res.status() == reqwest::StatusCode::NOT_FOUND => return Ok(None),
+                Ok(res) if res.status() == reqwest::StatusCode::NOT_FOUND => {
+                    if !res.headers().contains_key(NOT_FOUND_HEADER)
+                        && !self.warned.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::warn!(
+                            instance = %res.url(),
+                            "links refused this process's internal token: new links will not redirect until their \
+                             events arrive (set the same SIGNPOST_INTERNAL_TOKEN on both)"
+                        );
+                    }
+                    return Ok(None);
+                }
                 Ok(res) if res.status().is_success() => return Ok(Some(res.json::<T>().await?)),
                 Ok(res) => return Err(format!("links answered {}", res.status()).into()),
                 Err(e) if e.is_connect() => last = Some(e.into()),

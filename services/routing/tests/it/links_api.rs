@@ -302,7 +302,18 @@ async fn internal_routes_answer_only_the_internal_token() {
         let res = ask(wrong).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{wrong:?}");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert!(!res.headers().contains_key("x-signpost-not-found"), "a refusal is not a missing link");
     }
+    // A link that does not exist is told apart from a refused token.
+    let absent = app
+        .client
+        .get(app.url("/internal/routes/no-such-slug"))
+        .header(kernel::auth::INTERNAL_TOKEN_HEADER, INTERNAL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(absent.status(), StatusCode::NOT_FOUND);
+    assert_eq!(absent.headers()["x-signpost-not-found"], "1");
     let res = ask(Some(INTERNAL)).await;
     assert_eq!(res.status(), StatusCode::OK);
     let route: Value = res.json().await.unwrap();
