@@ -79,25 +79,29 @@ impl Service for GatewayService {
     }
 
     async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
-        let gateway = Arc::new(Gateway::new(ctx.kernel)?);
-        // Proxy mode: every path the kernel does not answer itself goes upstream.
-        let router = match gateway.proxying() {
-            Some(p) => Router::new()
-                .route("/", axum::routing::any(proxy::handle))
-                .route("/{*path}", axum::routing::any(proxy::handle))
-                .with_state(p.clone()),
-            None => Router::new(),
-        };
-        let openapi_source = gateway
-            .proxying()
-            .map(|p| proxy::RemoteOpenApi::new(p.clone()) as Arc<dyn kernel::OpenApiSource>);
-        Ok(ServiceParts {
-            router,
-            openapi_source,
-            edge: Some(Box::new(move |router| gateway.wrap(router))),
-            consumers: Vec::new(),
-            openapi_paths: serde_json::json!({}),
-        })
+        Ok(parts(Gateway::new(ctx.kernel)?))
+    }
+}
+
+/// The middleware, and in proxy mode the catch-all route and the upstreams' API document.
+fn parts(gateway: Gateway) -> ServiceParts {
+    let gateway = Arc::new(gateway);
+    // Proxy mode: every path the kernel does not answer itself goes upstream.
+    let router = match gateway.proxying() {
+        Some(p) => Router::new()
+            .route("/", axum::routing::any(proxy::handle))
+            .route("/{*path}", axum::routing::any(proxy::handle))
+            .with_state(p.clone()),
+        None => Router::new(),
+    };
+    let openapi_source =
+        gateway.proxying().map(|p| proxy::RemoteOpenApi::new(p.clone()) as Arc<dyn kernel::OpenApiSource>);
+    ServiceParts {
+        router,
+        openapi_source,
+        edge: Some(Box::new(move |router| gateway.wrap(router))),
+        consumers: Vec::new(),
+        openapi_paths: serde_json::json!({}),
     }
 }
 
@@ -112,13 +116,7 @@ impl Service for ServiceEdge {
     }
 
     async fn start(&self, ctx: ServiceContext) -> Result<ServiceParts, BoxError> {
-        let gateway = Arc::new(Gateway::build(ctx.kernel, false)?);
-        Ok(ServiceParts {
-            router: Router::new(),
-            openapi_source: None,
-            edge: Some(Box::new(move |router| gateway.wrap(router))),
-            consumers: Vec::new(),
-            openapi_paths: serde_json::json!({}),
-        })
+        // Not the front door: no proxy route, no upstream document.
+        Ok(parts(Gateway::build(ctx.kernel, false)?))
     }
 }

@@ -30,11 +30,6 @@ pub(crate) fn routes() -> Router<Arc<Links>> {
         .route("/assets/qr/{code}/{file}", get(public_image))
 }
 
-/// The style every code is first printed in, served publicly without asking.
-fn default_style() -> Style {
-    Style::parse(&StyleQuery::default()).unwrap_or_else(|_| unreachable!("the default style is valid"))
-}
-
 /// The content address of one rendering: what it encodes, in which style,
 /// format and logo. The scan URL carries the code, which is unique, so the
 /// address is too.
@@ -72,7 +67,7 @@ fn qr_json(s: &Links, q: &Qr) -> Value {
 
 /// The default style's images at their public addresses.
 fn public_images(s: &Links, q: &Qr) -> Value {
-    let (url, style) = (scan_url(s, &q.code), default_style());
+    let (url, style) = (scan_url(s, &q.code), Style::default());
     let at = |f: Format| public_image_url(s, &q.code, &rendering_hash(&url, &style, f, q.logo.as_deref()), f);
     json!({ "png": at(Format::Png), "svg": at(Format::Svg), "pdf": at(Format::Pdf) })
 }
@@ -220,7 +215,7 @@ async fn public_image(
         return Err(Problem::not_found().into());
     }
     let (qr, _) = s.store.qr_by_code(&code).await?.ok_or_else(Problem::not_found)?;
-    let style = default_style();
+    let style = Style::default();
     let logo = qr.logo.as_deref();
     let may_render = rendering_hash(&scan_url(&s, &qr.code), &style, format, logo) == hash;
     rendering(&s, &qr, Wanted { hash, format, style: &style, logo, may_render }, &headers).await

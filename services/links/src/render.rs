@@ -77,27 +77,36 @@ fn colour(field: &str, raw: Option<&str>, default: [u8; 3]) -> Result<[u8; 3], P
     Ok([byte(0)?, byte(2)?, byte(4)?])
 }
 
+impl Default for Style {
+    /// 512 pixels, a 4-module quiet zone, black on white, error correction M.
+    fn default() -> Self {
+        Self { size: 512, margin: 4, fg: [0, 0, 0], bg: [255, 255, 255], ec: 'M' }
+    }
+}
+
 impl Style {
-    /// Checks a query: size 64–4096, margin 0–16, colours in hex, ec L/M/Q/H.
+    /// Checks a query: size 64–4096, margin 0–16, colours in hex, ec L/M/Q/H;
+    /// what it leaves out is as in [`Style::default`].
     pub fn parse(q: &StyleQuery) -> Result<Self, Problem> {
-        let size = q.size.unwrap_or(512);
+        let d = Self::default();
+        let size = q.size.unwrap_or(d.size);
         if !(64..=4096).contains(&size) {
             return Err(Problem::validation("size", "is 64 to 4096"));
         }
-        let margin = q.margin.unwrap_or(4);
+        let margin = q.margin.unwrap_or(d.margin);
         if margin > 16 {
             return Err(Problem::validation("margin", "is 0 to 16 modules"));
         }
         let ec = match q.ec.as_deref().map(str::to_ascii_uppercase).as_deref() {
-            None => 'M',
+            None => d.ec,
             Some("L") => 'L',
             Some("M") => 'M',
             Some("Q") => 'Q',
             Some("H") => 'H',
             Some(_) => return Err(Problem::validation("ec", "is L, M, Q or H")),
         };
-        let fg = colour("fg", q.fg.as_deref(), [0, 0, 0])?;
-        let bg = colour("bg", q.bg.as_deref(), [255, 255, 255])?;
+        let fg = colour("fg", q.fg.as_deref(), d.fg)?;
+        let bg = colour("bg", q.bg.as_deref(), d.bg)?;
         Ok(Self { size, margin, fg, bg, ec })
     }
 

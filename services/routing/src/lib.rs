@@ -252,7 +252,7 @@ impl Routing {
             self.local.put(&key, r.clone(), seen);
             return Ok(Some(r));
         }
-        let stored = self.route_row(domain, slug).await?;
+        let stored: Option<(String,)> = self.db.global_optional(ROUTE, &[domain, slug]).await?;
         let record = match stored.and_then(|(r,)| serde_json::from_str::<RouteRecord>(&r).ok()) {
             Some(r) => Some(r),
             // Not in the read model yet: a link created a moment ago. Ask links itself.
@@ -272,17 +272,6 @@ impl Routing {
         Ok(record)
     }
 
-    /// The read model's record of `(domain, slug)`, as stored (JSON).
-    async fn route_row(&self, domain: &str, slug: &str) -> Result<Option<(String,)>, BoxError> {
-        Ok(match &self.db {
-            Db::Sqlite(lite) => lite.global_optional(ROUTE, &[domain, slug]).await?,
-            Db::Postgres(pg) => {
-                let mut t = pg.read_global().await?;
-                t.fetch_optional(t.query_as(ROUTE).bind(domain.to_string()).bind(slug.to_string())).await?
-            }
-        })
-    }
-
     /// Where to ask for a route the read model does not have yet: links in this
     /// process, or else links instances over HTTP when configured.
     fn source(&self) -> Option<SharedRouteSource> {
@@ -296,13 +285,7 @@ impl Routing {
         if let Ok(Some(v)) = self.kernel.cache.get(&key).await {
             return Ok((!v.is_empty()).then(|| host.to_string()));
         }
-        let found: Option<(String,)> = match &self.db {
-            Db::Sqlite(lite) => lite.global_optional(DOMAIN, &[host]).await?,
-            Db::Postgres(pg) => {
-                let mut t = pg.read_global().await?;
-                t.fetch_optional(t.query_as(DOMAIN).bind(host.to_string())).await?
-            }
-        };
+        let found: Option<(String,)> = self.db.global_optional(DOMAIN, &[host]).await?;
         // Unknown hosts are remembered briefly too: a flood of them costs no queries.
         let (mark, ttl): (&[u8], u64) = if found.is_some() { (b"1", 60) } else { (b"", 5) };
         self.fill(&key, mark, Duration::from_secs(ttl), seen).await;
@@ -318,7 +301,7 @@ impl Routing {
             _ => None,
         };
         if qr.is_none() {
-            let stored = self.route_row(QR_DOMAIN, code).await?;
+            let stored: Option<(String,)> = self.db.global_optional(ROUTE, &[QR_DOMAIN, code]).await?;
             qr = stored.and_then(|(r,)| serde_json::from_str(&r).ok());
             if let Some(q) = &qr
                 && let Ok(bytes) = serde_json::to_vec(q)

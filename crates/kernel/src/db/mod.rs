@@ -114,6 +114,30 @@ pub enum Db {
 }
 
 impl Db {
+    /// One read of the service's global (tenant-less) tables, text parameters
+    /// bound in order. On SQLite it is a single statement outside any
+    /// transaction (one round trip to the connection's thread); on PostgreSQL,
+    /// a global read transaction.
+    pub async fn global_optional<O>(&self, sql: &'static str, params: &[&str]) -> Result<Option<O>, DbError>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + Send
+            + Unpin,
+    {
+        match self {
+            Self::Sqlite(lite) => lite.global_optional(sql, params).await,
+            Self::Postgres(pg) => {
+                let mut t = pg.read_global().await?;
+                let mut query = t.query_as::<O>(sql);
+                for p in params {
+                    query = query.bind((*p).to_string());
+                }
+                t.fetch_optional(query).await
+            }
+        }
+    }
+
     /// The service schema this handle is bound to.
     pub fn schema(&self) -> &'static str {
         match self {

@@ -134,7 +134,11 @@ impl SqliteDb {
     /// single statement on a reader connection with no transaction around it
     /// (one statement reads one snapshot). One round trip to the connection's
     /// thread instead of three (begin, select, rollback): for hot-path misses.
-    pub async fn global_optional<O>(&self, sql: &'static str, params: &[&str]) -> Result<Option<O>, DbError>
+    pub(crate) async fn global_optional<O>(
+        &self,
+        sql: &'static str,
+        params: &[&str],
+    ) -> Result<Option<O>, DbError>
     where
         O: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
     {

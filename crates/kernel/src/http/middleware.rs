@@ -56,19 +56,21 @@ thread_local! {
 static OTHER_METHOD: std::sync::LazyLock<Method> =
     std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or_default());
 
+/// The methods with a label of their own.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
 fn http_metrics(method: &Method, route: &str, status: u16) -> HttpMetrics {
-    let standard = [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    let method = if standard.contains(method) { method } else { &*OTHER_METHOD };
+    let method = if STANDARD_METHODS.contains(method) { method } else { &*OTHER_METHOD };
     HTTP_METRICS.with_borrow_mut(|by| {
         let routes = by.entry((method.clone(), status)).or_default();
         if let Some(m) = routes.get(route) {
