@@ -23,7 +23,11 @@ echo "== PostgreSQL ($db)"
 dir=$(mktemp -d)
 SIGNPOST_DATA_DIR="$dir" DATABASE_URL="${PG_ADMIN%/*}/$db" "$BIN" "$CLICKS" "$BATCH"
 psql "${PG_ADMIN%/*}/$db" -Atc "select 'storage: raw events ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname like 'events%'))
-    || ', rollups (cube, hourly, sketches) ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname in ('cube', 'hourly', 'sketches')))
+    || ', cube ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname = 'cube'))
+    || ', hourly ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname = 'hourly'))
+    || ', sketches ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname = 'sketches'))
+    || ', pairs ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname = 'pairs'))
+    || ', value_sketches ' || pg_size_pretty(sum(pg_total_relation_size(c.oid)) filter (where c.relname = 'value_sketches'))
     from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'analytics' and c.relkind = 'r'"
 rm -rf "$dir"
 psql "$PG_ADMIN" -qc "drop database $db" >/dev/null

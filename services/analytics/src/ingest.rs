@@ -204,6 +204,15 @@ const HOURLY_PG: &str = "insert into analytics.hourly (tenant_id, subject_id, di
      do update set clicks = hourly.clicks + excluded.clicks, humans = hourly.humans + excluded.humans";
 const SKETCHES_GET_PG: &str = "select subject_id, hour, sketch from analytics.sketches where tenant_id = $1 \
      and (subject_id, hour) in (select * from unnest($2::uuid[], $3::timestamptz[]))";
+const PAIRS_PG: &str = "insert into analytics.pairs (tenant_id, dim, value, other, hour, other_value, clicks, humans) \
+     select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[]) \
+     on conflict (tenant_id, dim, value, other, hour, other_value) \
+     do update set clicks = pairs.clicks + excluded.clicks, humans = pairs.humans + excluded.humans";
+const VALUE_SKETCHES_GET_PG: &str = "select dim, value, hour, sketch from analytics.value_sketches where tenant_id = $1 \
+     and (dim, value, hour) in (select * from unnest($2::text[], $3::text[], $4::timestamptz[]))";
+const VALUE_SKETCHES_PUT_PG: &str = "insert into analytics.value_sketches (tenant_id, dim, value, hour, sketch) \
+     select $1, * from unnest($2::text[], $3::text[], $4::timestamptz[], $5::bytea[]) \
+     on conflict (tenant_id, dim, value, hour) do update set sketch = excluded.sketch";
 const SKETCHES_PUT_PG: &str = "insert into analytics.sketches (tenant_id, subject_id, hour, sketch) \
      select $1, * from unnest($2::uuid[], $3::timestamptz[], $4::bytea[]) \
      on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
@@ -227,23 +236,48 @@ const SKETCHES_GET_LITE: &str = "select subject_id, hour, sketch from analytics.
 const SKETCHES_PUT_LITE: &str = "insert into analytics.sketches (tenant_id, subject_id, hour, sketch) \
      select $1, value->>0, value->>1, unhex(value->>2) from json_each($2) where true \
      on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
+const PAIRS_LITE: &str = "insert into analytics.pairs (tenant_id, dim, value, other, hour, other_value, clicks, humans) \
+     select $1, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 from json_each($2) where true \
+     on conflict (tenant_id, dim, value, other, hour, other_value) \
+     do update set clicks = clicks + excluded.clicks, humans = humans + excluded.humans";
+const VALUE_SKETCHES_GET_LITE: &str = "select dim, value, hour, sketch from analytics.value_sketches where tenant_id = $1 \
+     and (dim, value, hour) in (select value->>0, value->>1, value->>2 from json_each($2))";
+const VALUE_SKETCHES_PUT_LITE: &str = "insert into analytics.value_sketches (tenant_id, dim, value, hour, sketch) \
+     select $1, value->>0, value->>1, value->>2, unhex(value->>3) from json_each($2) where true \
+     on conflict (tenant_id, dim, value, hour) do update set sketch = excluded.sketch";
 
 type CubeKey = (Uuid, i64, [String; 6]);
 type HourlyKey = (Uuid, &'static str, i64, String);
+/// (dimension, value, other dimension, hour, other value); dimensions by their index in [`DIMENSIONS`].
+type PairKey<'a> = (usize, &'a str, usize, i64, &'a str);
+/// (dimension, value, hour) of a workspace's visitor sketch per value.
+type ValueKey = (&'static str, String, i64);
 
 /// A batch of clicks, aggregated per key.
 #[derive(Default)]
-pub(crate) struct Rollup {
+pub(crate) struct Rollup<'a> {
     cube: HashMap<CubeKey, i64>,
     hourly: HashMap<HourlyKey, (i64, i64)>,
     sketches: HashMap<(Uuid, i64), Vec<u64>>,
+    pairs: HashMap<PairKey<'a>, (i64, i64)>,
+    value_sketches: HashMap<(usize, &'a str, i64), Vec<u64>>,
 }
 
-impl Rollup {
-    pub(crate) fn add(&mut self, c: &Click) {
+impl<'a> Rollup<'a> {
+    pub(crate) fn add(&mut self, c: &'a Click) {
         let hour = c.hour();
         *self.cube.entry((c.subject, hour, c.dims.clone())).or_default() += 1;
         let human = i64::from(c.human());
+        let visitor = visitor_hash(&c.visitor);
+        // The workspace's filtered reads: every ordered pair of dimensions, and visitors per value.
+        for (i, value) in c.dims.iter().enumerate() {
+            for (j, other) in c.dims.iter().enumerate().filter(|(j, _)| *j != i) {
+                let e = self.pairs.entry((i, value, j, hour, other)).or_default();
+                e.0 += 1;
+                e.1 += human;
+            }
+            self.value_sketches.entry((i, value, hour)).or_default().push(visitor);
+        }
         // Per-dimension rows only for the workspace: a subject's own cube rows are few.
         let workspace = Uuid::nil();
         let mut bump = |dim: &'static str, value: &str| {
@@ -256,8 +290,16 @@ impl Rollup {
             bump(dim, value);
         }
         for subject in [c.subject, workspace] {
-            self.sketches.entry((subject, hour)).or_default().push(visitor_hash(&c.visitor));
+            self.sketches.entry((subject, hour)).or_default().push(visitor);
         }
+    }
+
+    /// The per-value sketches' keys as stored, with their visitors.
+    fn value_sketches(&mut self) -> HashMap<ValueKey, Vec<u64>> {
+        self.value_sketches
+            .drain()
+            .map(|((i, value, hour), v)| ((DIMENSIONS[i], value.to_string(), hour), v))
+            .collect()
     }
 }
 
@@ -266,16 +308,20 @@ fn at(secs: i64) -> OffsetDateTime {
 }
 
 /// The stored sketches with the batch's visitors added.
-fn merge(
-    stored: impl Iterator<Item = (Uuid, i64, Vec<u8>)>,
-    added: HashMap<(Uuid, i64), Vec<u64>>,
-) -> Vec<((Uuid, i64), Sketch)> {
-    let mut merged: HashMap<(Uuid, i64), Sketch> =
-        stored.map(|(s, h, b)| ((s, h), Sketch::decode(&b))).collect();
+fn merge<K: std::hash::Hash + Eq>(
+    stored: impl Iterator<Item = (K, Vec<u8>)>,
+    added: HashMap<K, Vec<u64>>,
+) -> Vec<(K, Sketch)> {
+    let mut merged: HashMap<K, Sketch> = stored.map(|(k, b)| (k, Sketch::decode(&b))).collect();
     for (key, hashes) in added {
         merged.entry(key).or_default().extend(hashes);
     }
     merged.into_iter().collect()
+}
+
+/// A stored dimension name as the `'static` one it stands for.
+fn dimension(name: &str) -> &'static str {
+    DIMENSIONS.iter().find(|d| **d == name).copied().unwrap_or("")
 }
 
 /// Writes a batch of one tenant's clicks.
@@ -284,6 +330,7 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
     for c in clicks {
         roll.add(c);
     }
+    let value_sketches = roll.value_sketches();
     match tx {
         Tx::Postgres(t) => {
             // Serialises this tenant's ingest across instances (sketch merges are read-modify-write).
@@ -340,11 +387,46 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
                         .bind(keys.iter().map(|k| at(k.1)).collect::<Vec<_>>()),
                 )
                 .await?;
-            let merged = merge(stored.into_iter().map(|(s, h, b)| (s, h.unix_timestamp(), b)), roll.sketches);
+            let merged =
+                merge(stored.into_iter().map(|(s, h, b)| ((s, h.unix_timestamp()), b)), roll.sketches);
             t.execute(
                 t.query(SKETCHES_PUT_PG)
                     .bind(merged.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
                     .bind(merged.iter().map(|(k, _)| at(k.1)).collect::<Vec<_>>())
+                    .bind(merged.iter().map(|(_, s)| s.encode()).collect::<Vec<_>>()),
+            )
+            .await?;
+            let pairs: Vec<(&PairKey, &(i64, i64))> = roll.pairs.iter().collect();
+            let text = |f: &dyn for<'k> Fn(&'k PairKey<'k>) -> &'k str| {
+                pairs.iter().map(|(k, _)| f(k).to_string()).collect::<Vec<_>>()
+            };
+            t.execute(
+                t.query(PAIRS_PG)
+                    .bind(text(&|k| DIMENSIONS[k.0]))
+                    .bind(text(&|k| k.1))
+                    .bind(text(&|k| DIMENSIONS[k.2]))
+                    .bind(pairs.iter().map(|(k, _)| at(k.3)).collect::<Vec<_>>())
+                    .bind(text(&|k| k.4))
+                    .bind(pairs.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
+                    .bind(pairs.iter().map(|(_, v)| v.1).collect::<Vec<_>>()),
+            )
+            .await?;
+            let keys: Vec<&ValueKey> = value_sketches.keys().collect();
+            let stored: Vec<(String, String, OffsetDateTime, Vec<u8>)> = t
+                .fetch_all(
+                    t.query_as(VALUE_SKETCHES_GET_PG)
+                        .bind(keys.iter().map(|k| k.0.to_string()).collect::<Vec<_>>())
+                        .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
+                        .bind(keys.iter().map(|k| at(k.2)).collect::<Vec<_>>()),
+                )
+                .await?;
+            let stored = stored.into_iter().map(|(d, v, h, b)| ((dimension(&d), v, h.unix_timestamp()), b));
+            let merged = merge(stored, value_sketches);
+            t.execute(
+                t.query(VALUE_SKETCHES_PUT_PG)
+                    .bind(merged.iter().map(|(k, _)| k.0.to_string()).collect::<Vec<_>>())
+                    .bind(merged.iter().map(|(k, _)| k.1.clone()).collect::<Vec<_>>())
+                    .bind(merged.iter().map(|(k, _)| at(k.2)).collect::<Vec<_>>())
                     .bind(merged.iter().map(|(_, s)| s.encode()).collect::<Vec<_>>()),
             )
             .await?;
@@ -378,12 +460,30 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
             let keys = roll.sketches.keys().map(|(subject, hour)| json!([subject, hour])).collect();
             let stored: Vec<(Id, i64, Vec<u8>)> =
                 t.fetch_all(t.query_as(SKETCHES_GET_LITE).bind(rows(keys))).await?;
-            let merged = merge(stored.into_iter().map(|(Id(s), h, b)| (s, h, b)), roll.sketches);
+            let merged = merge(stored.into_iter().map(|(Id(s), h, b)| ((s, h), b)), roll.sketches);
             let put = merged
                 .iter()
                 .map(|((subject, hour), sketch)| json!([subject, hour, kernel::hex(&sketch.encode())]))
                 .collect();
             t.execute(t.query(SKETCHES_PUT_LITE).bind(rows(put))).await?;
+            let pairs = roll
+                .pairs
+                .iter()
+                .map(|((i, value, j, hour, other), (n, h))| {
+                    json!([DIMENSIONS[*i], value, DIMENSIONS[*j], hour, other, n, h])
+                })
+                .collect();
+            t.execute(t.query(PAIRS_LITE).bind(rows(pairs))).await?;
+            let keys = value_sketches.keys().map(|(dim, value, hour)| json!([dim, value, hour])).collect();
+            let stored: Vec<(String, String, i64, Vec<u8>)> =
+                t.fetch_all(t.query_as(VALUE_SKETCHES_GET_LITE).bind(rows(keys))).await?;
+            let stored = stored.into_iter().map(|(d, v, h, b)| ((dimension(&d), v, h), b));
+            let merged = merge(stored, value_sketches);
+            let put = merged
+                .iter()
+                .map(|((dim, value, hour), sketch)| json!([dim, value, hour, kernel::hex(&sketch.encode())]))
+                .collect();
+            t.execute(t.query(VALUE_SKETCHES_PUT_LITE).bind(rows(put))).await?;
         }
     }
     Ok(())

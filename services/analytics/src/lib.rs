@@ -35,11 +35,18 @@ use query::{Params, Scope};
 /// Analytics' migrations.
 pub const MIGRATIONS: Migrations = Migrations {
     schema: "analytics",
-    steps: &[Migration {
-        version: "0001_analytics",
-        postgres: include_str!("../migrations/postgres/0001_analytics.sql"),
-        sqlite: include_str!("../migrations/sqlite/0001_analytics.sql"),
-    }],
+    steps: &[
+        Migration {
+            version: "0001_analytics",
+            postgres: include_str!("../migrations/postgres/0001_analytics.sql"),
+            sqlite: include_str!("../migrations/sqlite/0001_analytics.sql"),
+        },
+        Migration {
+            version: "0002_filtered_rollups",
+            postgres: include_str!("../migrations/postgres/0002_filtered_rollups.sql"),
+            sqlite: include_str!("../migrations/sqlite/0002_filtered_rollups.sql"),
+        },
+    ],
 };
 
 /// How often retention runs (and at start).

@@ -1,6 +1,7 @@
 //! Reading analytics: the query parameters (range, time zone, interval,
 //! filters), and the summary built from the rollups — hourly per-dimension
-//! rows when nothing is filtered, the full cube when something is.
+//! rows when nothing is filtered, per pair of dimensions when the workspace is
+//! filtered by one, the full cube otherwise.
 
 use std::collections::BTreeMap;
 
@@ -81,6 +82,15 @@ impl Query {
     /// Whether any dimension is filtered.
     pub fn filtered(&self) -> bool {
         self.filters.iter().any(|f| !f.is_empty())
+    }
+
+    /// The filtered dimension (its index in [`DIMENSIONS`]) and value, when exactly one is.
+    pub fn single_filter(&self) -> Option<(usize, &str)> {
+        let mut set = self.filters.iter().enumerate().filter(|(_, f)| !f.is_empty());
+        match (set.next(), set.next()) {
+            (Some((i, f)), None) => Some((i, f.as_str())),
+            _ => None,
+        }
     }
 }
 
@@ -202,8 +212,15 @@ macro_rules! subjects_sql {
 
 const H_SERIES: (&str, &str) = subjects_sql!(
     "select hour, cast(sum(clicks) as bigint), cast(sum(humans) as bigint) from analytics.hourly where tenant_id = $1 and ",
-    " and dim = 'total' and hour >= $3 and hour < $4 group by hour order by hour"
+    " and dim = $5 and value = $6 and hour >= $3 and hour < $4 group by hour order by hour"
 );
+/// The top values of `other` among the workspace's clicks with `dim = value`.
+const P_TOP: &str = "select other_value, cast(sum(clicks) as bigint) as c, cast(sum(humans) as bigint) \
+     from analytics.pairs where tenant_id = $1 and dim = $2 and value = $3 and other = $4 \
+     and hour >= $5 and hour < $6 group by other_value order by c desc, other_value limit $7";
+/// The workspace's visitor sketches of `dim = value`.
+const V_SKETCHES: &str = "select sketch from analytics.value_sketches where tenant_id = $1 \
+     and dim = $2 and value = $3 and hour >= $4 and hour < $5";
 const H_TOP: (&str, &str) = subjects_sql!(
     "select value, cast(sum(clicks) as bigint) as c, cast(sum(humans) as bigint) from analytics.hourly where tenant_id = $1 and ",
     " and dim = $5 and hour >= $3 and hour < $4 group by value order by c desc, value limit $6"
@@ -339,8 +356,58 @@ pub async fn summary(
     let hours: Vec<(Timestamp, i64, i64)>;
     let mut top = BTreeMap::new();
     let (unique, method);
-    // The per-dimension rollup covers the unfiltered workspace; anything narrower reads the cube.
-    if q.filtered() || !scope.all() {
+    // The workspace reads its own rollups: per dimension when nothing is filtered,
+    // per pair of dimensions when one is. Anything narrower reads the cube.
+    let single = if scope.all() { q.single_filter() } else { None };
+    if let Some((f, value)) = single {
+        let dim = DIMENSIONS[f];
+        let workspace = [Uuid::nil()];
+        hours = run!(&mut tx, H_SERIES, workspace, query_as, fetch_all, |b| b
+            .bind(from)
+            .bind(to)
+            .bind(dim)
+            .bind(value.to_string()));
+        for other in &q.top {
+            let rows: Vec<(String, i64, i64)> = if *other == dim {
+                // Every click counted has the filtered value.
+                let (c, h) = hours.iter().fold((0, 0), |(c, h), (_, hc, hh)| (c + hc, h + hh));
+                if c > 0 { vec![(value.to_string(), c, h)] } else { Vec::new() }
+            } else {
+                macro_rules! top {
+                    ($t:expr) => {{
+                        let t = $t;
+                        t.fetch_all(
+                            t.query_as(P_TOP)
+                                .bind(dim)
+                                .bind(value.to_string())
+                                .bind(*other)
+                                .bind(from)
+                                .bind(to)
+                                .bind(i64::from(q.limit)),
+                        )
+                        .await?
+                    }};
+                }
+                match &mut tx {
+                    Tx::Postgres(t) => top!(t),
+                    Tx::Sqlite(t) => top!(t),
+                }
+            };
+            top.insert(*other, entries(rows));
+        }
+        macro_rules! sketches {
+            ($t:expr) => {{
+                let t = $t;
+                t.fetch_all(t.query_as(V_SKETCHES).bind(dim).bind(value.to_string()).bind(from).bind(to))
+                    .await?
+            }};
+        }
+        let blobs: Vec<(Vec<u8>,)> = match &mut tx {
+            Tx::Postgres(t) => sketches!(t),
+            Tx::Sqlite(t) => sketches!(t),
+        };
+        (unique, method) = union_count(blobs);
+    } else if q.filtered() || !scope.all() {
         let subjects = &scope.subjects;
         let all = usize::from(scope.all());
         hours = run!(&mut tx, C_SERIES[all], subjects, query_as, fetch_all, |b| with_filters!(b, q, scope));
@@ -360,7 +427,11 @@ pub async fn summary(
         };
     } else {
         let subjects = scope.rollup_subjects();
-        hours = run!(&mut tx, H_SERIES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
+        hours = run!(&mut tx, H_SERIES, subjects, query_as, fetch_all, |b| b
+            .bind(from)
+            .bind(to)
+            .bind("total")
+            .bind(""));
         for dim in &q.top {
             let rows: Vec<(String, i64, i64)> = run!(&mut tx, H_TOP, subjects, query_as, fetch_all, |b| b
                 .bind(from)
@@ -384,11 +455,16 @@ async fn sketch_count(
     to: Timestamp,
 ) -> Result<(u64, &'static str), DbError> {
     let blobs: Vec<(Vec<u8>,)> = run!(tx, SKETCHES, subjects, query_as, fetch_all, |b| b.bind(from).bind(to));
+    Ok(union_count(blobs))
+}
+
+/// The distinct visitors of stored sketches together.
+fn union_count(blobs: Vec<(Vec<u8>,)>) -> (u64, &'static str) {
     let mut all = Sketch::default();
     for (b,) in blobs {
         all.merge(&Sketch::decode(&b));
     }
-    Ok((all.count(), if all.is_exact() { "exact" } else { "hyperloglog" }))
+    (all.count(), if all.is_exact() { "exact" } else { "hyperloglog" })
 }
 
 fn entries(rows: Vec<(String, i64, i64)>) -> Vec<Entry> {

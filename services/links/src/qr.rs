@@ -223,7 +223,8 @@ async fn public_image(
 
 fn image_key(qr: &Qr, hash: &str, format: Format) -> Result<ObjectKey, ApiError> {
     let tenant = kernel::TenantId::from_uuid(qr.tenant_id.0);
-    ObjectKey::for_tenant(tenant, &format!("qr/{hash}.{}", format.ext())).map_err(ApiError::internal)
+    ObjectKey::for_tenant(tenant, &format!("qr/images/{}/{hash}.{}", qr.code, format.ext()))
+        .map_err(ApiError::internal)
 }
 
 /// One rendering of a code, by its content address.

@@ -275,6 +275,15 @@ async fn every_rendering_has_a_public_immutable_address_that_needs_no_credential
         assert_eq!(anonymous(bad.clone()).await.status(), StatusCode::NOT_FOUND, "{bad}");
     }
 
+    // Another code of the same workspace serves none of this code's renderings.
+    let (_, other) =
+        call(&app, Method::POST, "/v1/qr", Some(&t), Some(json!({ "link_id": link["id"] }))).await;
+    let other_code = other["code"].as_str().unwrap();
+    for file in [public_png.rsplit('/').next().unwrap(), location.rsplit('/').next().unwrap()] {
+        let borrowed = app.url(&format!("/assets/qr/{other_code}/{file}"));
+        assert_eq!(anonymous(borrowed.clone()).await.status(), StatusCode::NOT_FOUND, "{borrowed}");
+    }
+
     // A new logo is a new address; the old one keeps its bytes (immutable).
     let logo = png_square(32, 32, [0, 90, 200, 255]);
     let put = app.client.put(app.url(&format!("/v1/qr/{id}/logo"))).bearer_auth(&t);
