@@ -16,7 +16,10 @@ create table analytics.pairs (
     other_value  text not null,
     clicks       bigint not null,
     humans       bigint not null,
-    primary key (tenant_id, dim, value, other, hour, other_value)
+    -- The counts ride in the index: a top list is an index-only scan. On the
+    -- heap, one value's rows of a month lie on as many pages as hours (25 ms
+    -- instead of 3 ms per list at 10M clicks).
+    primary key (tenant_id, dim, value, other, hour, other_value) include (clicks, humans)
 );
 
 create table analytics.value_sketches (
