@@ -435,7 +435,6 @@ impl Platform {
     }
 }
 
-#[derive(Clone)]
 struct KernelState {
     kernel: Kernel,
     database: &'static str,
@@ -453,13 +452,15 @@ fn build_router(
     paths: serde_json::Map<String, Value>,
     sources: Vec<Arc<dyn OpenApiSource>>,
 ) -> (Router, Router) {
-    let state = KernelState {
+    // Shared, not copied: axum clones a route's state for every request, and a
+    // `Kernel` clone is a dozen reference counts and three cancellation-token locks.
+    let state = Arc::new(KernelState {
         kernel: kernel.clone(),
         database: db.kind(),
         probe: dbs.first().cloned(),
         openapi: Arc::new(openapi(paths, kernel.storage.serves_signed_urls())),
         openapi_sources: Arc::new(sources),
-    };
+    });
     let limit = kernel.config.body_limit;
     // Operator endpoints: on their own listener when one is configured.
     let operator = Router::new()
@@ -504,7 +505,7 @@ async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-async fn readyz(State(s): State<KernelState>) -> Response {
+async fn readyz(State(s): State<Arc<KernelState>>) -> Response {
     let k = &s.kernel;
     let db = match &s.probe {
         Some(d) => d.ping().await.map_err(|e| e.to_string()),
@@ -543,7 +544,7 @@ async fn metrics_text() -> Response {
     res
 }
 
-async fn openapi_json(State(s): State<KernelState>) -> Response {
+async fn openapi_json(State(s): State<Arc<KernelState>>) -> Response {
     let mut doc = s.openapi.as_ref().clone();
     for source in s.openapi_sources.iter() {
         let extra = source.paths().await;
@@ -573,7 +574,7 @@ fn signed_key(s: &KernelState, method: UrlMethod, key: &str, q: &SignedParams) -
 }
 
 async fn storage_get(
-    State(s): State<KernelState>,
+    State(s): State<Arc<KernelState>>,
     Path(key): Path<String>,
     q: Result<AxumQuery<SignedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, crate::problem::ApiError> {
@@ -592,7 +593,7 @@ async fn storage_get(
 }
 
 async fn storage_put(
-    State(s): State<KernelState>,
+    State(s): State<Arc<KernelState>>,
     Path(key): Path<String>,
     q: Result<AxumQuery<SignedParams>, axum::extract::rejection::QueryRejection>,
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
