@@ -63,7 +63,7 @@ select tenant_id, dim, value, hour, '\x00'::bytea || string_agg(distinct hash, '
     select e.tenant_id, d.dim, case d.dim when 'country' then e.country when 'device' then e.device when 'browser' then e.browser when 'os' then e.os when 'referrer' then e.referrer when 'bot' then e.bot end as value,
         date_trunc('hour', e.occurred_at at time zone 'UTC') at time zone 'UTC' as hour,
         decode(substr(e.visitor, 15, 2) || substr(e.visitor, 13, 2) || substr(e.visitor, 11, 2) || substr(e.visitor, 9, 2) || substr(e.visitor, 7, 2) || substr(e.visitor, 5, 2) || substr(e.visitor, 3, 2) || substr(e.visitor, 1, 2), 'hex') as hash
-    from analytics.events e cross join dims d where e.visitor ~ '^[0-9a-f]{16}'
+    from analytics.events e cross join dims d where e.visitor ~ '^[0-9a-fA-F]{16}'
 ) as s group by tenant_id, dim, value, hour;
 
 select set_config('app.scope', '', true);

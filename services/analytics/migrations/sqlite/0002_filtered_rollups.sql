@@ -43,5 +43,5 @@ select tenant_id, dim, value, hour, unhex('00' || replace(group_concat(distinct 
     select e.tenant_id, d.dim, case d.dim when 'country' then e.country when 'device' then e.device when 'browser' then e.browser when 'os' then e.os when 'referrer' then e.referrer when 'bot' then e.bot end as value,
         e.occurred_at - (e.occurred_at % 3600) as hour,
         substr(e.visitor, 15, 2) || substr(e.visitor, 13, 2) || substr(e.visitor, 11, 2) || substr(e.visitor, 9, 2) || substr(e.visitor, 7, 2) || substr(e.visitor, 5, 2) || substr(e.visitor, 3, 2) || substr(e.visitor, 1, 2) as hash
-    from analytics.events e cross join dims d where e.visitor glob '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]*'
+    from analytics.events e cross join dims d where e.visitor glob '[0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F]*'
 ) as s group by tenant_id, dim, value, hour;
