@@ -525,7 +525,9 @@ async fn the_filtered_rollups_migration_backfills_clicks_stored_before_it() {
     // workspace reads.
     let mut tx = db.begin(a).await.unwrap();
     match &mut tx {
-        Tx::Postgres(t) => t.execute(t.query("delete from analytics.cube where tenant_id = $1")).await.unwrap(),
+        Tx::Postgres(t) => {
+            t.execute(t.query("delete from analytics.cube where tenant_id = $1")).await.unwrap()
+        }
         Tx::Sqlite(t) => t.execute(t.query("delete from analytics.cube where tenant_id = $1")).await.unwrap(),
     };
     tx.commit().await.unwrap();
