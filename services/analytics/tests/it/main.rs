@@ -564,17 +564,24 @@ async fn the_filtered_rollups_migration_backfills_clicks_stored_before_it() {
         ("referrer", 4, "t.co"),
         ("bot", 5, "human"),
     ];
-    for (name, dim, value) in filters {
+    // The query filtered by `name = value`, and the clicks and distinct visitors it should find.
+    let filtered = |name: &str, value: &str| {
         let params = serde_json::from_value::<Params>(json!({ name: value })).unwrap();
-        let q = parse(&params, now.unix_timestamp() + 3600, 400).unwrap();
-        let matching: Vec<&[&str; 7]> = clicks.iter().filter(|c| c[dim] == value).collect();
-        let mut visitors: Vec<&str> = matching.iter().map(|c| c[6]).collect();
+        parse(&params, now.unix_timestamp() + 3600, 400).unwrap()
+    };
+    let expected = |dim: usize, value: &str| {
+        let mut visitors: Vec<&str> = clicks.iter().filter(|c| c[dim] == value).map(|c| c[6]).collect();
+        let matching = visitors.len();
         visitors.sort_unstable();
         visitors.dedup();
+        (matching, visitors.len())
+    };
+    for (name, dim, value) in filters {
+        let q = filtered(name, value);
         let backfilled = summary(&db, a, &workspace, &q).await.unwrap();
         assert_eq!(
             (backfilled.clicks as usize, backfilled.unique_visitors as usize),
-            (matching.len(), visitors.len()),
+            expected(dim, value),
             "{name}={value}"
         );
         let answers = [
@@ -602,17 +609,12 @@ async fn the_filtered_rollups_migration_backfills_clicks_stored_before_it() {
     analytics::ingest::Ingest { service: "test" }.handle_batch(&mut tx, &again).await.unwrap();
     tx.commit().await.unwrap();
     for (name, dim, value) in [("device", 1, "mobile"), ("os", 3, "linux")] {
-        let params = serde_json::from_value::<Params>(json!({ name: value })).unwrap();
-        let q = parse(&params, now.unix_timestamp() + 3600, 400).unwrap();
-        let matching: Vec<&[&str; 7]> = clicks.iter().filter(|c| c[dim] == value).collect();
         let repeated = clicks.iter().take(14).filter(|c| c[dim] == value).count();
-        let mut visitors: Vec<&str> = matching.iter().map(|c| c[6]).collect();
-        visitors.sort_unstable();
-        visitors.dedup();
-        let s = summary(&db, a, &workspace, &q).await.unwrap();
+        let (matching, visitors) = expected(dim, value);
+        let s = summary(&db, a, &workspace, &filtered(name, value)).await.unwrap();
         assert_eq!(
             (s.clicks as usize, s.unique_visitors as usize),
-            (matching.len() + repeated, visitors.len()),
+            (matching + repeated, visitors),
             "{name}={value}"
         );
     }
