@@ -402,9 +402,11 @@ async fn every_answered_redirect_survives_kill_9_and_is_counted_once() {
     // analytics' inbox drops what it had already counted.
     let second = start(&env);
     let summary = format!("{}/v1/analytics/links/{link_id}/summary", second.address);
+    // Analytics hears of the link itself (link.created) through the outbox and
+    // the bus: until then the link is unknown to it (404), which counts as not yet.
     let clicks = || async {
         let res = client.get(&summary).bearer_auth(&token).send().await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(res.status(), 200);
+        assert!(matches!(res.status().as_u16(), 200 | 404), "summary: {}", res.status());
         res.json::<serde_json::Value>().await.unwrap_or_default()["clicks"].as_i64().unwrap_or(-1)
     };
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -96,6 +96,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("SIGNPOST_BODY_LIMIT", "body_limit", "largest request body in bytes [default: 1048576]"),
     (
+        "SIGNPOST_BACKGROUND_NICE",
+        "background_nice",
+        "how many nice steps (0-19) below request handling consumers, relays and journal drainers run; 0 = same priority [default: 10]",
+    ),
+    (
         "SIGNPOST_TLS_CERT",
         "tls_cert",
         "PEM certificate chain: serve HTTPS (TLS 1.2+) with SIGNPOST_TLS_KEY [default: plain HTTP]",
@@ -378,6 +383,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
+    /// Nice steps of the background runtime below request handling.
+    pub background_nice: i32,
     /// Certificate and key files when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Plain-HTTP listener that redirects to HTTPS.
@@ -500,6 +507,7 @@ struct Raw {
     log_format: Option<String>,
     shutdown_timeout: Option<TomlScalar>,
     body_limit: Option<TomlScalar>,
+    background_nice: Option<TomlScalar>,
     admin_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -660,6 +668,7 @@ impl Raw {
         take!(log_format, "SIGNPOST_LOG_FORMAT");
         take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
         take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
+        take!(background_nice, "SIGNPOST_BACKGROUND_NICE", scalar);
         take!(admin_listen, "SIGNPOST_ADMIN_LISTEN");
         take!(tls_cert, "SIGNPOST_TLS_CERT");
         take!(tls_key, "SIGNPOST_TLS_KEY");
@@ -873,6 +882,8 @@ impl Raw {
             1024 * 1024usize,
             1..=1024 * 1024 * 1024,
         )?;
+        let background_nice =
+            parse_num("SIGNPOST_BACKGROUND_NICE", self.background_nice.as_ref(), 10i32, 0..=19)?;
         let tls = match (self.tls_cert, self.tls_key) {
             (None, None) => None,
             (Some(c), Some(k)) => {
@@ -933,6 +944,7 @@ impl Raw {
             log_format,
             shutdown_timeout,
             body_limit,
+            background_nice,
             edge: EdgeSettings {
                 cors_origins: self.cors_origins,
                 trusted_proxies: self.trusted_proxies,

@@ -4,6 +4,7 @@
 //! No business rules live here.
 
 pub mod auth;
+pub mod background;
 pub mod cache;
 pub mod config;
 pub mod db;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::background::Background;
 use crate::cache::{Cache, CacheError, MemoryCache, RedisCache, RedisConn};
 use crate::config::{Config, DatabaseConfig};
 use crate::db::{Db, DbError, Migrations, PgBackend, SqliteBackend};
@@ -96,6 +97,8 @@ pub struct Kernel {
     pub authority: Arc<std::sync::OnceLock<Arc<dyn crate::auth::Authority>>>,
     /// In-process clients that services register for each other.
     pub registry: Arc<crate::registry::Registry>,
+    /// The runtime of consumers, relays and journal drainers (see [`crate::background`]).
+    pub background: Background,
     redis: Option<RedisConn>,
     journals: Arc<Mutex<Vec<JoinHandle<()>>>>,
     journal_stop: CancellationToken,
@@ -109,8 +112,11 @@ impl Kernel {
     /// views), under `<data_dir>/journal/<name>`; its drainers publish to the bus.
     pub fn journal(&self, name: &str) -> Result<Journal, JournalError> {
         let dir = self.config.data_dir.join("journal").join(name);
-        let (journal, drainers) =
-            Journal::open(&dir, self.bus.clone(), self.consuming.clone(), self.journal_stop.clone())?;
+        // The drainers are background work: they start on the background runtime.
+        let (journal, drainers) = {
+            let _bg = self.background.enter();
+            Journal::open(&dir, self.bus.clone(), self.consuming.clone(), self.journal_stop.clone())?
+        };
         if let Ok(mut tasks) = self.journals.lock() {
             tasks.extend(drainers);
         }
@@ -263,7 +269,9 @@ impl Platform {
             &config.public_url,
         )
         .await?;
+        let background = Background::start(config.background_nice)?;
         let kernel = Kernel {
+            background,
             config: config.clone(),
             cache,
             limiter,
@@ -318,13 +326,16 @@ impl Platform {
         let consumer_stop = CancellationToken::new();
         let mut consumer_tasks = Vec::new();
         for (c, d) in consumers {
-            consumer_tasks.extend(kernel.bus.start_consumer(c, d, consumer_stop.clone()).await?);
+            // Started from the background runtime, so the tasks it spawns run there.
+            let (bus, stop) = (kernel.bus.clone(), consumer_stop.clone());
+            let started = kernel.background.spawn(async move { bus.start_consumer(c, d, stop).await }).await;
+            consumer_tasks.extend(started.map_err(std::io::Error::other)??);
         }
         kernel.consuming.cancel();
         let relay_stop = CancellationToken::new();
         let relays = dbs
             .iter()
-            .map(|d| tokio::spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
+            .map(|d| kernel.background.spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
 
         let (router, admin) = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);

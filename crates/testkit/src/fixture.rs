@@ -46,7 +46,14 @@ pub struct Stats {
     pub notes: i64,
     /// `note.viewed` events applied.
     pub views: i64,
+    /// Events this process applied on a request thread instead of the
+    /// background runtime (always 0: consumers run in the background).
+    #[serde(default)]
+    pub on_request_threads: u64,
 }
+
+/// See [`Stats::on_request_threads`].
+static ON_REQUEST_THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The fixture's store: one implementation per engine.
 #[async_trait]
@@ -101,7 +108,7 @@ impl NotesStore for PgNotes {
     async fn stats(&self, tenant: TenantId) -> Result<Stats, DbError> {
         let mut tx = self.0.read(tenant).await?;
         let row: Option<(i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
-        Ok(row.map(|(notes, views)| Stats { notes, views }).unwrap_or_default())
+        Ok(row.map(|(notes, views)| Stats { notes, views, on_request_threads: 0 }).unwrap_or_default())
     }
 }
 
@@ -134,7 +141,7 @@ impl NotesStore for SqliteNotes {
     async fn stats(&self, tenant: TenantId) -> Result<Stats, DbError> {
         let mut tx = self.0.read(tenant).await?;
         let row: Option<(i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
-        Ok(row.map(|(notes, views)| Stats { notes, views }).unwrap_or_default())
+        Ok(row.map(|(notes, views)| Stats { notes, views, on_request_threads: 0 }).unwrap_or_default())
     }
 }
 
@@ -152,6 +159,9 @@ struct StatsHandler;
 #[async_trait]
 impl Handler for StatsHandler {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
+        if !kernel::background::current() {
+            ON_REQUEST_THREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if event.data.get("body").and_then(|b| b.as_str()) == Some("poison") {
             return Err(HandlerError::Reject("poison note".into()));
         }
@@ -246,7 +256,9 @@ async fn stats(
     State(s): State<AppState>,
     FixtureTenant(tenant): FixtureTenant,
 ) -> Result<Json<Stats>, ApiError> {
-    Ok(Json(s.store.stats(tenant).await?))
+    let mut stats = s.store.stats(tenant).await?;
+    stats.on_request_threads = ON_REQUEST_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(stats))
 }
 
 /// What reached the service: the identity headers the gateway forwards, every

@@ -26,6 +26,10 @@ pub struct PgBackend {
     /// The kernel's own work (relays, batched appends, dead letters) runs here, so
     /// that a relay waiting on consumers never holds a connection they need.
     system: PgPool,
+    /// Background work's own application and system pools (see
+    /// [`crate::background`]): connected from background threads, never lent
+    /// to a request.
+    background: Arc<(PgPool, PgPool)>,
     app_role: String,
     owner_role: String,
 }
@@ -79,7 +83,16 @@ impl PgBackend {
         };
         let app = app_pool(max_connections)?;
         let system = app_pool(max_connections.clamp(2, 16))?;
-        Ok(Self { owner, app, system, app_role: app_role.to_string(), owner_role: owner_role.to_string() })
+        let background =
+            Arc::new((app_pool((max_connections / 2).max(2))?, app_pool(max_connections.clamp(2, 8))?));
+        Ok(Self {
+            owner,
+            app,
+            system,
+            background,
+            app_role: app_role.to_string(),
+            owner_role: owner_role.to_string(),
+        })
     }
 
     /// Creates the owner and application roles when missing and makes sure the
@@ -240,6 +253,7 @@ impl PgBackend {
         PgDb {
             pool: self.app.clone(),
             system: self.system.clone(),
+            background: self.background.clone(),
             shared: Arc::new(SchemaShared {
                 schema,
                 relay: Arc::new(Notify::new()),
@@ -257,6 +271,8 @@ impl PgBackend {
     pub async fn close(&self) {
         self.app.close().await;
         self.system.close().await;
+        self.background.0.close().await;
+        self.background.1.close().await;
         self.owner.close().await;
     }
 
@@ -284,10 +300,21 @@ fn options(url: &Secret<String>) -> Result<PgConnectOptions, DbError> {
 pub struct PgDb {
     pool: PgPool,
     system: PgPool,
+    background: Arc<(PgPool, PgPool)>,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
 impl PgDb {
+    /// The application pool of the calling thread's kind (request or background).
+    fn app(&self) -> &PgPool {
+        if crate::background::current() { &self.background.0 } else { &self.pool }
+    }
+
+    /// The system pool of the calling thread's kind.
+    fn system(&self) -> &PgPool {
+        if crate::background::current() { &self.background.1 } else { &self.system }
+    }
+
     /// The schema name.
     pub fn schema(&self) -> &'static str {
         self.shared.schema
@@ -295,7 +322,7 @@ impl PgDb {
 
     /// A transaction for `tenant`: row-level security sees only that tenant's rows.
     pub async fn begin(&self, tenant: TenantId) -> Result<PgTx, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.app().begin().await?;
         sqlx::query("select set_config('app.tenant_id', $1, true)")
             .bind(tenant.to_string())
             .execute(&mut *tx)
@@ -311,7 +338,7 @@ impl PgDb {
     /// A transaction with no tenant, for a service's global tables (identity's
     /// accounts): row-level security hides every tenant table's rows from it.
     pub async fn begin_global(&self) -> Result<PgGlobalTx, DbError> {
-        Ok(PgGlobalTx::new(self.pool.begin().await?, self.shared.clone()))
+        Ok(PgGlobalTx::new(self.app().begin().await?, self.shared.clone()))
     }
 
     /// A read of the global tables (same pool on PostgreSQL).
@@ -321,13 +348,13 @@ impl PgDb {
 
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
-        let mut tx = self.system.begin().await?;
+        let mut tx = self.system().begin().await?;
         tx.execute("select set_config('app.scope', 'system', true)").await?;
         Ok(tx)
     }
 
     pub(crate) async fn ping(&self) -> Result<(), DbError> {
-        let row = sqlx::query("select 1::int4 as one").fetch_one(&self.pool).await?;
+        let row = sqlx::query("select 1::int4 as one").fetch_one(self.app()).await?;
         let _: i32 = row.try_get("one")?;
         Ok(())
     }

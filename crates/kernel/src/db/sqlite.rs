@@ -1,5 +1,9 @@
 //! SQLite: one file per service schema, attached as the schema's name on every
-//! pooled connection (so SQL says `links.links` on both engines), WAL, one writer.
+//! pooled connection (so SQL says `links.links` on both engines), WAL, one
+//! writer at a time (SQLite's own write lock; `begin immediate` waits for it).
+//! Background work (consumers, relays) has its own writer and readers, opened
+//! on first use from the background runtime, so their connection threads run
+//! at its lower priority and requests never queue behind them for a connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,11 +36,15 @@ impl SqliteBackend {
     /// Opens the pools of one service schema (one writer, a few readers).
     pub async fn db(&self, schema: &'static str) -> Result<SqliteDb, DbError> {
         let file = self.dir.join(format!("{schema}.db"));
-        let writer = pool(&file, schema, 1, false).await?;
-        let reader = pool(&file, schema, 4, true).await?;
+        let writer = pool(&file, schema, PoolKind::Writer).await?;
+        let reader = pool(&file, schema, PoolKind::Readers).await?;
         Ok(SqliteDb {
             writer,
             reader,
+            background: Arc::new(Pools {
+                writer: pool(&file, schema, PoolKind::BackgroundWriter).await?,
+                reader: pool(&file, schema, PoolKind::BackgroundReader).await?,
+            }),
             shared: Arc::new(SchemaShared {
                 schema,
                 relay: Arc::new(Notify::new()),
@@ -57,7 +65,21 @@ impl SqliteBackend {
     }
 }
 
-async fn pool(file: &Path, schema: &'static str, max: u32, read_only: bool) -> Result<SqlitePool, DbError> {
+/// The pools of one file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// Request handling's writer, connected at start.
+    Writer,
+    /// Request handling's readers.
+    Readers,
+    /// Background work's writer and reader: connected on first use, which
+    /// happens on a background thread (their SQLite threads inherit its priority).
+    BackgroundWriter,
+    BackgroundReader,
+}
+
+async fn pool(file: &Path, schema: &'static str, kind: PoolKind) -> Result<SqlitePool, DbError> {
+    let read_only = matches!(kind, PoolKind::Readers | PoolKind::BackgroundReader);
     // `main` is a private in-memory database; the service file is attached under
     // the schema's name so that the same `schema.table` text works on both engines.
     let opts = SqliteConnectOptions::new()
@@ -72,9 +94,9 @@ async fn pool(file: &Path, schema: &'static str, max: u32, read_only: bool) -> R
         "pragma {schema}.journal_mode = wal; pragma {schema}.synchronous = normal; pragma {schema}.busy_timeout = 10000; \
          pragma {schema}.cache_size = -32768; pragma {schema}.mmap_size = 268435456;"
     );
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max)
-        .min_connections(if read_only { 0 } else { 1 })
+    let options = SqlitePoolOptions::new()
+        .max_connections(if kind == PoolKind::Readers { 4 } else { 1 })
+        .min_connections(u32::from(kind == PoolKind::Writer))
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(move |conn, _| {
             let (attach, pragmas, path) = (attach.clone(), pragmas.clone(), path.clone());
@@ -86,11 +108,16 @@ async fn pool(file: &Path, schema: &'static str, max: u32, read_only: bool) -> R
                 }
                 Ok(())
             })
-        })
+        });
+    if matches!(kind, PoolKind::BackgroundWriter | PoolKind::BackgroundReader) {
+        // Kept for the life of the pool: a replacement would be opened by
+        // whichever thread asked, and a background connection must stay background.
+        return Ok(options.idle_timeout(None).max_lifetime(None).connect_lazy_with(opts));
+    }
+    options
         .connect_with(opts)
         .await
-        .map_err(|e| DbError::Setup(format!("cannot open {}: {e}", file.display())))?;
-    Ok(pool)
+        .map_err(|e| DbError::Setup(format!("cannot open {}: {e}", file.display())))
 }
 
 /// One service's file on SQLite.
@@ -98,10 +125,29 @@ async fn pool(file: &Path, schema: &'static str, max: u32, read_only: bool) -> R
 pub struct SqliteDb {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Background work's own connections.
+    background: Arc<Pools>,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
+/// A writer and a reader pool.
+#[derive(Debug)]
+struct Pools {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
 impl SqliteDb {
+    /// The writer of the calling thread's kind (request or background).
+    fn writer(&self) -> &SqlitePool {
+        if crate::background::current() { &self.background.writer } else { &self.writer }
+    }
+
+    /// The readers of the calling thread's kind.
+    fn readers(&self) -> &SqlitePool {
+        if crate::background::current() { &self.background.reader } else { &self.reader }
+    }
+
     /// The schema (attachment) name.
     pub fn schema(&self) -> &'static str {
         self.shared.schema
@@ -110,24 +156,24 @@ impl SqliteDb {
     /// A write transaction for `tenant` on the single writer (`BEGIN IMMEDIATE`,
     /// so it never fails halfway on a lock upgrade).
     pub async fn begin(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
-        let tx = self.writer.begin_with("begin immediate").await?;
+        let tx = self.writer().begin_with("begin immediate").await?;
         Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
     }
 
     /// A read transaction for `tenant` on a reader connection (a consistent snapshot).
     pub async fn read(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
-        let tx = self.reader.begin().await?;
+        let tx = self.readers().begin().await?;
         Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
     }
 
     /// A write transaction with no tenant, for a service's global tables.
     pub async fn begin_global(&self) -> Result<SqliteGlobalTx, DbError> {
-        Ok(SqliteGlobalTx::new(self.writer.begin_with("begin immediate").await?, self.shared.clone()))
+        Ok(SqliteGlobalTx::new(self.writer().begin_with("begin immediate").await?, self.shared.clone()))
     }
 
     /// A read transaction of the global tables on a reader connection.
     pub async fn read_global(&self) -> Result<SqliteGlobalTx, DbError> {
-        Ok(SqliteGlobalTx::new(self.reader.begin().await?, self.shared.clone()))
+        Ok(SqliteGlobalTx::new(self.readers().begin().await?, self.shared.clone()))
     }
 
     /// One read of the global tables, text parameters bound in order, as a
@@ -147,21 +193,21 @@ impl SqliteDb {
         for p in params {
             query = query.bind((*p).to_string());
         }
-        Ok(query.fetch_optional(&self.reader).await?)
+        Ok(query.fetch_optional(self.readers()).await?)
     }
 
     /// A write transaction in the kernel's system scope.
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
-        Ok(self.writer.begin_with("begin immediate").await?)
+        Ok(self.writer().begin_with("begin immediate").await?)
     }
 
     /// A reader connection pool, for the kernel's own reads outside a tenant.
     pub(crate) fn reader(&self) -> &SqlitePool {
-        &self.reader
+        self.readers()
     }
 
     pub(crate) async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("select 1").execute(&self.reader).await?;
+        sqlx::query("select 1").execute(self.readers()).await?;
         Ok(())
     }
 
@@ -210,5 +256,7 @@ impl SqliteDb {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        self.background.writer.close().await;
+        self.background.reader.close().await;
     }
 }

@@ -32,7 +32,7 @@ use super::{Bus, Envelope, EnvelopeOf};
 /// A segment is closed once it is this long.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Most events published at once.
-const BATCH: usize = 128;
+const BATCH: usize = 512;
 /// Bytes read per step of the drainer.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Largest record (a click is well under 2 KiB).
