@@ -249,8 +249,12 @@ const VALUE_SKETCHES_PUT_LITE: &str = "insert into analytics.value_sketches (ten
      select $1, value->>0, value->>1, value->>2, unhex(value->>3) from jsonb_each($2) where true \
      on conflict (tenant_id, dim, value, hour) do update set sketch = excluded.sketch";
 
-type CubeKey = (Uuid, i64, [String; 6]);
-type HourlyKey = (Uuid, &'static str, i64, String);
+// The keys borrow the batch's clicks: aggregating allocates nothing per click.
+type CubeKey<'a> = (Uuid, i64, &'a [String; 6]);
+type HourlyKey<'a> = (Uuid, &'static str, i64, &'a str);
+/// The batch's maps hash with foldhash (seeded per map): SipHash was a fifth of
+/// the consumer's time, on 40 keys per click.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// (dimension, value, other dimension, hour, other value); dimensions by their index in [`DIMENSIONS`].
 type PairKey<'a> = (usize, &'a str, usize, i64, &'a str);
 /// (dimension, value, hour) of a workspace's visitor sketch per value.
@@ -259,17 +263,17 @@ type ValueKey = (&'static str, String, i64);
 /// A batch of clicks, aggregated per key.
 #[derive(Default)]
 pub(crate) struct Rollup<'a> {
-    cube: HashMap<CubeKey, i64>,
-    hourly: HashMap<HourlyKey, (i64, i64)>,
+    cube: Map<CubeKey<'a>, i64>,
+    hourly: Map<HourlyKey<'a>, (i64, i64)>,
     sketches: HashMap<(Uuid, i64), Vec<u64>>,
-    pairs: HashMap<PairKey<'a>, (i64, i64)>,
-    value_sketches: HashMap<(usize, &'a str, i64), Vec<u64>>,
+    pairs: Map<PairKey<'a>, (i64, i64)>,
+    value_sketches: Map<(usize, &'a str, i64), Vec<u64>>,
 }
 
 impl<'a> Rollup<'a> {
     pub(crate) fn add(&mut self, c: &'a Click) {
         let hour = c.hour();
-        *self.cube.entry((c.subject, hour, c.dims.clone())).or_default() += 1;
+        *self.cube.entry((c.subject, hour, &c.dims)).or_default() += 1;
         let human = i64::from(c.human());
         let visitor = visitor_hash(&c.visitor);
         // The workspace's filtered reads: every ordered pair of dimensions, and visitors per value.
@@ -283,8 +287,8 @@ impl<'a> Rollup<'a> {
         }
         // Per-dimension rows only for the workspace: a subject's own cube rows are few.
         let workspace = Uuid::nil();
-        let mut bump = |dim: &'static str, value: &str| {
-            let e = self.hourly.entry((workspace, dim, hour, value.to_string())).or_default();
+        let mut bump = |dim: &'static str, value: &'a str| {
+            let e = self.hourly.entry((workspace, dim, hour, value)).or_default();
             e.0 += 1;
             e.1 += human;
         };
@@ -377,7 +381,7 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
                     .bind(hourly.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
                     .bind(hourly.iter().map(|(k, _)| k.1.to_string()).collect::<Vec<_>>())
                     .bind(hourly.iter().map(|(k, _)| at(k.2)).collect::<Vec<_>>())
-                    .bind(hourly.iter().map(|(k, _)| k.3.clone()).collect::<Vec<_>>())
+                    .bind(hourly.iter().map(|(k, _)| k.3.to_string()).collect::<Vec<_>>())
                     .bind(hourly.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
                     .bind(hourly.iter().map(|(_, v)| v.1).collect::<Vec<_>>()),
             )
