@@ -22,14 +22,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct PgBackend {
     owner: PgPool,
-    app: PgPool,
-    /// The kernel's own work (relays, batched appends, dead letters) runs here, so
-    /// that a relay waiting on consumers never holds a connection they need.
-    system: PgPool,
-    /// Background work's own application and system pools (see
-    /// [`crate::background`]): connected from background threads, never lent
-    /// to a request.
-    background: Arc<(PgPool, PgPool)>,
+    /// Request handling's connections.
+    requests: PgPools,
+    /// Background work's own connections (see [`crate::background`]):
+    /// connected from background threads, never lent to a request.
+    background: PgPools,
     app_role: String,
     owner_role: String,
 }
@@ -81,14 +78,15 @@ impl PgBackend {
                 }
             })
         };
-        let app = app_pool(max_connections)?;
-        let system = app_pool(max_connections.clamp(2, 16))?;
-        let background =
-            Arc::new((app_pool((max_connections / 2).max(2))?, app_pool(max_connections.clamp(2, 8))?));
+        let requests =
+            PgPools { app: app_pool(max_connections)?, system: app_pool(max_connections.clamp(2, 16))? };
+        let background = PgPools {
+            app: app_pool((max_connections / 2).max(2))?,
+            system: app_pool(max_connections.clamp(2, 8))?,
+        };
         Ok(Self {
             owner,
-            app,
-            system,
+            requests,
             background,
             app_role: app_role.to_string(),
             owner_role: owner_role.to_string(),
@@ -167,7 +165,7 @@ impl PgBackend {
         let (user, unsafe_role): (String, bool) = sqlx::query_as(
             "select current_user::text, rolsuper or rolbypassrls from pg_roles where rolname = current_user",
         )
-        .fetch_one(&self.app)
+        .fetch_one(&self.requests.app)
         .await
         .map_err(|e| {
             DbError::Setup(format!("cannot connect as the application role {}: {e}", self.app_role))
@@ -251,8 +249,7 @@ impl PgBackend {
     /// The handle of one service schema.
     pub fn db(&self, schema: &'static str) -> PgDb {
         PgDb {
-            pool: self.app.clone(),
-            system: self.system.clone(),
+            requests: self.requests.clone(),
             background: self.background.clone(),
             shared: Arc::new(SchemaShared {
                 schema,
@@ -269,10 +266,10 @@ impl PgBackend {
 
     /// Closes both pools.
     pub async fn close(&self) {
-        self.app.close().await;
-        self.system.close().await;
-        self.background.0.close().await;
-        self.background.1.close().await;
+        for pools in [&self.requests, &self.background] {
+            pools.app.close().await;
+            pools.system.close().await;
+        }
         self.owner.close().await;
     }
 
@@ -285,7 +282,7 @@ impl PgBackend {
     /// The raw application pool: tests use it to prove what RLS hides.
     #[cfg(feature = "testing")]
     pub fn app_pool(&self) -> &PgPool {
-        &self.app
+        &self.requests.app
     }
 }
 
@@ -295,24 +292,27 @@ fn options(url: &Secret<String>) -> Result<PgConnectOptions, DbError> {
         .map_err(|e| DbError::Setup(format!("DATABASE_URL: {e}")))
 }
 
+/// An application pool and the kernel's system pool.
+#[derive(Clone, Debug)]
+struct PgPools {
+    app: PgPool,
+    /// The kernel's own work (relays, batched appends, dead letters) runs here, so
+    /// that a relay waiting on consumers never holds a connection they need.
+    system: PgPool,
+}
+
 /// One service's schema on PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PgDb {
-    pool: PgPool,
-    system: PgPool,
-    background: Arc<(PgPool, PgPool)>,
+    requests: PgPools,
+    background: PgPools,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
 impl PgDb {
-    /// The application pool of the calling thread's kind (request or background).
-    fn app(&self) -> &PgPool {
-        if crate::background::current() { &self.background.0 } else { &self.pool }
-    }
-
-    /// The system pool of the calling thread's kind.
-    fn system(&self) -> &PgPool {
-        if crate::background::current() { &self.background.1 } else { &self.system }
+    /// The pools of the calling thread's kind (request or background).
+    fn pools(&self) -> &PgPools {
+        if crate::background::current() { &self.background } else { &self.requests }
     }
 
     /// The schema name.
@@ -322,7 +322,7 @@ impl PgDb {
 
     /// A transaction for `tenant`: row-level security sees only that tenant's rows.
     pub async fn begin(&self, tenant: TenantId) -> Result<PgTx, DbError> {
-        let mut tx = self.app().begin().await?;
+        let mut tx = self.pools().app.begin().await?;
         sqlx::query("select set_config('app.tenant_id', $1, true)")
             .bind(tenant.to_string())
             .execute(&mut *tx)
@@ -338,7 +338,7 @@ impl PgDb {
     /// A transaction with no tenant, for a service's global tables (identity's
     /// accounts): row-level security hides every tenant table's rows from it.
     pub async fn begin_global(&self) -> Result<PgGlobalTx, DbError> {
-        Ok(PgGlobalTx::new(self.app().begin().await?, self.shared.clone()))
+        Ok(PgGlobalTx::new(self.pools().app.begin().await?, self.shared.clone()))
     }
 
     /// A read of the global tables (same pool on PostgreSQL).
@@ -348,13 +348,13 @@ impl PgDb {
 
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
-        let mut tx = self.system().begin().await?;
+        let mut tx = self.pools().system.begin().await?;
         tx.execute("select set_config('app.scope', 'system', true)").await?;
         Ok(tx)
     }
 
     pub(crate) async fn ping(&self) -> Result<(), DbError> {
-        let row = sqlx::query("select 1::int4 as one").fetch_one(self.app()).await?;
+        let row = sqlx::query("select 1::int4 as one").fetch_one(&self.pools().app).await?;
         let _: i32 = row.try_get("one")?;
         Ok(())
     }

@@ -36,15 +36,15 @@ impl SqliteBackend {
     /// Opens the pools of one service schema (one writer, a few readers).
     pub async fn db(&self, schema: &'static str) -> Result<SqliteDb, DbError> {
         let file = self.dir.join(format!("{schema}.db"));
-        let writer = pool(&file, schema, PoolKind::Writer).await?;
-        let reader = pool(&file, schema, PoolKind::Readers).await?;
         Ok(SqliteDb {
-            writer,
-            reader,
-            background: Arc::new(Pools {
+            requests: Pools {
+                writer: pool(&file, schema, PoolKind::Writer).await?,
+                reader: pool(&file, schema, PoolKind::Readers).await?,
+            },
+            background: Pools {
                 writer: pool(&file, schema, PoolKind::BackgroundWriter).await?,
                 reader: pool(&file, schema, PoolKind::BackgroundReader).await?,
-            }),
+            },
             shared: Arc::new(SchemaShared {
                 schema,
                 relay: Arc::new(Notify::new()),
@@ -123,29 +123,24 @@ async fn pool(file: &Path, schema: &'static str, kind: PoolKind) -> Result<Sqlit
 /// One service's file on SQLite.
 #[derive(Clone, Debug)]
 pub struct SqliteDb {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    /// Request handling's connections.
+    requests: Pools,
     /// Background work's own connections.
-    background: Arc<Pools>,
+    background: Pools,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
 /// A writer and a reader pool.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Pools {
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
 impl SqliteDb {
-    /// The writer of the calling thread's kind (request or background).
-    fn writer(&self) -> &SqlitePool {
-        if crate::background::current() { &self.background.writer } else { &self.writer }
-    }
-
-    /// The readers of the calling thread's kind.
-    fn readers(&self) -> &SqlitePool {
-        if crate::background::current() { &self.background.reader } else { &self.reader }
+    /// The pools of the calling thread's kind (request or background).
+    fn pools(&self) -> &Pools {
+        if crate::background::current() { &self.background } else { &self.requests }
     }
 
     /// The schema (attachment) name.
@@ -156,24 +151,24 @@ impl SqliteDb {
     /// A write transaction for `tenant` on the single writer (`BEGIN IMMEDIATE`,
     /// so it never fails halfway on a lock upgrade).
     pub async fn begin(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
-        let tx = self.writer().begin_with("begin immediate").await?;
+        let tx = self.pools().writer.begin_with("begin immediate").await?;
         Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
     }
 
     /// A read transaction for `tenant` on a reader connection (a consistent snapshot).
     pub async fn read(&self, tenant: TenantId) -> Result<SqliteTx, DbError> {
-        let tx = self.readers().begin().await?;
+        let tx = self.pools().reader.begin().await?;
         Ok(SqliteTx::new(tx, tenant, self.shared.clone()))
     }
 
     /// A write transaction with no tenant, for a service's global tables.
     pub async fn begin_global(&self) -> Result<SqliteGlobalTx, DbError> {
-        Ok(SqliteGlobalTx::new(self.writer().begin_with("begin immediate").await?, self.shared.clone()))
+        Ok(SqliteGlobalTx::new(self.pools().writer.begin_with("begin immediate").await?, self.shared.clone()))
     }
 
     /// A read transaction of the global tables on a reader connection.
     pub async fn read_global(&self) -> Result<SqliteGlobalTx, DbError> {
-        Ok(SqliteGlobalTx::new(self.readers().begin().await?, self.shared.clone()))
+        Ok(SqliteGlobalTx::new(self.pools().reader.begin().await?, self.shared.clone()))
     }
 
     /// One read of the global tables, text parameters bound in order, as a
@@ -193,21 +188,21 @@ impl SqliteDb {
         for p in params {
             query = query.bind((*p).to_string());
         }
-        Ok(query.fetch_optional(self.readers()).await?)
+        Ok(query.fetch_optional(self.reader()).await?)
     }
 
     /// A write transaction in the kernel's system scope.
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
-        Ok(self.writer().begin_with("begin immediate").await?)
+        Ok(self.pools().writer.begin_with("begin immediate").await?)
     }
 
     /// A reader connection pool, for the kernel's own reads outside a tenant.
     pub(crate) fn reader(&self) -> &SqlitePool {
-        self.readers()
+        &self.pools().reader
     }
 
     pub(crate) async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("select 1").execute(self.readers()).await?;
+        sqlx::query("select 1").execute(self.reader()).await?;
         Ok(())
     }
 
@@ -218,7 +213,7 @@ impl SqliteDb {
             version: version.to_string(),
             message: e.to_string(),
         };
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.requests.writer.acquire().await?;
         sqlx::raw_sql(AssertSqlSafe(format!(
             "create table if not exists {schema}.schema_migrations (
                  version text primary key, checksum text not null,
@@ -254,9 +249,9 @@ impl SqliteDb {
 
     /// Closes both pools (checkpointing the WAL).
     pub async fn close(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
-        self.background.writer.close().await;
-        self.background.reader.close().await;
+        for pools in [&self.requests, &self.background] {
+            pools.writer.close().await;
+            pools.reader.close().await;
+        }
     }
 }
