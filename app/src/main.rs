@@ -138,15 +138,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// A line on stdout. A reader that went away (`signpost up | head -1`) is not
+/// a reason to stop serving, as `println!` would by panicking.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 async fn migrate(config: Config, services: Vec<Arc<dyn Service>>) -> Result<(), kernel::StartError> {
     let applied = kernel::platform::migrate(&config, &services).await?;
     if applied.is_empty() {
-        println!("migrate: the database is up to date");
+        say(format_args!("migrate: the database is up to date"));
     } else {
         for m in &applied {
-            println!("migrate: applied {m}");
+            say(format_args!("migrate: applied {m}"));
         }
-        println!("migrate: {} migration(s) applied", applied.len());
+        say(format_args!("migrate: {} migration(s) applied", applied.len()));
     }
     Ok(())
 }
@@ -164,7 +171,7 @@ async fn run(mut config: Config, services: Vec<Arc<dyn Service>>) -> Result<(), 
         config.public_url = format!("http://{addr}");
     }
     let platform = Platform::start(config, services).await?;
-    println!("signpost listening on http://{addr}");
+    say(format_args!("signpost listening on http://{addr}"));
     let stop = CancellationToken::new();
     tokio::spawn(on_signal(stop.clone()));
     platform.serve(listener, stop).await

@@ -666,3 +666,37 @@ async fn gateway_links_routing_and_analytics_in_their_own_processes_redirect_at_
     let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
     cleanup(&engines, &config, &isolation).await;
 }
+
+#[tokio::test]
+async fn up_keeps_serving_when_its_stdout_reader_goes_away() {
+    let engines = Engines::from_env();
+    let (env, isolation) = test_env(&engines, &[("SIGNPOST_LOG_FORMAT", "json")]).await;
+    // A free port, so that the address need not be read from stdout.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(BIN)
+        .args(["up", "--listen", &address.to_string()])
+        .envs(&env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    // `signpost up | head -1`: the reader closes its end after one line.
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("stdout"));
+    let mut first = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut first);
+    let client = testkit::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut healthy = false;
+    while Instant::now() < deadline && !healthy {
+        assert!(child.try_wait().ok().flatten().is_none(), "signpost up died with its stdout reader");
+        healthy =
+            client.get(format!("http://{address}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "serving with nobody reading its stdout");
+    sigterm_and_wait(Running { child, address: address.to_string() });
+    let (config, _) = Config::load_from(None, &env, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    cleanup(&engines, &config, &isolation).await;
+}

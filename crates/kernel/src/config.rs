@@ -101,6 +101,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "how many nice steps (0-19) below request handling consumers, relays and journal drainers run; 0 = same priority [default: 10]",
     ),
     (
+        "SIGNPOST_HTTP_THREADS",
+        "http_threads",
+        "threads that serve connections, each keeping its connections from accept to close (1-256) [default: one per core]",
+    ),
+    (
         "SIGNPOST_TLS_CERT",
         "tls_cert",
         "PEM certificate chain: serve HTTPS (TLS 1.2+) with SIGNPOST_TLS_KEY [default: plain HTTP]",
@@ -385,6 +390,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Nice steps of the background runtime below request handling.
     pub background_nice: i32,
+    /// Threads that serve connections (see `server::ConnThreads`).
+    pub http_threads: usize,
     /// Certificate and key files when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Plain-HTTP listener that redirects to HTTPS.
@@ -508,6 +515,7 @@ struct Raw {
     shutdown_timeout: Option<TomlScalar>,
     body_limit: Option<TomlScalar>,
     background_nice: Option<TomlScalar>,
+    http_threads: Option<TomlScalar>,
     admin_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -669,6 +677,7 @@ impl Raw {
         take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
         take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
         take!(background_nice, "SIGNPOST_BACKGROUND_NICE", scalar);
+        take!(http_threads, "SIGNPOST_HTTP_THREADS", scalar);
         take!(admin_listen, "SIGNPOST_ADMIN_LISTEN");
         take!(tls_cert, "SIGNPOST_TLS_CERT");
         take!(tls_key, "SIGNPOST_TLS_KEY");
@@ -884,6 +893,8 @@ impl Raw {
         )?;
         let background_nice =
             parse_num("SIGNPOST_BACKGROUND_NICE", self.background_nice.as_ref(), 10i32, 0..=19)?;
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let http_threads = parse_num("SIGNPOST_HTTP_THREADS", self.http_threads.as_ref(), cores, 1..=256)?;
         let tls = match (self.tls_cert, self.tls_key) {
             (None, None) => None,
             (Some(c), Some(k)) => {
@@ -945,6 +956,7 @@ impl Raw {
             shutdown_timeout,
             body_limit,
             background_nice,
+            http_threads,
             edge: EdgeSettings {
                 cors_origins: self.cors_origins,
                 trusted_proxies: self.trusted_proxies,

@@ -388,12 +388,22 @@ impl Platform {
             ),
             None => None,
         };
+        // Stopped after the shutdown below: until then, connections and the pools
+        // they registered sockets with may still need them.
+        let threads = Arc::new(crate::server::ConnThreads::start(config.http_threads)?);
         if let (Some(addr), Ok(local)) = (config.http_redirect_listen, listener.local_addr()) {
             let redirect = TcpListener::bind(addr)
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let router = crate::server::https_redirect(local.port());
-            tokio::spawn(crate::server::serve(redirect, router, None, stop.clone(), config.shutdown_timeout));
+            tokio::spawn(crate::server::serve(
+                redirect,
+                router,
+                None,
+                threads.clone(),
+                stop.clone(),
+                config.shutdown_timeout,
+            ));
         }
         if let Some(addr) = config.admin_listen {
             let admin = TcpListener::bind(addr)
@@ -403,13 +413,23 @@ impl Platform {
                 admin,
                 self.admin.clone(),
                 None,
+                threads.clone(),
                 stop.clone(),
                 config.shutdown_timeout,
             ));
         }
-        crate::server::serve(listener, self.router.clone(), tls, stop, config.shutdown_timeout).await?;
+        crate::server::serve(
+            listener,
+            self.router.clone(),
+            tls,
+            threads.clone(),
+            stop,
+            config.shutdown_timeout,
+        )
+        .await?;
         metrics::gauge!("signpost_up").set(0.0);
         self.shutdown().await;
+        drop(threads);
         Ok(())
     }
 

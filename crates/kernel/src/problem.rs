@@ -108,10 +108,13 @@ impl Problem {
     }
 
     /// 413: the body is larger than this route accepts.
+    /// The connection is closed after it: the rest of the body is never read,
+    /// so the client must not send its next request on this connection.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
             .with_detail(format!("the body exceeds the limit of {limit} bytes"))
             .with("limit", limit)
+            .with_header(header::CONNECTION, HeaderValue::from_static("close"))
     }
 
     /// 415: JSON routes want `Content-Type: application/json`.

@@ -57,12 +57,84 @@ pub fn tls_config(
     Ok(Arc::new(config))
 }
 
+/// The threads that serve connections: a single-threaded runtime each, by
+/// default one per core (`SIGNPOST_HTTP_THREADS`). An accepted connection is
+/// handed to one of them in turn and stays there until it closes, so reading a
+/// request, running its handler and writing the answer happen on one thread.
+///
+/// A work-stealing runtime shares every burst of ready sockets with a second
+/// worker, which it must wake first (a futex call, then a steal); on a loaded
+/// machine those wake-ups cost more than the sharing gains. nginx's workers
+/// and actix-web's are built the same way. The price: a connection cannot move
+/// off a thread that is busy, so CPU-heavy work belongs on
+/// `spawn_blocking` (password hashing does this).
+///
+/// The threads stop, dropping what they still run, when this is dropped.
+pub struct ConnThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Dropping a sender ends its thread.
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for ConnThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnThreads").field("threads", &self.handles.len()).finish_non_exhaustive()
+    }
+}
+
+impl ConnThreads {
+    /// Starts `n` threads (at least one).
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let (mut handles, mut stops) = (Vec::new(), Vec::new());
+        for i in 0..n.max(1) {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (ready, handle) = std::sync::mpsc::sync_channel(1);
+            std::thread::Builder::new().name(format!("signpost-http-{i}")).spawn(move || {
+                // Built and dropped on its own thread: a runtime must not be dropped
+                // inside another one.
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => {
+                        let _ = ready.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })?;
+            handles.push(handle.recv().map_err(std::io::Error::other)??);
+            stops.push(stop);
+        }
+        Ok(Self { handles, next: std::sync::atomic::AtomicUsize::new(0), _stop: stops })
+    }
+
+    /// How many threads serve connections.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Never empty; here for the `len` convention.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Runs a connection's future on the next thread in turn.
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.handles.len();
+        self.handles[i].spawn(future);
+    }
+}
+
 /// Serves `app` on `listener` until `stop`, then lets open connections finish
-/// for up to `deadline`.
+/// for up to `deadline`. Connections are accepted here and served on `threads`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    threads: Arc<ConnThreads>,
     stop: CancellationToken,
     deadline: Duration,
 ) -> std::io::Result<()> {
@@ -102,6 +174,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Leaves this runtime's reactor; the serving thread registers it with its own.
+        let Ok(stream) = stream.into_std() else { continue };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -109,24 +183,24 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        match &acceptor {
-            None => {
-                tokio::spawn(async move {
-                    let _permit = permit;
+        let acceptor = acceptor.clone();
+        threads.spawn(async move {
+            let _permit = permit;
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+            let stream = Lingering::new(stream);
+            match acceptor {
+                None => {
                     // The protocol sniffing before HTTP/1's header timer has no timer of
                     // its own: make sure it can decide within the header timeout.
-                    if tokio::time::timeout(HEADER_READ_TIMEOUT, sniffable(&stream)).await != Ok(true) {
+                    if tokio::time::timeout(HEADER_READ_TIMEOUT, sniffable(&stream.stream)).await != Ok(true)
+                    {
                         return;
                     }
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(conn).await;
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
+                }
+                Some(acceptor) => {
                     // The handshake gets the same budget as reading headers.
                     let Ok(Ok(tls)) =
                         tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await
@@ -136,15 +210,106 @@ pub async fn serve(
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
                     let _ = watcher.watch(conn).await;
-                });
+                }
             }
-        }
+        });
     }
     drop(listener);
     if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!(?deadline, "in-flight requests outlived the shutdown deadline");
     }
     Ok(())
+}
+
+/// How long a closing connection keeps reading what the client still sends.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// The most a closing connection reads and discards.
+const LINGER_BYTES: usize = 64 << 20;
+
+/// A connection's socket that lingers when the server closes it: it sends its
+/// FIN, then reads and discards what the client still sends, until the client
+/// closes too, for at most [`LINGER_TIME`]. Closing a socket with unread bytes
+/// in it makes the kernel send a reset, which can destroy the response on its
+/// way (a 413 to a body too large, answered before the body was read) before
+/// the client has read it. nginx's `lingering_close` does the same.
+struct Lingering {
+    stream: tokio::net::TcpStream,
+    /// Set once the write side is shut: the deadline and the bytes discarded.
+    closing: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl Lingering {
+    fn new(stream: tokio::net::TcpStream) -> Self {
+        Self { stream, closing: None }
+    }
+}
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.closing.is_none() {
+            std::task::ready!(std::pin::Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.closing = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
+        }
+        let Some((deadline, discarded)) = this.closing.as_mut() else { return Poll::Ready(Ok(())) };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if *discarded >= LINGER_BYTES || deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                // The client closed too (or the connection broke): nothing to wait for.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *discarded += buf.filled().len(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 /// The HTTP/2 connection preface.
@@ -195,4 +360,65 @@ pub fn https_redirect(https_port: u16) -> Router {
         }
         res
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The name of the thread that answered.
+    async fn which_thread() -> String {
+        std::thread::current().name().unwrap_or("unnamed").to_string()
+    }
+
+    #[tokio::test]
+    async fn a_connection_stays_on_one_thread_and_connections_take_turns() {
+        crate::install_crypto_provider();
+        let threads = Arc::new(ConnThreads::start(2).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let app = Router::new().route("/", axum::routing::get(which_thread));
+        let stop = CancellationToken::new();
+        let server =
+            tokio::spawn(serve(listener, app, None, threads.clone(), stop.clone(), Duration::from_secs(1)));
+        // Each client keeps one connection open for all its requests.
+        let one_connection = || reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let client = one_connection();
+            let mut names = Vec::new();
+            for _ in 0..5 {
+                names.push(client.get(&url).send().await.unwrap().text().await.unwrap());
+            }
+            assert!(names.iter().all(|n| n == &names[0]), "one connection, one thread: {names:?}");
+            assert!(names[0].starts_with("signpost-http-"), "served off the acceptor's runtime: {names:?}");
+            seen.push(names[0].clone());
+        }
+        assert_ne!(seen[0], seen[1], "the second connection goes to the other thread");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_body_was_read_reaches_the_client() {
+        crate::install_crypto_provider();
+        let threads = Arc::new(ConnThreads::start(1).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Refuses every upload without reading it, as a body limit does.
+        let app = Router::new()
+            .route("/upload", axum::routing::post(|| async { crate::Problem::payload_too_large(1) }));
+        let stop = CancellationToken::new();
+        let server =
+            tokio::spawn(serve(listener, app, None, threads.clone(), stop.clone(), Duration::from_secs(1)));
+        let client = reqwest::Client::new();
+        for i in 0..20 {
+            let res = client.post(format!("http://{address}/upload")).body(vec![b'a'; 2 << 20]).send().await;
+            let status = res.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}"));
+            assert_eq!(status, Ok(413), "the 413 arrives, not a reset (request {i})");
+        }
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
 }

@@ -97,12 +97,30 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The pooled clients of one proxy on one thread.
+#[derive(Clone)]
+struct Clients {
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+}
+
+/// Identifies a proxy among the clients a thread keeps.
+static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Each thread's clients, by proxy: an upstream connection's task runs on the
+    /// runtime of the thread that opened it, so a connection pooled per thread is
+    /// only ever used where its task runs, and a proxied request wakes no other
+    /// thread (see `kernel::server::ConnThreads`).
+    static CLIENTS: std::cell::RefCell<Vec<(u64, Clients)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The upstream side of the gateway.
 pub struct Proxy {
     routes: Vec<(String, String)>,
     services: Vec<(String, Vec<Arc<Instance>>)>,
-    h1: Client<HttpConnector, Body>,
-    h2: Client<HttpConnector, Body>,
+    id: u64,
+    connect_timeout: Duration,
     timeout: Duration,
     trusted: Vec<Net>,
     tls: bool,
@@ -128,14 +146,6 @@ const PROTECTED: &[&str] = &[
 impl Proxy {
     /// Builds the proxy from the settings and starts the health checks.
     pub fn new(settings: &Settings, tls: bool) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
-        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         let services = settings
             .upstreams
             .iter()
@@ -161,14 +171,37 @@ impl Proxy {
         let proxy = Arc::new(Self {
             routes: settings.routes_table.clone(),
             services,
-            h1,
-            h2,
+            id: NEXT_PROXY_ID.fetch_add(1, Ordering::Relaxed),
+            connect_timeout: settings.connect_timeout,
             timeout: settings.upstream_timeout,
             trusted: settings.trusted_proxies.clone(),
             tls,
         });
         tokio::spawn(health_checks(Arc::downgrade(&proxy)));
         proxy
+    }
+
+    /// This thread's client for an instance's protocol.
+    fn client(&self, h2: bool) -> Client<HttpConnector, Body> {
+        let pick = |c: &Clients| if h2 { c.h2.clone() } else { c.h1.clone() };
+        CLIENTS.with_borrow_mut(|all| {
+            if let Some((_, c)) = all.iter().find(|(id, _)| *id == self.id) {
+                return pick(c);
+            }
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(self.connect_timeout));
+            connector.set_nodelay(true);
+            let c = Clients {
+                h1: Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .build(connector.clone()),
+                h2: Client::builder(TokioExecutor::new()).http2_only(true).build(connector),
+            };
+            let client = pick(&c);
+            all.push((self.id, c));
+            client
+        })
     }
 
     /// The service that owns a path, if any service configured in this gateway does.
@@ -237,7 +270,7 @@ async fn health_checks(proxy: std::sync::Weak<Proxy>) {
         let Some(p) = proxy.upgrade() else { return };
         let all: Vec<Arc<Instance>> = p.services.iter().flat_map(|(_, i)| i.iter().cloned()).collect();
         for inst in all {
-            let client = if inst.h2 { p.h2.clone() } else { p.h1.clone() };
+            let client = p.client(inst.h2);
             let uri: Option<Uri> = format!("{}/healthz", inst.base).parse().ok();
             let ok = match uri.map(|u| Request::get(u).body(Body::empty())) {
                 Some(Ok(req)) => tokio::time::timeout(Duration::from_secs(1), client.request(req))
@@ -358,7 +391,7 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
             Ok(r) => r,
             Err(_) => return Problem::bad_request("unusable request").into_response(),
         };
-        let client = if inst.h2 { &proxy.h2 } else { &proxy.h1 };
+        let client = proxy.client(inst.h2);
         let guard = InFlight::new(&inst);
         let result = tokio::time::timeout(proxy.timeout, client.request(out)).await;
         drop(guard);
@@ -442,7 +475,7 @@ impl RemoteOpenApi {
         let mut merged = serde_json::Map::new();
         for (service, _) in &self.proxy.services {
             let Some(inst) = self.proxy.pick(service, &[]) else { continue };
-            let client = if inst.h2 { &self.proxy.h2 } else { &self.proxy.h1 };
+            let client = self.proxy.client(inst.h2);
             let Ok(uri) = format!("{}/v1/openapi.json", inst.base).parse::<Uri>() else { continue };
             let Ok(req) = Request::get(uri).body(Body::empty()) else { continue };
             let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await else {
