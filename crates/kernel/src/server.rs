@@ -59,8 +59,9 @@ pub fn tls_config(
 
 /// The threads that serve connections: a single-threaded runtime each, by
 /// default one per core (`SIGNPOST_HTTP_THREADS`). An accepted connection is
-/// handed to one of them in turn and stays there until it closes, so reading a
-/// request, running its handler and writing the answer happen on one thread.
+/// handed to the one serving the fewest connections (in turn among equals) and
+/// stays there until it closes, so reading a request, running its handler and
+/// writing the answer happen on one thread.
 ///
 /// A work-stealing runtime shares every burst of ready sockets with a second
 /// worker, which it must wake first (a futex call, then a steal); on a loaded
@@ -72,6 +73,8 @@ pub fn tls_config(
 /// The threads stop, dropping what they still run, when this is dropped.
 pub struct ConnThreads {
     handles: Vec<tokio::runtime::Handle>,
+    /// Connections being served, per thread.
+    live: Arc<Vec<std::sync::atomic::AtomicUsize>>,
     next: std::sync::atomic::AtomicUsize,
     /// Dropping a sender ends its thread.
     _stop: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -108,7 +111,8 @@ impl ConnThreads {
             handles.push(handle.recv().map_err(std::io::Error::other)??);
             stops.push(stop);
         }
-        Ok(Self { handles, next: std::sync::atomic::AtomicUsize::new(0), _stop: stops })
+        let live = Arc::new(handles.iter().map(|_| std::sync::atomic::AtomicUsize::new(0)).collect());
+        Ok(Self { handles, live, next: std::sync::atomic::AtomicUsize::new(0), _stop: stops })
     }
 
     /// How many threads serve connections.
@@ -121,10 +125,27 @@ impl ConnThreads {
         self.handles.is_empty()
     }
 
-    /// Runs a connection's future on the next thread in turn.
+    /// Runs a connection's future on the thread serving the fewest connections.
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.handles.len();
-        self.handles[i].spawn(future);
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.handles.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        let i = (0..n).map(|k| (start + k) % n).min_by_key(|&i| self.live[i].load(Relaxed)).unwrap_or(0);
+        self.live[i].fetch_add(1, Relaxed);
+        let serving = Serving(self.live.clone(), i);
+        self.handles[i].spawn(async move {
+            let _serving = serving;
+            future.await;
+        });
+    }
+}
+
+/// Counts a connection on its thread until it ends (or its runtime drops it).
+struct Serving(Arc<Vec<std::sync::atomic::AtomicUsize>>, usize);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0[self.1].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -187,15 +208,14 @@ pub async fn serve(
         threads.spawn(async move {
             let _permit = permit;
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
-            let stream = Lingering::new(stream);
             match acceptor {
                 None => {
                     // The protocol sniffing before HTTP/1's header timer has no timer of
                     // its own: make sure it can decide within the header timeout.
-                    if tokio::time::timeout(HEADER_READ_TIMEOUT, sniffable(&stream.stream)).await != Ok(true)
-                    {
+                    if tokio::time::timeout(HEADER_READ_TIMEOUT, sniffable(&stream)).await != Ok(true) {
                         return;
                     }
+                    let stream = Lingering::new(stream);
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(conn).await;
@@ -203,7 +223,8 @@ pub async fn serve(
                 Some(acceptor) => {
                     // The handshake gets the same budget as reading headers.
                     let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(Lingering::new(stream)))
+                            .await
                     else {
                         return;
                     };
@@ -226,21 +247,61 @@ pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// The most a closing connection reads and discards.
 const LINGER_BYTES: usize = 64 << 20;
 
-/// A connection's socket that lingers when the server closes it: it sends its
-/// FIN, then reads and discards what the client still sends, until the client
-/// closes too, for at most [`LINGER_TIME`]. Closing a socket with unread bytes
-/// in it makes the kernel send a reset, which can destroy the response on its
-/// way (a 413 to a body too large, answered before the body was read) before
-/// the client has read it. nginx's `lingering_close` does the same.
+/// A connection's socket that lingers when the server closes it. Shutting it
+/// down sends the FIN, as a plain socket does. When it is then dropped before
+/// the client closed its side, a task reads and discards what the client
+/// still sends, until the client closes too, for at most [`LINGER_TIME`].
+/// Closing a socket with unread bytes in it makes the kernel send a reset,
+/// which can destroy the response on its way (a 413 to a body too large,
+/// answered before the body was read) before the client has read it. nginx's
+/// `lingering_close` does the same. The drain runs after the connection has
+/// ended: it holds up neither a graceful shutdown nor an upgraded tunnel
+/// (whose half-close must pass the client's bytes on, not drop them).
 struct Lingering {
-    stream: tokio::net::TcpStream,
-    /// Set once the write side is shut: the deadline and the bytes discarded.
-    closing: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// `None` once handed to the draining task.
+    stream: Option<tokio::net::TcpStream>,
+    /// The write side was shut: the server closed.
+    shut: bool,
+    /// A read saw the client's end of stream (or an error): nothing to drain.
+    done: bool,
 }
 
 impl Lingering {
     fn new(stream: tokio::net::TcpStream) -> Self {
-        Self { stream, closing: None }
+        Self { stream: Some(stream), shut: false, done: false }
+    }
+
+    fn pinned(&mut self) -> std::io::Result<std::pin::Pin<&mut tokio::net::TcpStream>> {
+        self.stream
+            .as_mut()
+            .map(std::pin::Pin::new)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if !self.shut || self.done {
+            return;
+        }
+        let (Some(stream), Ok(runtime)) = (self.stream.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stream = stream;
+            let mut scratch = [0u8; 8192];
+            let mut discarded = 0usize;
+            let drain = async {
+                while discarded < LINGER_BYTES {
+                    match stream.read(&mut scratch).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => discarded += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        });
     }
 }
 
@@ -252,7 +313,15 @@ impl AsyncRead for Lingering {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = this.pinned()?.poll_read(cx, buf);
+        if let std::task::Poll::Ready(r) = &polled
+            && (r.is_err() || buf.filled().len() == before)
+        {
+            this.done = true;
+        }
+        polled
     }
 }
 
@@ -262,7 +331,7 @@ impl AsyncWrite for Lingering {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut().pinned()?.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -270,45 +339,28 @@ impl AsyncWrite for Lingering {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.get_mut().pinned()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.as_ref().is_some_and(tokio::net::TcpStream::is_write_vectored)
     }
 
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().pinned()?.poll_flush(cx)
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
         let this = self.get_mut();
-        if this.closing.is_none() {
-            std::task::ready!(std::pin::Pin::new(&mut this.stream).poll_shutdown(cx))?;
-            this.closing = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
-        }
-        let Some((deadline, discarded)) = this.closing.as_mut() else { return Poll::Ready(Ok(())) };
-        let mut scratch = [0u8; 8192];
-        loop {
-            if *discarded >= LINGER_BYTES || deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(()));
-            }
-            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
-            match std::pin::Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
-                // The client closed too (or the connection broke): nothing to wait for.
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => *discarded += buf.filled().len(),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        let shut = std::task::ready!(this.pinned()?.poll_shutdown(cx));
+        this.shut = shut.is_ok();
+        std::task::Poll::Ready(shut)
     }
 }
 
@@ -373,7 +425,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_stays_on_one_thread_and_connections_take_turns() {
+    async fn connections_are_served_on_the_connection_threads_and_spread_over_them() {
         crate::install_crypto_provider();
         let threads = Arc::new(ConnThreads::start(2).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -384,7 +436,7 @@ mod tests {
             tokio::spawn(serve(listener, app, None, threads.clone(), stop.clone(), Duration::from_secs(1)));
         // Each client keeps one connection open for all its requests.
         let one_connection = || reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-        let mut seen = Vec::new();
+        let (mut seen, mut clients) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             let client = one_connection();
             let mut names = Vec::new();
@@ -394,8 +446,9 @@ mod tests {
             assert!(names.iter().all(|n| n == &names[0]), "one connection, one thread: {names:?}");
             assert!(names[0].starts_with("signpost-http-"), "served off the acceptor's runtime: {names:?}");
             seen.push(names[0].clone());
+            clients.push(client);
         }
-        assert_ne!(seen[0], seen[1], "the second connection goes to the other thread");
+        assert_ne!(seen[0], seen[1], "the second open connection goes to the less busy thread");
         stop.cancel();
         server.await.unwrap().unwrap();
     }

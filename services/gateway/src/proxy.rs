@@ -193,6 +193,8 @@ impl Proxy {
             connector.set_nodelay(true);
             let c = Clients {
                 h1: Client::builder(TokioExecutor::new())
+                    // Without a timer the idle timeout is never enforced.
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(256)
                     .build(connector.clone()),

@@ -150,7 +150,8 @@ async fn import(State(s): AppState, caller: Caller, body: axum::body::Bytes) -> 
     s.store.start_import(&job).await?;
     let answer = job_json(&job);
     let (state, who) = (s.clone(), caller.clone());
-    tokio::spawn(async move {
+    // Work nobody waits on: off the connection's thread (see kernel::background).
+    s.kernel.background.spawn(async move {
         let mut job = job;
         let mut errors: Vec<Value> = Vec::new();
         let mut saved = std::time::Instant::now();
