@@ -250,22 +250,30 @@ async fn rendering(s: &Links, qr: &Qr, w: Wanted<'_>, headers: &HeaderMap) -> Ap
         Some(b) => b,
         None if !may_render => return Err(Problem::not_found().into()),
         None => {
-            let logo = match logo_hash {
+            let logo_png = match logo_hash {
                 Some(h) => {
                     let key = logo_key(kernel::TenantId::from_uuid(qr.tenant_id.0), h)?;
-                    let png = s
-                        .kernel
-                        .storage
-                        .get(&key)
-                        .await
-                        .map_err(ApiError::internal)?
-                        .ok_or_else(Problem::not_found)?;
-                    Some(render::Logo::decode(&png)?)
+                    Some(
+                        s.kernel
+                            .storage
+                            .get(&key)
+                            .await
+                            .map_err(ApiError::internal)?
+                            .ok_or_else(Problem::not_found)?,
+                    )
                 }
                 None => None,
             };
-            let url = scan_url(s, &qr.code);
-            let rendered = bytes::Bytes::from(render::render(&url, format, style, logo.as_ref())?);
+            let (url, style) = (scan_url(s, &qr.code), style.clone());
+            // Decoding the logo and drawing the code are CPU work: not on the
+            // connection's thread, whose other connections would wait.
+            let rendered = tokio::task::spawn_blocking(move || {
+                let logo = logo_png.map(|png| render::Logo::decode(&png)).transpose()?;
+                render::render(&url, format, &style, logo.as_ref())
+            })
+            .await
+            .map_err(ApiError::internal)??;
+            let rendered = bytes::Bytes::from(rendered);
             s.kernel.storage.put(&key, rendered.clone()).await.map_err(ApiError::internal)?;
             metrics::counter!("qr_renderings_total", "format" => format.ext()).increment(1);
             rendered
