@@ -115,16 +115,6 @@ impl ConnThreads {
         Ok(Self { handles, live, next: std::sync::atomic::AtomicUsize::new(0), _stop: stops })
     }
 
-    /// How many threads serve connections.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Never empty; here for the `len` convention.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Runs a connection's future on the thread serving the fewest connections.
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
         use std::sync::atomic::Ordering::Relaxed;

@@ -98,7 +98,6 @@ impl Drop for InFlight<'_> {
 }
 
 /// The pooled clients of one proxy on one thread.
-#[derive(Clone)]
 struct Clients {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
