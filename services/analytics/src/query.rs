@@ -272,30 +272,23 @@ macro_rules! filtered {
 
 type Filtered = [(&'static str, &'static str); 2];
 
-const C_SERIES: Filtered = filtered!(
-    "select hour, cast(sum(clicks) as bigint), cast(sum(case when bot = 'human' then clicks else 0 end) as bigint)",
+/// The filtered cube rows of the range, summed over the subjects: the series
+/// and every top list come from this one scan (one scan per list cost seven
+/// passes over the same rows).
+const C_ROWS: Filtered = filtered!(
+    "select hour, country, device, browser, os, referrer, bot, cast(sum(clicks) as bigint)",
     "cube",
     "hour",
-    "group by hour order by hour"
+    "group by hour, country, device, browser, os, referrer, bot"
 );
 const C_UNIQUE: Filtered = filtered!("select count(distinct visitor)", "events", "occurred_at", "");
 
-macro_rules! cube_top {
-    ($col:literal) => {
-        filtered!(
-            concat!("select ", $col, " as v, cast(sum(clicks) as bigint) as c, cast(sum(case when bot = 'human' then clicks else 0 end) as bigint)"),
-            "cube", "hour", concat!("group by ", $col, " order by c desc, v limit $12")
-        )
-    };
-}
-const C_TOP: [Filtered; 6] = [
-    cube_top!("country"),
-    cube_top!("device"),
-    cube_top!("browser"),
-    cube_top!("os"),
-    cube_top!("referrer"),
-    cube_top!("bot"),
-];
+/// One row of [`C_ROWS`]: the hour, the six dimensions and the clicks.
+type CubeRow = (Timestamp, String, String, String, String, String, String, i64);
+/// An hour of the series: its start, clicks and humans.
+type Hour = (Timestamp, i64, i64);
+/// The top lists by dimension.
+type Tops = BTreeMap<&'static str, Vec<Entry>>;
 
 /// Raw events for the CSV export, a page at a time after a (time, id) position.
 pub(crate) const EXPORT: Filtered = filtered!(
@@ -410,14 +403,9 @@ pub async fn summary(
     } else if q.filtered() || !scope.all() {
         let subjects = &scope.subjects;
         let all = usize::from(scope.all());
-        hours = run!(&mut tx, C_SERIES[all], subjects, query_as, fetch_all, |b| with_filters!(b, q, scope));
-        for dim in &q.top {
-            let i = DIMENSIONS.iter().position(|d| d == dim).unwrap_or(0);
-            let rows: Vec<(String, i64, i64)> =
-                run!(&mut tx, C_TOP[i][all], subjects, query_as, fetch_all, |b| with_filters!(b, q, scope)
-                    .bind(i64::from(q.limit)));
-            top.insert(*dim, entries(rows));
-        }
+        let rows: Vec<CubeRow> =
+            run!(&mut tx, C_ROWS[all], subjects, query_as, fetch_all, |b| with_filters!(b, q, scope));
+        (hours, top) = from_cube(rows, &q.top, q.limit);
         (unique, method) = if q.filtered() {
             let (n,): (i64,) =
                 run!(&mut tx, C_UNIQUE[all], subjects, query_as, fetch_one, |b| with_filters!(b, q, scope));
@@ -445,6 +433,36 @@ pub async fn summary(
     let (clicks, humans) = hours.iter().fold((0, 0), |(c, h), (_, hc, hh)| (c + hc, h + hh));
     let series = series(q, hours.into_iter().map(|(t, c, h)| (t.unix(), c, h)));
     Ok(Summary { clicks, humans, unique_visitors: unique, unique_visitors_method: method, series, top })
+}
+
+/// The series (per hour) and the top lists of `dims` from cube rows, ordered
+/// as the rollup reads order them: most clicks first, then by value.
+fn from_cube(rows: Vec<CubeRow>, dims: &[&'static str], limit: u32) -> (Vec<Hour>, Tops) {
+    let mut hours: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut values: [BTreeMap<String, (i64, i64)>; 6] = Default::default();
+    for (hour, country, device, browser, os, referrer, bot, clicks) in rows {
+        let humans = if bot == "human" { clicks } else { 0 };
+        let e = hours.entry(hour.unix()).or_default();
+        e.0 += clicks;
+        e.1 += humans;
+        for (i, value) in [country, device, browser, os, referrer, bot].into_iter().enumerate() {
+            let e = values[i].entry(value).or_default();
+            e.0 += clicks;
+            e.1 += humans;
+        }
+    }
+    let mut top = BTreeMap::new();
+    for dim in dims {
+        let i = DIMENSIONS.iter().position(|d| d == dim).unwrap_or(0);
+        let mut list: Vec<(String, i64, i64)> =
+            std::mem::take(&mut values[i]).into_iter().map(|(v, (c, h))| (v, c, h)).collect();
+        // Stable: equal counts keep the values' order.
+        list.sort_by_key(|e| std::cmp::Reverse(e.1));
+        list.truncate(limit as usize);
+        top.insert(*dim, entries(list));
+    }
+    let hours = hours.into_iter().map(|(t, (c, h))| (Timestamp::from_unix(t), c, h)).collect();
+    (hours, top)
 }
 
 /// Distinct visitors of `subjects` in the range, from the hourly sketches.
@@ -578,11 +596,7 @@ mod tests {
         conn.execute(sqlx::AssertSqlSafe(setup)).await.unwrap_or_else(|e| unreachable!("{e}"));
         for (sql, expected) in [
             (
-                C_SERIES[0].1,
-                "SEARCH analytics.cube USING PRIMARY KEY (tenant_id=? AND subject_id=? AND hour>? AND hour<?)",
-            ),
-            (
-                C_TOP[0][0].1,
+                C_ROWS[0].1,
                 "SEARCH analytics.cube USING PRIMARY KEY (tenant_id=? AND subject_id=? AND hour>? AND hour<?)",
             ),
             (
@@ -608,6 +622,34 @@ mod tests {
             let steps: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
             assert!(steps.contains(&expected), "{sql}\n{steps:?}");
         }
+    }
+
+    /// One pass over the cube rows gives what one query per list gave: humans
+    /// are the clicks of `bot = human`, lists run from most clicks down, ties
+    /// by value, cut at the limit, and the unknown value is `null`.
+    #[test]
+    fn cube_rows_make_the_series_and_every_top_list() {
+        let row = |h: i64, country: &str, referrer: &str, bot: &str, n: i64| -> CubeRow {
+            let t = Timestamp::from_unix(NOW + h * 3600);
+            let s = |v: &str| v.to_string();
+            (t, s(country), s("mobile"), s("safari"), s("ios"), s(referrer), s(bot), n)
+        };
+        let rows = vec![
+            row(0, "US", "t.co", "human", 5),
+            row(0, "DE", "", "bot", 2),
+            row(1, "FR", "t.co", "human", 2),
+            row(1, "US", "", "human", 1),
+        ];
+        let (hours, top) = from_cube(rows, &["country", "referrer", "bot"], 2);
+        let hours: Vec<(i64, i64, i64)> = hours.into_iter().map(|(t, c, h)| (t.unix() - NOW, c, h)).collect();
+        assert_eq!(hours, vec![(0, 7, 5), (3600, 3, 3)]);
+        let list = |d: &str| -> Vec<(Option<String>, i64, i64)> {
+            top[d].iter().map(|e| (e.value.clone(), e.clicks, e.humans)).collect()
+        };
+        assert_eq!(list("country"), vec![(Some("US".into()), 6, 6), (Some("DE".into()), 2, 0)]);
+        assert_eq!(list("referrer"), vec![(Some("t.co".into()), 7, 7), (None, 3, 1)]);
+        assert_eq!(list("bot"), vec![(Some("human".into()), 8, 8), (Some("bot".into()), 2, 0)]);
+        assert!(!top.contains_key("device"));
     }
 
     #[test]

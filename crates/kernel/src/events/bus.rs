@@ -1,5 +1,7 @@
 //! The bus interface both backends implement.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use tokio::task::JoinHandle;
@@ -39,6 +41,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes events in the given order; returns once the bus is responsible
     /// for them (JetStream acknowledged them; in-process consumers applied them).
     async fn publish(&self, events: &[Envelope]) -> Result<(), BusError>;
+
+    /// [`Bus::publish`] of a batch the caller shares instead of lending: the
+    /// in-process bus hands it to its consumers as it is, without a copy.
+    async fn publish_shared(&self, events: Arc<[Envelope]>) -> Result<(), BusError> {
+        self.publish(&events).await
+    }
 
     /// Starts delivering the consumer's event types to it until `shutdown`.
     async fn start_consumer(

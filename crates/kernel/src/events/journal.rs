@@ -409,13 +409,16 @@ async fn drain_slot(
         };
         let finished = writing.is_none_or(|w| at.segment < w);
         if !read.events.is_empty() {
-            match bus.publish(&read.events).await {
+            let count = read.events.len();
+            // Shared, not lent: the in-process consumers take the batch as it is.
+            let events: Arc<[Envelope]> = read.events.into();
+            match bus.publish_shared(events).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     metrics::histogram!("event_journal_batch_size", "journal" => name.to_string())
-                        .record(read.events.len() as f64);
+                        .record(count as f64);
                     metrics::counter!("events_published_total", "service" => name.to_string())
-                        .increment(read.events.len() as u64);
+                        .increment(count as u64);
                 }
                 Err(e) => {
                     tracing::warn!(journal = %name, error = %e, "publishing journal events failed; will retry");

@@ -65,9 +65,10 @@ fn watch_stream(rx: broadcast::Receiver<Arc<Envelope>>) -> BoxStream<'static, En
     .boxed()
 }
 
-#[async_trait]
-impl Bus for MemoryBus {
-    async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
+impl MemoryBus {
+    /// Delivers `events` to every subscriber; those that take all of them
+    /// share `shared` when given, else one copy made here.
+    async fn deliver(&self, events: &[Envelope], shared: Option<&Arc<[Envelope]>>) -> Result<(), BusError> {
         // A poisoned lock must not look like "no subscribers": the relay would drop the events.
         let subscribers = self
             .subscribers
@@ -82,7 +83,10 @@ impl Bus for MemoryBus {
             let count = events.iter().filter(wanted).count();
             let mine: Arc<[Envelope]> = match count {
                 0 => continue,
-                n if n == events.len() => whole.get_or_insert_with(|| events.into()).clone(),
+                n if n == events.len() => match shared {
+                    Some(batch) => batch.clone(),
+                    None => whole.get_or_insert_with(|| events.into()).clone(),
+                },
                 _ => events.iter().filter(wanted).cloned().collect(),
             };
             let (done, wait) = oneshot::channel();
@@ -105,6 +109,17 @@ impl Bus for MemoryBus {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
+        self.deliver(events, None).await
+    }
+
+    async fn publish_shared(&self, events: Arc<[Envelope]>) -> Result<(), BusError> {
+        self.deliver(&events, Some(&events)).await
     }
 
     async fn start_consumer(
