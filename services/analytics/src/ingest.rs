@@ -278,7 +278,7 @@ pub(crate) struct Rollup<'a> {
 }
 
 /// A batch's rollups, keyed as they are written.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 pub(crate) struct Rolled<'a> {
     cube: Vec<(CubeKey<'a>, i64)>,
     hourly: Map<HourlyKey<'a>, (i64, i64)>,

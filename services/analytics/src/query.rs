@@ -454,8 +454,9 @@ fn from_cube(rows: Vec<CubeRow>, dims: &[&'static str], limit: u32) -> (Vec<Hour
     let mut top = BTreeMap::new();
     for dim in dims {
         let i = DIMENSIONS.iter().position(|d| d == dim).unwrap_or(0);
+        // Copied, not taken: `top=country,country` lists the same values twice.
         let mut list: Vec<(String, i64, i64)> =
-            std::mem::take(&mut values[i]).into_iter().map(|(v, (c, h))| (v, c, h)).collect();
+            values[i].iter().map(|(v, (c, h))| (v.clone(), *c, *h)).collect();
         // Stable: equal counts keep the values' order.
         list.sort_by_key(|e| std::cmp::Reverse(e.1));
         list.truncate(limit as usize);
@@ -650,6 +651,23 @@ mod tests {
         assert_eq!(list("referrer"), vec![(Some("t.co".into()), 7, 7), (None, 3, 1)]);
         assert_eq!(list("bot"), vec![(Some("human".into()), 8, 8), (Some("bot".into()), 2, 0)]);
         assert!(!top.contains_key("device"));
+    }
+
+    #[test]
+    fn a_dimension_asked_for_twice_is_listed_in_full() {
+        let rows = vec![(
+            Timestamp::from_unix(NOW),
+            "US".into(),
+            "mobile".into(),
+            "safari".into(),
+            "ios".into(),
+            String::new(),
+            "human".into(),
+            3,
+        )];
+        let (_, top) = from_cube(rows, &["country", "country"], 10);
+        assert_eq!(top["country"].len(), 1);
+        assert_eq!(top["country"][0].clicks, 3);
     }
 
     #[test]
