@@ -193,7 +193,7 @@ const LOCK_PG: &str = "insert into analytics.ingest_locks (tenant_id, at) values
 const RAW_PG: &str = "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
      country, device, browser, os, referrer, bot, visitor) select $1, * from unnest($2::timestamptz[], $3::uuid[], \
      $4::text[], $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-     $13::text[], $14::text[])";
+     $13::text[], $14::text[]) on conflict (tenant_id, occurred_at, event_id) do nothing returning event_id";
 const CUBE_PG: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
      select $1, * from unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
      $9::text[], $10::bigint[]) on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
@@ -225,7 +225,8 @@ const SKETCHES_PUT_PG: &str = "insert into analytics.sketches (tenant_id, subjec
 // `->>` parsed it). `where true` lets an upsert follow a select.
 const RAW_LITE: &str = "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
      country, device, browser, os, referrer, bot, visitor) select $1, value->>0, value->>1, value->>2, value->>3, \
-     value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 from jsonb_each($2)";
+     value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 from jsonb_each($2) \
+     where true on conflict do nothing returning event_id";
 const CUBE_LITE: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
      select $1, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8 \
      from jsonb_each($2) where true on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
@@ -375,20 +376,17 @@ fn dimension(name: &str) -> &'static str {
     DIMENSIONS.iter().find(|d| **d == name).copied().unwrap_or("")
 }
 
-/// Writes a batch of one tenant's clicks.
-pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), HandlerError> {
-    let mut roll = Rollup::default();
-    for c in clicks {
-        roll.add(c);
-    }
-    let Rolled { cube, hourly, sketches, pairs, value_sketches } = roll.finish();
-    match tx {
+/// Stores a batch's raw events and returns the clicks not stored before, each
+/// once: the raw events' key (tenant, time, event id) is what makes the
+/// consumer idempotent (see [`Handler::deduplicates`]).
+async fn store_raw<'c>(tx: &mut Tx, clicks: &'c [Click]) -> Result<Vec<&'c Click>, HandlerError> {
+    let stored: Vec<(Id,)> = match tx {
         Tx::Postgres(t) => {
             // Serialises this tenant's ingest across instances (sketch merges are read-modify-write).
             t.execute(t.query(LOCK_PG)).await?;
             let col = |f: &dyn Fn(&Click) -> String| clicks.iter().map(f).collect::<Vec<String>>();
-            t.execute(
-                t.query(RAW_PG)
+            t.fetch_all(
+                t.query_as(RAW_PG)
                     .bind(clicks.iter().map(|c| at(c.at)).collect::<Vec<_>>())
                     .bind(clicks.iter().map(|c| c.event_id).collect::<Vec<_>>())
                     .bind(col(&|c| c.kind.to_string()))
@@ -403,7 +401,42 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
                     .bind(col(&|c| c.dims[5].clone()))
                     .bind(col(&|c| c.visitor.clone())),
             )
-            .await?;
+            .await?
+        }
+        Tx::Sqlite(t) => {
+            let raw = json_rows(clicks.iter().map(|c| {
+                let [country, device, browser, os, referrer, bot] = &c.dims;
+                (
+                    c.at, c.event_id, c.kind, c.subject, c.link_id, c.qr_id, country, device, browser, os,
+                    referrer, bot, &c.visitor,
+                )
+            }))?;
+            t.fetch_all(t.query_as(RAW_LITE).bind(raw)).await?
+        }
+    };
+    if stored.len() == clicks.len() {
+        return Ok(clicks.iter().collect());
+    }
+    // A redelivery: only what was stored just now counts, and a click that
+    // came twice in this batch counts once.
+    let mut fresh: std::collections::HashSet<Uuid> = stored.into_iter().map(|(Id(u),)| u).collect();
+    Ok(clicks.iter().filter(|c| fresh.remove(&c.event_id)).collect())
+}
+
+/// Writes a batch of one tenant's clicks: the raw events, then the rollups of
+/// those not stored before.
+pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<usize, HandlerError> {
+    let fresh = store_raw(tx, clicks).await?;
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    let mut roll = Rollup::default();
+    for c in &fresh {
+        roll.add(c);
+    }
+    let Rolled { cube, hourly, sketches, pairs, value_sketches } = roll.finish();
+    match tx {
+        Tx::Postgres(t) => {
             let dim = |i: usize| cube.iter().map(|(k, _)| k.2[i].clone()).collect::<Vec<_>>();
             t.execute(
                 t.query(CUBE_PG)
@@ -481,14 +514,6 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
             .await?;
         }
         Tx::Sqlite(t) => {
-            let raw = json_rows(clicks.iter().map(|c| {
-                let [country, device, browser, os, referrer, bot] = &c.dims;
-                (
-                    c.at, c.event_id, c.kind, c.subject, c.link_id, c.qr_id, country, device, browser, os,
-                    referrer, bot, &c.visitor,
-                )
-            }))?;
-            t.execute(t.query(RAW_LITE).bind(raw)).await?;
             let cube = json_rows(cube.iter().map(|((subject, hour, d), n)| {
                 (subject, hour, &d[0], &d[1], &d[2], &d[3], &d[4], &d[5], n)
             }))?;
@@ -522,7 +547,7 @@ pub(crate) async fn store_clicks(tx: &mut Tx, clicks: &[Click]) -> Result<(), Ha
             t.execute(t.query(VALUE_SKETCHES_PUT_LITE).bind(put)).await?;
         }
     }
-    Ok(())
+    Ok(fresh.len())
 }
 
 async fn store_subject(tx: &mut Tx, s: &Subject) -> Result<(), HandlerError> {
@@ -570,6 +595,12 @@ impl Handler for Ingest {
         self.handle_batch(tx, std::slice::from_ref(event)).await
     }
 
+    /// Clicks are stored keyed by their event id and skipped when stored
+    /// before; a subject event is an upsert guarded by its version.
+    fn deduplicates(&self) -> bool {
+        true
+    }
+
     async fn handle_batch(&self, tx: &mut Tx, events: &[Envelope]) -> Result<(), HandlerError> {
         let mut clicks = Vec::with_capacity(events.len());
         for e in events {
@@ -580,9 +611,9 @@ impl Handler for Ingest {
             }
         }
         if !clicks.is_empty() {
-            store_clicks(tx, &clicks).await?;
+            let stored = store_clicks(tx, &clicks).await?;
             metrics::counter!("analytics_clicks_ingested_total", "service" => self.service)
-                .increment(clicks.len() as u64);
+                .increment(stored as u64);
         }
         Ok(())
     }

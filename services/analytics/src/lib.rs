@@ -46,6 +46,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             postgres: include_str!("../migrations/postgres/0002_filtered_rollups.sql"),
             sqlite: include_str!("../migrations/sqlite/0002_filtered_rollups.sql"),
         },
+        Migration {
+            version: "0003_events_keyed_by_event",
+            postgres: include_str!("../migrations/postgres/0003_events_keyed_by_event.sql"),
+            sqlite: include_str!("../migrations/sqlite/0003_events_keyed_by_event.sql"),
+        },
     ],
 };
 

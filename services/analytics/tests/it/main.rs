@@ -398,6 +398,26 @@ async fn every_analytics_route_is_in_the_openapi_document() {
     app.stop().await;
 }
 
+/// Analytics' database alone, on the engines from the environment, with `migrations` applied.
+struct Store {
+    engines: testkit::Engines,
+    config: kernel::config::Config,
+    isolation: testkit::Isolation,
+    backend: kernel::platform::DbBackend,
+    db: kernel::db::Db,
+}
+
+async fn store(migrations: kernel::db::Migrations) -> Store {
+    let engines = testkit::Engines::from_env();
+    let (env, isolation) = testkit::test_env(&engines, &[]).await;
+    let (config, _) =
+        kernel::config::Config::load_from(None, &env, &kernel::config::Overrides::default()).unwrap();
+    let backend = kernel::platform::DbBackend::connect(&config).await.unwrap();
+    backend.migrate(&[migrations]).await.unwrap();
+    let db = backend.db("analytics").await.unwrap();
+    Store { engines, config, isolation, backend, db }
+}
+
 /// Clicks stored before the pair rollups existed are in them after the
 /// migration: a workspace filtered by one dimension answers the same from
 /// backfilled rows as from rows the consumer wrote, and the same as the cube.
@@ -407,14 +427,8 @@ async fn the_filtered_rollups_migration_backfills_clicks_stored_before_it() {
     use kernel::db::{Id, Migrations, Timestamp, Tx};
     use kernel::events::Handler;
 
-    let engines = testkit::Engines::from_env();
-    let (env, isolation) = testkit::test_env(&engines, &[]).await;
-    let (config, _) =
-        kernel::config::Config::load_from(None, &env, &kernel::config::Overrides::default()).unwrap();
-    let backend = kernel::platform::DbBackend::connect(&config).await.unwrap();
     let before = Migrations { schema: "analytics", steps: &analytics::MIGRATIONS.steps[..1] };
-    backend.migrate(&[before]).await.unwrap();
-    let db = backend.db("analytics").await.unwrap();
+    let Store { engines, config, isolation, backend, db } = store(before).await;
 
     let now = time::OffsetDateTime::now_utc();
     let link = uuid::Uuid::now_v7();
@@ -520,7 +534,7 @@ async fn the_filtered_rollups_migration_backfills_clicks_stored_before_it() {
     tx.commit().await.unwrap();
 
     let applied = backend.migrate(&[analytics::MIGRATIONS]).await.unwrap();
-    assert_eq!(applied, vec!["analytics/0002_filtered_rollups".to_string()]);
+    assert_eq!(applied, ["analytics/0002_filtered_rollups", "analytics/0003_events_keyed_by_event"]);
     // Without tenant A's cube rows, only the new rollups can answer its filtered
     // workspace reads.
     let mut tx = db.begin(a).await.unwrap();
@@ -617,6 +631,96 @@ async fn the_filtered_rollups_migration_backfills_clicks_stored_before_it() {
             (matching + repeated, visitors),
             "{name}={value}"
         );
+    }
+    testkit::cleanup(&engines, &config, &isolation).await;
+}
+
+/// A click event delivered again (a relay that crashed after publishing and
+/// before clearing its outbox) is counted once.
+#[tokio::test]
+async fn a_click_delivered_twice_is_counted_once() {
+    let app = spawn().await;
+    let tenant = TenantId::new();
+    let t = token(tenant);
+    let (a, b) = (
+        create_link(&app, &t, json!({ "url": "https://example.com/a" })).await,
+        create_link(&app, &t, json!({ "url": "https://example.com/b" })).await,
+    );
+    let path = |link: &Value| format!("/v1/analytics/links/{}/summary", link["id"].as_str().unwrap());
+    known(&app, &t, &path(&a)).await;
+    known(&app, &t, &path(&b)).await;
+    let click = |link: &Value| {
+        Envelope::new(
+            "link.clicked",
+            tenant,
+            "anonymous",
+            json!({
+                "link_id": link["id"], "country": "US", "device": "desktop", "browser": "firefox",
+                "os": "linux", "referrer_host": null, "bot": "human", "visitor": "0123456789abcdef0123",
+            }),
+        )
+    };
+    let routing = app.db("routing");
+    let once = click(&a);
+    routing.outbox_reinsert(&once).await.unwrap();
+    summary_with(&app, &t, &path(&a), 1).await;
+    // The same event again, then a click on the other link behind it: once
+    // that one is counted, the repeat has been through the consumer too.
+    routing.outbox_reinsert(&once).await.unwrap();
+    routing.outbox_reinsert(&click(&b)).await.unwrap();
+    summary_with(&app, &t, &path(&b), 1).await;
+    let (_, s) = get(&app, &path(&a), &t).await;
+    assert_eq!((s["clicks"].as_i64(), s["unique_visitors"].as_i64()), (Some(1), Some(1)), "{s}");
+    app.stop().await;
+}
+
+/// The consumer itself skips clicks it has stored (it keeps no inbox rows
+/// for them): a batch applied twice, with one click twice in it, counts each
+/// click once, on either engine.
+#[tokio::test]
+async fn a_batch_applied_twice_counts_each_click_once() {
+    use analytics::query::{Params, Scope, parse, summary};
+    use kernel::events::Handler;
+
+    let Store { engines, config, isolation, db, .. } = store(analytics::MIGRATIONS).await;
+    let ingest = analytics::ingest::Ingest { service: "test" };
+    assert!(ingest.deduplicates());
+
+    let tenant = TenantId::new();
+    let link = uuid::Uuid::now_v7();
+    let events: Vec<Envelope> = ["US", "DE", "US", "FR"]
+        .iter()
+        .enumerate()
+        .map(|(i, country)| {
+            Envelope::new(
+                "link.clicked",
+                tenant,
+                "anonymous",
+                json!({
+                    "link_id": link, "country": country, "device": "mobile", "browser": "safari",
+                    "os": "ios", "referrer_host": null, "bot": "human", "visitor": format!("{i:0<32}"),
+                }),
+            )
+        })
+        .collect();
+    let mut first = events.clone();
+    first.push(events[0].clone());
+    for batch in [&first[..], &events[1..3], &events[..]] {
+        let mut tx = db.begin(tenant).await.unwrap();
+        ingest.handle_batch(&mut tx, batch).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let q =
+        |filter: Value| parse(&serde_json::from_value::<Params>(filter).unwrap(), now + 3600, 400).unwrap();
+    let workspace = Scope { kind: "workspace", key: None, label: "workspace".into(), subjects: Vec::new() };
+    let one = Scope { kind: "link", key: None, label: "link".into(), subjects: vec![link] };
+    for scope in [&workspace, &one] {
+        let s = summary(&db, tenant, scope, &q(json!({}))).await.unwrap();
+        assert_eq!((s.clicks, s.unique_visitors), (4, 4), "{}", scope.kind);
+        let us = summary(&db, tenant, scope, &q(json!({ "country": "US" }))).await.unwrap();
+        assert_eq!((us.clicks, us.unique_visitors), (2, 2), "{}", scope.kind);
     }
     testkit::cleanup(&engines, &config, &isolation).await;
 }
