@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use kernel::db::{Id, Tx};
+use kernel::db::{Id, Savepoint, Tx};
 use kernel::events::{Envelope, Handler, HandlerError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -223,10 +223,18 @@ const SKETCHES_PUT_PG: &str = "insert into analytics.sketches (tenant_id, subjec
 // SQLite's binary JSON, so the `->>` reads index it instead of parsing the
 // row's text again (`json_each` turned every row back into text, and every
 // `->>` parsed it). `where true` lets an upsert follow a select.
-const RAW_LITE: &str = "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
-     country, device, browser, os, referrer, bot, visitor) select $1, value->>0, value->>1, value->>2, value->>3, \
-     value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 from jsonb_each($2) \
-     where true on conflict do nothing returning event_id";
+macro_rules! raw_lite {
+    () => {
+        "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
+         country, device, browser, os, referrer, bot, visitor) select $1, value->>0, value->>1, value->>2, value->>3, \
+         value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 \
+         from jsonb_each($2) where true on conflict do nothing"
+    };
+}
+const RAW_LITE: &str = raw_lite!();
+const RAW_LITE_LISTED: &str = concat!(raw_lite!(), " returning event_id");
+/// Around the raw insert on SQLite, so that a redelivered batch can be undone and inserted again.
+const RAW_SAVEPOINT: Savepoint = Savepoint::new("raw_events");
 const CUBE_LITE: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
      select $1, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8 \
      from jsonb_each($2) where true on conflict (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot) \
@@ -411,7 +419,20 @@ async fn store_raw<'c>(tx: &mut Tx, clicks: &'c [Click]) -> Result<Vec<&'c Click
                     referrer, bot, &c.visitor,
                 )
             }))?;
-            t.fetch_all(t.query_as(RAW_LITE).bind(raw)).await?
+            // Nearly always every click is new, and a count says so: rows
+            // returned by SQLite cross from its thread one at a time (a wake-up
+            // each). A short count means a redelivery: undo, and insert again
+            // listing what was new.
+            t.savepoint(RAW_SAVEPOINT).await?;
+            let inserted = t.execute(t.query(RAW_LITE).bind(raw.as_str())).await?;
+            if usize::try_from(inserted).is_ok_and(|n| n == clicks.len()) {
+                t.release(RAW_SAVEPOINT).await?;
+                return Ok(clicks.iter().collect());
+            }
+            t.rollback_to(RAW_SAVEPOINT).await?;
+            let stored = t.fetch_all(t.query_as(RAW_LITE_LISTED).bind(raw)).await?;
+            t.release(RAW_SAVEPOINT).await?;
+            stored
         }
     };
     if stored.len() == clicks.len() {

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 pub use migrate::{Migration, Migrations};
 pub use pg::{PgBackend, PgDb};
 pub use sqlite::{SqliteBackend, SqliteDb};
-pub use tx::{PgGlobalTx, PgTx, Scoped, SqliteGlobalTx, SqliteTx};
+pub use tx::{PgGlobalTx, PgTx, Savepoint, Scoped, SqliteGlobalTx, SqliteTx};
 pub use types::{Id, Timestamp};
 
 use crate::problem::Problem;

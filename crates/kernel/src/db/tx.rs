@@ -18,6 +18,33 @@ pub struct Scoped<Q> {
     inner: Result<Q, DbError>,
 }
 
+/// A named savepoint inside a transaction (see `savepoint` on the transaction
+/// types). The name is an SQL identifier, checked when the value is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Savepoint(&'static str);
+
+impl Savepoint {
+    /// A savepoint called `name`: a lower-case letter, then lower-case letters,
+    /// digits or `_`. Anything else is a programming error, caught at compile
+    /// time when this is used in a `const`.
+    pub const fn new(name: &'static str) -> Self {
+        let b = name.as_bytes();
+        assert!(
+            !b.is_empty() && b.len() <= 63 && b[0].is_ascii_lowercase(),
+            "a savepoint name is an identifier"
+        );
+        let mut i = 1;
+        while i < b.len() {
+            assert!(
+                b[i].is_ascii_lowercase() || b[i].is_ascii_digit() || b[i] == b'_',
+                "a savepoint name is an identifier"
+            );
+            i += 1;
+        }
+        Self(name)
+    }
+}
+
 /// A statement must compare `tenant_id` with `$1` (not `$10`) and must not touch
 /// the session's role or settings, which row-level security relies on.
 pub(crate) fn check(sql: &'static str) -> Result<(), DbError> {
@@ -127,6 +154,28 @@ macro_rules! tx_common {
             (O,): Send + Unpin + for<'r> FromRow<'r, <$DB as Database>::Row>,
         {
             Ok(q.inner?.fetch_one(&mut *self.tx).await?)
+        }
+
+        /// Sets a savepoint: what follows can be undone with
+        /// [`rollback_to`](Self::rollback_to) while the transaction goes on.
+        /// Pair it with [`release`](Self::release).
+        pub async fn savepoint(&mut self, point: Savepoint) -> Result<(), DbError> {
+            self.savepoint_statement("savepoint", point).await
+        }
+
+        /// Undoes everything since `point` was set; the savepoint stays set.
+        pub async fn rollback_to(&mut self, point: Savepoint) -> Result<(), DbError> {
+            self.savepoint_statement("rollback to savepoint", point).await
+        }
+
+        /// Keeps what was done since `point` and forgets the savepoint.
+        pub async fn release(&mut self, point: Savepoint) -> Result<(), DbError> {
+            self.savepoint_statement("release savepoint", point).await
+        }
+
+        async fn savepoint_statement(&mut self, verb: &str, point: Savepoint) -> Result<(), DbError> {
+            sqlx::query(AssertSqlSafe(format!("{verb} {}", point.0))).execute(&mut *self.tx).await?;
+            Ok(())
         }
 
         /// Commits, then wakes the outbox relay if an event was written.

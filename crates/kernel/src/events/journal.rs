@@ -33,8 +33,9 @@ use super::{Bus, Envelope, EnvelopeOf};
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Most events published at once.
 const BATCH: usize = 512;
-/// Bytes read per step of the drainer.
-const READ_CHUNK: usize = 1024 * 1024;
+/// Bytes read per step of the drainer: a batch of clicks (about 450 bytes
+/// each) with room to spare, and more than the largest record.
+const READ_CHUNK: usize = 512 * 1024;
 /// Largest record (a click is well under 2 KiB).
 const MAX_RECORD: usize = 256 * 1024;
 /// Slots tried per journal before giving up.
@@ -339,6 +340,25 @@ fn read_records(file: &File, offset: u64, buf: &mut Vec<u8>) -> std::io::Result<
     Ok(read)
 }
 
+/// A read of the records after a batch, made on the blocking pool while that
+/// batch is published: decoding the next batch overlaps the consumers applying
+/// this one.
+struct Ahead {
+    /// Where it reads.
+    at: Position,
+    /// The segment being written before the read began, as `drain_slot` takes
+    /// it before each of its own reads.
+    writing: Option<u64>,
+    read: JoinHandle<std::io::Result<(Read, Vec<u8>)>>,
+}
+
+fn read_ahead(file: &Arc<File>, at: Position, writing: Option<u64>, mut buf: Vec<u8>) -> Ahead {
+    let file = file.clone();
+    let read =
+        tokio::task::spawn_blocking(move || read_records(&file, at.offset, &mut buf).map(|r| (r, buf)));
+    Ahead { at, writing, read }
+}
+
 /// Where drained events go, and when.
 #[derive(Clone)]
 struct Gate {
@@ -371,8 +391,9 @@ async fn drain_slot(
         Some(p) if p.segment >= first => p,
         _ => Position { segment: first, offset: 0 },
     };
-    let mut file: Option<File> = None;
+    let mut file: Option<Arc<File>> = None;
     let mut buf = Vec::new();
+    let mut ahead: Option<Ahead> = None;
     let mut backoff = Duration::from_millis(50);
     let mut stopping = false;
     let mut deadline = None;
@@ -385,33 +406,55 @@ async fn drain_slot(
                 return Ok(());
             }
         }
-        let writing = source.writing();
-        if file.is_none() {
-            match File::open(segment_path(slot, at.segment)) {
-                Ok(f) => file = Some(f),
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    // Deleted after a checkpoint, or never written: go to the next one.
-                    match segments(slot)?.into_iter().find(|s| *s > at.segment) {
-                        Some(next) => {
-                            at = Position { segment: next, offset: 0 };
-                            continue;
+        // The read made while the last batch was published, when it is of
+        // this spot and found events; at the tail, read again (records may
+        // have come during the publish).
+        let ready = match ahead.take() {
+            Some(a) if a.at == at && file.is_some() => {
+                let (read, spare) = a.read.await.map_err(std::io::Error::other)??;
+                buf = spare;
+                (!read.events.is_empty()).then_some((a.writing, read))
+            }
+            _ => None,
+        };
+        let (writing, read) = match ready {
+            Some(ready) => ready,
+            None => {
+                let writing = source.writing();
+                if file.is_none() {
+                    match File::open(segment_path(slot, at.segment)) {
+                        Ok(f) => file = Some(Arc::new(f)),
+                        Err(e) if e.kind() == ErrorKind::NotFound => {
+                            // Deleted after a checkpoint, or never written: go to the next one.
+                            match segments(slot)?.into_iter().find(|s| *s > at.segment) {
+                                Some(next) => {
+                                    at = Position { segment: next, offset: 0 };
+                                    continue;
+                                }
+                                None if writing.is_none() => return Ok(()),
+                                None => {}
+                            }
                         }
-                        None if writing.is_none() => return Ok(()),
-                        None => {}
+                        Err(e) => return Err(e),
                     }
                 }
-                Err(e) => return Err(e),
+                let read = match &file {
+                    Some(f) => read_records(f, at.offset, &mut buf)?,
+                    None => Read { events: Vec::new(), next: at.offset, clean_end: true },
+                };
+                (writing, read)
             }
-        }
-        let read = match &file {
-            Some(f) => read_records(f, at.offset, &mut buf)?,
-            None => Read { events: Vec::new(), next: at.offset, clean_end: true },
         };
         let finished = writing.is_none_or(|w| at.segment < w);
         if !read.events.is_empty() {
             let count = read.events.len();
             // Shared, not lent: the in-process consumers take the batch as it is.
             let events: Arc<[Envelope]> = read.events.into();
+            // Decode what follows on another thread while the consumers apply this.
+            if let Some(f) = &file {
+                let next = Position { segment: at.segment, offset: read.next };
+                ahead = Some(read_ahead(f, next, source.writing(), std::mem::take(&mut buf)));
+            }
             match bus.publish_shared(events).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
@@ -421,6 +464,7 @@ async fn drain_slot(
                         .increment(count as u64);
                 }
                 Err(e) => {
+                    ahead = None;
                     tracing::warn!(journal = %name, error = %e, "publishing journal events failed; will retry");
                     if stopping {
                         return Ok(());
