@@ -162,7 +162,7 @@ impl Handler for StatsHandler {
         if !kernel::background::current() {
             ON_REQUEST_THREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        if event.data.get("body").and_then(|b| b.as_str()) == Some("poison") {
+        if event.data.value().get("body").and_then(|b| b.as_str()) == Some("poison") {
             return Err(HandlerError::Reject("poison note".into()));
         }
         let sql = match event.event_type.as_str() {

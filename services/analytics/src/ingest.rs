@@ -80,7 +80,9 @@ fn bounded(field: &str, v: String, max: usize) -> Result<String, HandlerError> {
 
 /// Reads a click or scan; a malformed one is rejected (dead-lettered by the kernel).
 pub(crate) fn parse_click(e: &Envelope) -> Result<Click, HandlerError> {
-    let d = ClickData::deserialize(&e.data)
+    let d = e
+        .data
+        .parse::<ClickData>()
         .map_err(|err| HandlerError::Reject(format!("not a click event: {err}")))?;
     let kind = if e.event_type == "qr.scanned" { "scan" } else { "click" };
     let subject = match (kind, d.qr_id) {
@@ -146,7 +148,9 @@ struct Subject {
 }
 
 fn parse_subject(e: &Envelope) -> Result<Subject, HandlerError> {
-    let d = SubjectData::deserialize(&e.data)
+    let d = e
+        .data
+        .parse::<SubjectData>()
         .map_err(|err| HandlerError::Reject(format!("not a link or QR event: {err}")))?;
     if d.tenant_id.is_some_and(|t| t != e.tenant_id) {
         return Err(HandlerError::Reject("the subject's tenant is not the event's".into()));

@@ -277,7 +277,7 @@ async fn read(
 
 /// What the live stream shows of a click: no visitor id, nothing beyond the summary's dimensions.
 fn live(e: &Envelope) -> serde_json::Value {
-    let d = &e.data;
+    let d = e.data.value();
     json!({
         "event_id": e.event_id,
         "type": e.event_type,

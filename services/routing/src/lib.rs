@@ -159,8 +159,8 @@ struct RoutesHandler {
 impl Handler for RoutesHandler {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
         if event.event_type.starts_with("domain.") {
-            let d: links::store::DomainEvent = serde_json::from_value(event.data.clone())
-                .map_err(|e| HandlerError::Reject(format!("not a domain event: {e}")))?;
+            let d: links::store::DomainEvent =
+                event.data.parse().map_err(|e| HandlerError::Reject(format!("not a domain event: {e}")))?;
             if d.tenant_id != event.tenant_id {
                 return Err(HandlerError::Reject("the domain's tenant is not the event's".into()));
             }
@@ -174,16 +174,16 @@ impl Handler for RoutesHandler {
             return Ok(());
         }
         let (domain, slug, link_id, text, version) = if event.event_type.starts_with("qr.") {
-            let qr: QrRoute = serde_json::from_value(event.data.clone())
-                .map_err(|e| HandlerError::Reject(format!("not a QR event: {e}")))?;
+            let qr: QrRoute =
+                event.data.parse().map_err(|e| HandlerError::Reject(format!("not a QR event: {e}")))?;
             if qr.tenant_id != event.tenant_id {
                 return Err(HandlerError::Reject("the QR code's tenant is not the event's".into()));
             }
             let text = serde_json::to_string(&qr).map_err(|e| HandlerError::Reject(e.to_string()))?;
             (QR_DOMAIN.to_string(), qr.code, qr.link_id, text, qr.version)
         } else {
-            let mut record: RouteRecord = serde_json::from_value(event.data.clone())
-                .map_err(|e| HandlerError::Reject(format!("not a link event: {e}")))?;
+            let mut record: RouteRecord =
+                event.data.parse().map_err(|e| HandlerError::Reject(format!("not a link event: {e}")))?;
             if record.tenant_id != event.tenant_id {
                 return Err(HandlerError::Reject("the link's tenant is not the event's".into()));
             }
@@ -207,7 +207,8 @@ impl Handler for RoutesHandler {
     async fn committed(&self, events: &[Envelope]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for e in events {
-            let field = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let data = e.data.value();
+            let field = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
             if e.event_type.starts_with("domain.") {
                 let _ = self.kernel.cache.delete(&format!("domain:{}", field("hostname"))).await;
             } else if e.event_type.starts_with("qr.") {

@@ -9,7 +9,7 @@ use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{AssertSqlSafe, Database, Encode, FromRow, Postgres, Sqlite, Type};
 
 use super::{DbError, SchemaShared};
-use crate::events::Envelope;
+use crate::events::{Envelope, Payload};
 use crate::tenant::TenantId;
 
 /// A statement already bound to a transaction's tenant; bind the rest with `bind`.
@@ -77,7 +77,18 @@ pub(crate) fn check(sql: &'static str) -> Result<(), DbError> {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{Savepoint, check};
+
+    #[test]
+    #[should_panic(expected = "a savepoint name is an identifier")]
+    fn a_savepoint_name_that_is_not_an_identifier_is_refused() {
+        let _ = Savepoint::new("raw; drop table x");
+    }
+
+    #[test]
+    fn a_savepoint_name_may_hold_digits_and_underscores() {
+        assert_eq!(Savepoint::new("raw_events2").0, "raw_events2");
+    }
 
     #[test]
     fn only_statements_bound_to_the_tenant_pass() {
@@ -265,7 +276,7 @@ macro_rules! tenant_tx {
             /// Writes an event into this service's outbox in this transaction: it is
             /// published if and only if the transaction commits.
             pub async fn emit<T: Serialize>(&mut self, event_type: &str, actor: &str, data: &T) -> Result<Envelope, DbError> {
-                let envelope = Envelope::new(event_type, self.tenant, actor, serde_json::to_value(data)?);
+                let envelope = Envelope::new(event_type, self.tenant, actor, Payload::of(data)?);
                 self.emit_envelope(&envelope).await?;
                 Ok(envelope)
             }
@@ -406,7 +417,7 @@ impl PgGlobalTx {
         actor: &str,
         data: &T,
     ) -> Result<Envelope, DbError> {
-        let envelope = Envelope::new(event_type, tenant, actor, serde_json::to_value(data)?);
+        let envelope = Envelope::new(event_type, tenant, actor, Payload::of(data)?);
         if !crate::events::valid_event_type(&envelope.event_type) {
             return Err(DbError::InvalidEvent(envelope.event_type.clone()));
         }
@@ -437,7 +448,7 @@ impl SqliteGlobalTx {
         actor: &str,
         data: &T,
     ) -> Result<Envelope, DbError> {
-        let envelope = Envelope::new(event_type, tenant, actor, serde_json::to_value(data)?);
+        let envelope = Envelope::new(event_type, tenant, actor, Payload::of(data)?);
         if !crate::events::valid_event_type(&envelope.event_type) {
             return Err(DbError::InvalidEvent(envelope.event_type.clone()));
         }

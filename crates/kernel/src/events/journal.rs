@@ -558,7 +558,7 @@ mod tests {
         let mut seen = Vec::new();
         while seen.len() < n {
             let e = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
-            seen.push(e.data["n"].as_u64().unwrap());
+            seen.push(e.data.value()["n"].as_u64().unwrap());
         }
         seen
     }
@@ -589,6 +589,25 @@ mod tests {
         let left = segments(&dir.join("0")).unwrap();
         assert_eq!(left.len(), 1, "only the segment being written is kept: {left:?}");
         assert!(left[0] > 5, "200 records of ~200 bytes filled several 4 KiB segments");
+        shutdown.cancel();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_many_batches_is_published_once_each_and_in_order() {
+        let dir = temp_dir();
+        // Left by a dead process: two segments of several full batches each,
+        // so reads made ahead cross batch and segment boundaries.
+        write_segment(&dir.join("0"), 0, &(0..1300).map(event).collect::<Vec<_>>(), false);
+        write_segment(&dir.join("0"), 1, &(1300..2200).map(event).collect::<Vec<_>>(), false);
+        let (journal, mut published, shutdown) = open(&dir, SEGMENT_BYTES).await;
+        assert_eq!(next_n(&mut published, 2200).await, (0..2200).collect::<Vec<_>>());
+        journal.append(&event(5000)).unwrap();
+        assert_eq!(
+            next_n(&mut published, 1).await,
+            vec![5000],
+            "nothing published twice, then the new append"
+        );
         shutdown.cancel();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ struct Decoded {
     unreadable: Vec<(String, String)>,
 }
 
-fn decode(rows: Vec<(i64, Json<Value>)>) -> Decoded {
+fn decode(rows: Vec<(i64, Json<Box<RawValue>>)>) -> Decoded {
     let mut d = Decoded {
         seqs: Vec::with_capacity(rows.len()),
         events: Vec::with_capacity(rows.len()),
@@ -31,11 +31,11 @@ fn decode(rows: Vec<(i64, Json<Value>)>) -> Decoded {
     };
     for (seq, Json(payload)) in rows {
         d.seqs.push(seq);
-        match serde_json::from_value::<Envelope>(payload.clone()) {
+        match serde_json::from_str::<Envelope>(payload.get()) {
             Ok(e) => d.events.push(e),
-            Err(e) => {
-                d.unreadable.push((payload.to_string(), format!("outbox row {seq} is not an envelope: {e}")))
-            }
+            Err(e) => d
+                .unreadable
+                .push((payload.get().to_string(), format!("outbox row {seq} is not an envelope: {e}"))),
         }
     }
     d
@@ -65,11 +65,12 @@ pub async fn relay_once(db: &Db, bus: &dyn Bus) -> Result<usize, BusError> {
             if !locked {
                 return Ok(0);
             }
-            let rows: Vec<(i64, Json<Value>)> = sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
-                .bind(BATCH)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(crate::db::DbError::from)?;
+            let rows: Vec<(i64, Json<Box<RawValue>>)> =
+                sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
+                    .bind(BATCH)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(crate::db::DbError::from)?;
             if rows.is_empty() {
                 return Ok(0);
             }
@@ -86,11 +87,12 @@ pub async fn relay_once(db: &Db, bus: &dyn Bus) -> Result<usize, BusError> {
         Db::Sqlite(lite) => {
             // Read and publish without holding the single writer: in-process
             // consumers of this very service need it to apply the events.
-            let rows: Vec<(i64, Json<Value>)> = sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
-                .bind(BATCH)
-                .fetch_all(lite.reader())
-                .await
-                .map_err(crate::db::DbError::from)?;
+            let rows: Vec<(i64, Json<Box<RawValue>>)> =
+                sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
+                    .bind(BATCH)
+                    .fetch_all(lite.reader())
+                    .await
+                    .map_err(crate::db::DbError::from)?;
             let Some(last) = rows.last().map(|(seq, _)| *seq) else { return Ok(0) };
             let d = decode(rows);
             publish(db, bus, &d).await?;

@@ -76,8 +76,8 @@ async fn clicks_carry_the_visitors_country_and_geo_targets_follow_it() {
         (c.len() >= 2).then_some(c)
     })
     .await;
-    assert_eq!(clicks[0].data["country"], "FR");
-    assert_eq!(clicks[1].data["country"], "DE");
+    assert_eq!(clicks[0].data.value()["country"], "FR");
+    assert_eq!(clicks[1].data.value()["country"], "DE");
     let (status, _) = call(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     app.stop().await;

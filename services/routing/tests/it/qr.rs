@@ -86,8 +86,8 @@ async fn a_qr_code_image_decodes_to_its_scan_url_and_a_scan_is_attributed_to_it(
     })
     .await;
     assert_eq!(scan.tenant_id, tenant);
-    assert_eq!(scan.data["qr_id"], qr["id"]);
-    assert_eq!(scan.data["link_id"], link["id"]);
+    assert_eq!(scan.data.value()["qr_id"], qr["id"]);
+    assert_eq!(scan.data.value()["link_id"], link["id"]);
     app.stop().await;
 }
 

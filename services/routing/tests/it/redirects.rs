@@ -143,22 +143,30 @@ async fn each_redirect_records_a_classified_click_without_the_address() {
     for c in &clicks {
         assert_eq!(c.event_type, "link.clicked");
         assert_eq!(c.tenant_id, tenant);
-        assert_eq!(c.data["link_id"], link["id"]);
-        let text = c.data.to_string();
+        assert_eq!(c.data.value()["link_id"], link["id"]);
+        let text = c.data.json().to_string();
         assert!(!text.contains("127.0.0.1"), "no raw address in {text}");
-        assert_eq!(c.data["visitor"].as_str().unwrap().len(), 32);
+        assert_eq!(c.data.value()["visitor"].as_str().unwrap().len(), 32);
     }
-    let first = &clicks[0].data;
+    let first = clicks[0].data.value();
     assert_eq!(
         (first["browser"].as_str(), first["os"].as_str(), first["device"].as_str(), first["bot"].as_str()),
         (Some("safari"), Some("ios"), Some("mobile"), Some("human"))
     );
     assert_eq!(first["referrer_host"], "news.example");
-    assert_eq!(clicks[0].data["visitor"], clicks[1].data["visitor"], "the same visitor on the same day");
-    assert_ne!(clicks[0].data["visitor"], clicks[2].data["visitor"], "another browser is another visitor");
-    assert_eq!(clicks[2].data["device"], "desktop");
-    assert_eq!(clicks[3].data["bot"], "link-preview");
-    assert_eq!(clicks[4].data["bot"], "head-probe");
+    assert_eq!(
+        clicks[0].data.value()["visitor"],
+        clicks[1].data.value()["visitor"],
+        "the same visitor on the same day"
+    );
+    assert_ne!(
+        clicks[0].data.value()["visitor"],
+        clicks[2].data.value()["visitor"],
+        "another browser is another visitor"
+    );
+    assert_eq!(clicks[2].data.value()["device"], "desktop");
+    assert_eq!(clicks[3].data.value()["bot"], "link-preview");
+    assert_eq!(clicks[4].data.value()["bot"], "head-probe");
     // The API never shows clicks of another tenant's link to this one's caller.
     let (status, _) = call(
         &app,
