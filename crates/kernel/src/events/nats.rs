@@ -71,6 +71,25 @@ impl NatsBus {
         Ok(())
     }
 
+    /// The durable pull consumer of one consumer and event type, created or
+    /// updated: a durable made by an older build gets this configuration.
+    async fn durable(&self, name: &str, event_type: &str) -> Result<consumer::PullConsumer, String> {
+        let stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
+        let durable = format!("{name}-{event_type}").replace(['.', ' ', '*', '>'], "_");
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(durable),
+                ack_policy: consumer::AckPolicy::Explicit,
+                filter_subject: self.subject(event_type),
+                // Redelivery after a crash; the inbox makes a duplicate harmless.
+                ack_wait: Duration::from_secs(10),
+                max_ack_pending: MAX_ACK_PENDING,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn subject(&self, event_type: &str) -> String {
         format!("{}.{event_type}", self.stream)
     }
@@ -105,24 +124,9 @@ impl Bus for NatsBus {
         shutdown: CancellationToken,
     ) -> Result<Vec<JoinHandle<()>>, BusError> {
         let err = |e: String| BusError::Consumer { consumer: consumer.name.to_string(), message: e };
-        let stream = self.js.get_stream(&self.stream).await.map_err(|e| err(e.to_string()))?;
         let mut tasks = Vec::new();
         for event_type in consumer.event_types {
-            let durable = format!("{}-{}", consumer.name, event_type).replace(['.', ' ', '*', '>'], "_");
-            let pull: consumer::PullConsumer = stream
-                .get_or_create_consumer(
-                    &durable,
-                    consumer::pull::Config {
-                        durable_name: Some(durable.clone()),
-                        ack_policy: consumer::AckPolicy::Explicit,
-                        filter_subject: self.subject(event_type),
-                        // Redelivery after a crash; the inbox makes a duplicate harmless.
-                        ack_wait: Duration::from_secs(10),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| err(e.to_string()))?;
+            let pull = self.durable(consumer.name, event_type).await.map_err(err)?;
             let (consumer, db, shutdown) = (consumer.clone(), db.clone(), shutdown.clone());
             tasks.push(tokio::spawn(async move {
                 run_pull(pull, consumer, db, shutdown).await;
@@ -163,11 +167,30 @@ impl Bus for NatsBus {
     }
 }
 
+/// Most messages asked for per pull, and most applied as one batch.
+const PULL_BATCH: usize = 512;
+/// Messages a consumer may hold delivered but unacknowledged, over all its
+/// instances. With JetStream's default (1000) the click consumer was seen to
+/// stall for tens of seconds under load: the server showed 1000
+/// unacknowledged and no pull request waiting.
+const MAX_ACK_PENDING: i64 = 20_000;
+/// A pull request's lifetime, and the heartbeat that shows it is alive: a
+/// stream that stops receiving recovers within seconds.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
 async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         // Small pull batches keep few messages in flight: what is in flight at a stop
         // waits for ack_wait unless it is given back (see the drain below).
-        let messages = match pull.stream().max_messages_per_batch(64).messages().await {
+        let messages = match pull
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(consumer = consumer.name, error = %e, "cannot pull from JetStream; retrying");
@@ -175,7 +198,7 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
             }
         };
         // Take whatever is ready (up to 256) as one batch: low latency when idle, batches under load.
-        let mut chunks = messages.ready_chunks(256);
+        let mut chunks = messages.ready_chunks(PULL_BATCH);
         loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -237,5 +260,43 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_durable_an_older_build_made_gets_the_kernels_ack_limit() {
+        let Ok(url) = std::env::var("SIGNPOST_TEST_NATS_URL") else {
+            eprintln!("skipped: needs SIGNPOST_TEST_NATS_URL");
+            return;
+        };
+        let name = format!("kernel_test_{}", uuid::Uuid::now_v7().simple());
+        let bus = NatsBus::connect(&Secret::new(url), &name).await.unwrap();
+        // As older builds made it: JetStream's default limit of 1000 unacknowledged.
+        let stream = bus.js.get_stream(&name).await.unwrap();
+        let mut old = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("t-note_viewed".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                filter_subject: bus.subject("note.viewed"),
+                ack_wait: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(old.info().await.unwrap().config.max_ack_pending, 1000);
+        let mut now = bus.durable("t", "note.viewed").await.unwrap();
+        let config = &now.info().await.unwrap().config;
+        assert_eq!(config.max_ack_pending, MAX_ACK_PENDING);
+        assert_eq!(
+            config.durable_name.as_deref(),
+            Some("t-note_viewed"),
+            "the same durable, not a second one"
+        );
+        bus.delete_stream().await.unwrap();
     }
 }
