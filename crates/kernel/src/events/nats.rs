@@ -178,6 +178,8 @@ const MAX_ACK_PENDING: i64 = 20_000;
 /// stream that stops receiving recovers within seconds.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a short batch waits for more messages.
+const GATHER: Duration = Duration::from_millis(5);
 
 async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
@@ -200,7 +202,7 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
         // Take whatever is ready (up to 256) as one batch: low latency when idle, batches under load.
         let mut chunks = messages.ready_chunks(PULL_BATCH);
         loop {
-            let chunk = tokio::select! {
+            let mut chunk = tokio::select! {
                 _ = shutdown.cancelled() => {
                     // Give back what was delivered to us but not handled, so the next
                     // consumer (a restart, another instance) gets it in a second, not
@@ -215,6 +217,16 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                 }
                 c = chunks.next() => match c { Some(c) => c, None => break },
             };
+            // A short batch waits a moment for more: each batch is a database
+            // transaction of a dozen round trips whatever its size, and what
+            // arrives while one is applied is too little to keep up under load.
+            let gather = tokio::time::Instant::now() + GATHER;
+            while chunk.len() < PULL_BATCH {
+                match tokio::time::timeout_at(gather, chunks.next()).await {
+                    Ok(Some(more)) => chunk.extend(more),
+                    _ => break,
+                }
+            }
             let mut batch = Vec::with_capacity(chunk.len());
             let mut msgs = Vec::with_capacity(chunk.len());
             for item in chunk {
