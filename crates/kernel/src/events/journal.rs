@@ -407,13 +407,13 @@ async fn drain_slot(
             }
         }
         // The read made while the last batch was published, when it is of
-        // this spot and found events; at the tail, read again (records may
-        // have come during the publish).
+        // this spot and got past something; at the tail, read again (records
+        // may have come during the publish).
         let ready = match ahead.take() {
             Some(a) if a.at == at && file.is_some() => {
                 let (read, spare) = a.read.await.map_err(std::io::Error::other)??;
                 buf = spare;
-                (!read.events.is_empty()).then_some((a.writing, read))
+                (read.next != a.at.offset).then_some((a.writing, read))
             }
             _ => None,
         };

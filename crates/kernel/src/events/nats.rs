@@ -183,8 +183,8 @@ const GATHER: Duration = Duration::from_millis(5);
 
 async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
-        // Small pull batches keep few messages in flight: what is in flight at a stop
-        // waits for ack_wait unless it is given back (see the drain below).
+        // What is in flight at a stop is given back (see the drain below); what
+        // arrives after it, or was in flight at a crash, waits for ack_wait.
         let messages = match pull
             .stream()
             .max_messages_per_batch(PULL_BATCH)
@@ -199,23 +199,29 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
             }
         };
-        // Take whatever is ready (up to 256) as one batch: low latency when idle, batches under load.
+        // Take whatever is ready (up to a pull) as one batch: low latency when idle, batches under load.
         let mut chunks = messages.ready_chunks(PULL_BATCH);
+        // What a gathered batch took beyond PULL_BATCH: the next batch.
+        let mut carry = Vec::new();
         loop {
-            let mut chunk = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    // Give back what was delivered to us but not handled, so the next
-                    // consumer (a restart, another instance) gets it in a second, not
-                    // after ack_wait. The delay keeps it from coming straight back here.
-                    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-                    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, chunks.next()).await {
-                        for m in chunk.into_iter().flatten() {
-                            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let mut chunk = if !carry.is_empty() {
+                std::mem::take(&mut carry)
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        // Give back what was delivered to us but not handled, so the next
+                        // consumer (a restart, another instance) gets it in a second, not
+                        // after ack_wait. The delay keeps it from coming straight back here.
+                        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+                        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, chunks.next()).await {
+                            for m in chunk.into_iter().flatten() {
+                                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                            }
                         }
+                        return;
                     }
-                    return;
+                    c = chunks.next() => match c { Some(c) => c, None => break },
                 }
-                c = chunks.next() => match c { Some(c) => c, None => break },
             };
             // A short batch waits a moment for more: each batch is a database
             // transaction of a dozen round trips whatever its size, and what
@@ -226,6 +232,9 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                     Ok(Some(more)) => chunk.extend(more),
                     _ => break,
                 }
+            }
+            if chunk.len() > PULL_BATCH {
+                carry = chunk.split_off(PULL_BATCH);
             }
             let mut batch = Vec::with_capacity(chunk.len());
             let mut msgs = Vec::with_capacity(chunk.len());
