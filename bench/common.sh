@@ -13,3 +13,24 @@ fi
 WORK=$(mktemp -d)
 SECRET=bench-secret-0123456789abcdef0123456789
 ISSUER=https://bench.signpost.local
+
+# Starts `signpost up` on 127.0.0.1:$1 (embedded backends unless DATABASE_URL,
+# REDIS_URL or NATS_URL say otherwise), its data in $WORK/data and its log in
+# $WORK/signpost.log; sets SP_PID (set the script's exit trap before calling),
+# waits for /healthz and sets TOKEN, a bearer token it accepts.
+start_signpost() {
+    SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
+    JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
+        "$BIN" up --listen "127.0.0.1:$1" > "$WORK/signpost.log" 2>&1 &
+    SP_PID=$!
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && break; sleep 0.1; done
+    TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
+}
+
+# Creates the link /bench -> https://example.com/landing on the Signpost at
+# 127.0.0.1:$1 and prints its id.
+create_bench_link() {
+    curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+        -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$1/v1/links" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}

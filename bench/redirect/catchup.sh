@@ -12,17 +12,9 @@ DURATION="${1:-10}"
 source bench/common.sh
 SP=18093
 
-SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
-JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
-    "$BIN" up --listen "127.0.0.1:$SP" > "$WORK/signpost.log" 2>&1 &
-SP_PID=$!
-trap 'kill "$SP_PID" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$SP/healthz" >/dev/null && break; sleep 0.1; done
-
-TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
-LINK_ID=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+trap 'kill "${SP_PID:-}" 2>/dev/null || true' EXIT
+start_signpost "$SP"
+LINK_ID=$(create_bench_link "$SP")
 counted() {
     curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$SP/v1/analytics/links/$LINK_ID/summary" \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["clicks"])'

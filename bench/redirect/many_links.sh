@@ -17,15 +17,9 @@ DURATION="${2:-10}"
 source bench/common.sh
 SP=18094
 
-SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
-JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
-    "$BIN" up --listen "127.0.0.1:$SP" > "$WORK/signpost.log" 2>&1 &
-SP_PID=$!
-trap 'kill "$SP_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$SP/healthz" >/dev/null && break; sleep 0.1; done
-TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
-curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" >/dev/null
+trap 'kill "${SP_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+start_signpost "$SP"
+create_bench_link "$SP" >/dev/null
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/bench")" = 302 || { echo "no redirect"; exit 1; }
 
 # oha for every phase: it reports the status of every answer (all must be 302).

@@ -28,21 +28,13 @@ http {
 NGINX
 nginx -c "$WORK/nginx.conf"
 
-SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
-JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
-    "$BIN" up --listen "127.0.0.1:$SP" > "$WORK/signpost.log" 2>&1 &
-SP_PID=$!
 cleanup() {
-    kill "$SP_PID" 2>/dev/null || true
+    kill "${SP_PID:-}" 2>/dev/null || true
     nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$SP/healthz" >/dev/null && break; sleep 0.1; done
-
-TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
-LINK_ID=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$SP/v1/links" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+start_signpost "$SP"
+LINK_ID=$(create_bench_link "$SP")
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SP/bench")" = 302 || { echo "no redirect"; exit 1; }
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/bench")" = 302 || { echo "nginx: no redirect"; exit 1; }
 echo "signpost RSS at idle: $(ps -o rss= -p "$SP_PID") KiB"
