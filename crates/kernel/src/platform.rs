@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Query as AxumQuery, State};
+use axum::extract::{Query as AxumQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::background::Background;
 use crate::cache::{Cache, CacheError, MemoryCache, RedisCache, RedisConn};
@@ -499,7 +498,7 @@ fn build_router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(state.clone());
-    let admin = operator.clone().fallback(http::not_found).layer(axum::middleware::from_fn(http::observe));
+    let admin = operator.clone().fallback(http::not_found).layer(http::Observe::layer());
     let mut app = if kernel.config.admin_listen.is_some() {
         Router::new().route("/healthz", get(healthz)).with_state(state.clone())
     } else {
@@ -510,15 +509,12 @@ fn build_router(
         app = app.merge(r);
     }
     // The body guard covers every JSON route; uploads get their own, larger limit below.
-    app = app
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(limit, http::body_limit));
+    app = app.layer(http::BodyLimitLayer(limit));
     if kernel.storage.serves_signed_urls() {
         app = app.merge(
             Router::new()
                 .route("/v1/storage/{*key}", get(storage_get).put(storage_put))
-                .layer(DefaultBodyLimit::max(STORAGE_UPLOAD_LIMIT))
-                .layer(axum::middleware::from_fn_with_state(STORAGE_UPLOAD_LIMIT, http::body_limit))
+                .layer(http::BodyLimitLayer(STORAGE_UPLOAD_LIMIT))
                 .with_state(state),
         );
     }
@@ -526,9 +522,7 @@ fn build_router(
     for edge in edges {
         app = edge(app);
     }
-    let app = app
-        .layer(CatchPanicLayer::custom(http::panic_response))
-        .layer(axum::middleware::from_fn(http::observe));
+    let app = app.layer(http::Observe::layer());
     (app, admin)
 }
 

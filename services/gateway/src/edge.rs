@@ -1,19 +1,21 @@
 //! The edge middleware: every request of the process passes here once.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kernel::Problem;
-use kernel::auth::Caller;
 use kernel::http::AccessLogFields;
 use kernel::ratelimit::Decision;
 
+use tower::Service;
+
 use crate::Gateway;
 use crate::settings::{Limit, OnError};
+use crate::verify::Identity;
 
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
@@ -64,8 +66,8 @@ pub fn access(path: &str) -> Access {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+fn bearer(value: Option<&HeaderValue>) -> Result<Option<&str>, Problem> {
+    let Some(value) = value else { return Ok(None) };
     let text =
         value.to_str().map_err(|_| Problem::unauthorized("the Authorization header is not readable"))?;
     let (scheme, token) = text
@@ -107,8 +109,22 @@ fn rate_headers(h: &mut HeaderMap, d: &Decision) {
     h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(d.reset_after.as_secs_f64().ceil() as u64));
 }
 
+impl kernel::http::Middleware for Gateway {
+    async fn run<S>(self: Arc<Self>, req: Request, inner: S) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        edge(&self, req, inner).await
+    }
+}
+
 /// The gateway's middleware.
-pub async fn edge(State(g): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+async fn edge<S>(g: &Gateway, mut req: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send,
+    S::Future: Send,
+{
     let origin = req.headers().get(header::ORIGIN).cloned();
     let allowed_origin = origin.filter(|o| g.settings.cors_origins.contains(o));
     let mut res = if req.method() == Method::OPTIONS
@@ -117,9 +133,9 @@ pub async fn edge(State(g): State<Arc<Gateway>>, mut req: Request, next: Next) -
         preflight(allowed_origin.is_some())
     } else {
         let mut log = AccessLogFields::default();
-        let res = match admit(&g, &mut req, &mut log).await {
+        let res = match admit(g, &mut req, &mut log).await {
             Ok(decision) => {
-                let mut res = next.run(req).await;
+                let mut res = kernel::http::call_inner(inner, req).await;
                 if let Some(from_proxy) = res.extensions_mut().remove::<AccessLogFields>() {
                     log.upstream = from_proxy.upstream;
                 }
@@ -131,7 +147,9 @@ pub async fn edge(State(g): State<Arc<Gateway>>, mut req: Request, next: Next) -
             Err(res) => res,
         };
         let mut res = res;
-        res.extensions_mut().insert(log);
+        if log.tenant_id.is_some() || log.upstream.is_some() {
+            res.extensions_mut().insert(log);
+        }
         res
     };
     let h = res.headers_mut();
@@ -195,11 +213,13 @@ async fn admit(
     req: &mut Request,
     log: &mut AccessLogFields,
 ) -> Result<Option<Decision>, Response> {
-    let path = req.uri().path().to_string();
+    // A cheap copy (shared bytes), so that the request can change below.
+    let uri = req.uri().clone();
+    let path = uri.path();
     // Service-to-service routes (`/internal`) are for services calling each
     // other with the internal token, never for anyone else at the front door
     // (and the proxy owns no such prefix).
-    if under(&path, "/internal")
+    if under(path, "/internal")
         && (g.proxying().is_some()
             || !kernel::auth::internal_caller(g.kernel.config.internal_token.as_ref(), req.headers()))
     {
@@ -207,15 +227,15 @@ async fn admit(
     }
     // In proxy mode every path reaches the proxy handler: "matched" means a service owns it.
     let matched = match g.proxying() {
-        Some(p) => p.service_for(&path).is_some() || access(&path) == Access::Public,
+        Some(p) => p.service_for(path).is_some() || access(path) == Access::Public,
         None => req.extensions().get::<MatchedPath>().is_some(),
     };
-    let access = access(&path);
+    let access = access(path);
     // Identity headers are ours to set; whatever the client sent is removed.
     let claimed_tenant = req.headers_mut().remove(&X_TENANT_ID);
     req.headers_mut().remove(&X_USER_ID);
     req.headers_mut().remove(&X_USER_ROLE);
-    if let (true, Some(q)) = (path.starts_with("/v1/"), req.uri().query()) {
+    if let (true, Some(q)) = (path.starts_with("/v1/"), uri.query()) {
         let decoded = |k: &str| k.replace("%5F", "_").replace("%5f", "_").to_ascii_lowercase();
         let mut keys = q.split('&').filter_map(|kv| kv.split('=').next()).map(decoded);
         if keys.any(|k| matches!(k.as_str(), "api_key" | "apikey" | "access_token" | "token")) {
@@ -224,14 +244,15 @@ async fn admit(
             );
         }
     }
-    let token = bearer(req.headers()).map_err(IntoResponse::into_response)?.map(str::to_string);
-    let caller = match token {
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let token = bearer(authorization.as_ref()).map_err(IntoResponse::into_response)?;
+    let identity: Option<Arc<Identity>> = match token {
         Some(t) if t.starts_with(kernel::auth::API_KEY_PREFIX) => {
             let (proxy, front) = (g.proxy.clone(), g.front);
-            let key = t.clone();
+            let key = t.to_string();
             let resolved = g
                 .verifier
-                .api_key(&t, || async move {
+                .api_key(t, || async move {
                     match proxy {
                         Some(p) => p.introspect(&key).await,
                         // The front door with no identity anywhere knows no keys.
@@ -244,7 +265,7 @@ async fn admit(
                     }
                 })
                 .await;
-            let caller = match resolved {
+            let identity = match resolved {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     return Err(Problem::unauthorized("the API key is invalid, expired or revoked")
@@ -259,19 +280,19 @@ async fn admit(
                     return Err(Problem::unavailable("cannot check the API key").into_response());
                 }
             };
-            match g.kernel.cache.get(&kernel::auth::revoked_session_key(caller.session_id)).await {
-                Ok(None) => {}
-                Ok(Some(_)) => return Err(Problem::unauthorized("the API key was revoked").into_response()),
+            match crate::verify::revoked(g.kernel.cache.as_ref(), &identity).await {
+                Ok(false) => {}
+                Ok(true) => return Err(Problem::unauthorized("the API key was revoked").into_response()),
                 Err(e) => {
                     tracing::warn!(error = %e, "revocation list unreachable");
                     return Err(Problem::unavailable("cannot check the API key").into_response());
                 }
             }
-            Some(caller)
+            Some(identity)
         }
         Some(t) => {
-            let claims = g.verifier.verify(&t).await.map_err(|e| Problem::from(e).into_response())?;
-            match crate::verify::revoked(g.kernel.cache.as_ref(), &claims).await {
+            let identity = g.verifier.verify(t).await.map_err(|e| Problem::from(e).into_response())?;
+            match crate::verify::revoked(g.kernel.cache.as_ref(), &identity).await {
                 Ok(false) => {}
                 Ok(true) => return Err(Problem::unauthorized("the session was revoked").into_response()),
                 Err(e) => {
@@ -281,7 +302,7 @@ async fn admit(
                     return Err(Problem::unavailable("cannot check the session").into_response());
                 }
             }
-            Some(Caller::from_claims(&claims))
+            Some(identity)
         }
         None if access == Access::Authenticated && matched => {
             return Err(Problem::unauthorized("authentication required")
@@ -290,26 +311,23 @@ async fn admit(
         }
         None => None,
     };
-    if let Some(c) = &caller {
+    if let Some(id) = &identity {
         if let Some(claimed) = &claimed_tenant
-            && claimed.to_str().ok() != Some(c.tenant.to_string().as_str())
+            && claimed.as_bytes() != id.tenant.as_bytes()
         {
             return Err(Problem::forbidden("X-Tenant-ID does not match the token").into_response());
         }
         let h = req.headers_mut();
-        for (name, value) in [
-            (&X_TENANT_ID, c.tenant.to_string()),
-            (&X_USER_ID, c.user_id.to_string()),
-            (&X_USER_ROLE, c.role.clone()),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert(name.clone(), v);
+        h.insert(X_TENANT_ID.clone(), id.tenant_header.clone());
+        for (name, value) in [(&X_USER_ID, &id.user_header), (&X_USER_ROLE, &id.role_header)] {
+            if let Some(v) = value {
+                h.insert(name.clone(), v.clone());
             }
         }
-        log.tenant_id = Some(c.tenant.to_string());
-        req.extensions_mut().insert(c.clone());
+        log.tenant_id = Some(id.tenant.clone());
+        req.extensions_mut().insert(id.caller.clone());
     }
-    if let Some(limit) = g.settings.body_limit(&path) {
+    if let Some(limit) = g.settings.body_limit(path) {
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
@@ -337,45 +355,62 @@ async fn admit(
     // One IPv6 host usually owns a whole /64: count it as one client.
     let ip =
         kernel::http::client_key(kernel::http::client_addr(&g.settings.trusted_proxies, peer, req.headers()));
-    req.extensions_mut().insert(kernel::http::ClientIp(ip.clone()));
     if !g.front {
         // Behind the front gateway, which limited already: a service's own edge does not count again.
+        req.extensions_mut().insert(kernel::http::ClientIp(ip));
         return Ok(None);
     }
-    let who = caller.as_ref().map(|c| c.tenant.to_string());
-    let policy: Option<(String, Limit)> = match g.settings.route_limit(&path) {
-        Some((prefix, l)) => Some((format!("route:{prefix}:{}", who.as_deref().unwrap_or(&ip)), l)),
-        None => match (&who, access) {
-            (Some(t), _) => Some((format!("tenant:{t}"), g.settings.tenant)),
+    let who = identity.as_ref().map(|c| &*c.tenant);
+    let route_key;
+    let policy: Option<(&str, Limit)> = match g.settings.route_limit(path) {
+        Some((prefix, l)) => {
+            route_key = format!("route:{prefix}:{}", who.unwrap_or(&ip));
+            Some((route_key.as_str(), l))
+        }
+        None => match (&identity, access) {
+            (Some(id), _) => Some((id.limit_key.as_str(), g.settings.tenant)),
             (None, Access::Anonymous | Access::Authenticated) => {
-                Some((format!("ip:{ip}"), g.settings.anonymous))
+                route_key = format!("ip:{ip}");
+                Some((route_key.as_str(), g.settings.anonymous))
             }
-            (None, Access::Public) => g.settings.public.map(|l| (format!("public:{ip}"), l)),
+            (None, Access::Public) => match g.settings.public {
+                Some(l) => {
+                    route_key = format!("public:{ip}");
+                    Some((route_key.as_str(), l))
+                }
+                None => None,
+            },
         },
     };
-    let Some((key, limit)) = policy else { return Ok(None) };
-    match g.kernel.limiter.hit(&key, limit.count, limit.window).await {
-        Ok(d) if d.allowed => Ok(Some(d)),
-        Ok(d) => {
-            let tenant = who.unwrap_or_else(|| "anonymous".to_string());
-            let endpoint = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or_else(|| path.clone(), |m| m.as_str().to_string());
-            metrics::counter!("rate_limit_hits_total", "tenant_id" => tenant, "endpoint" => endpoint)
-                .increment(1);
-            let mut res =
-                Problem::too_many_requests(d.reset_after.as_secs_f64().ceil() as u64).into_response();
-            rate_headers(res.headers_mut(), &d);
-            Err(res)
-        }
-        Err(e) => {
-            metrics::counter!("rate_limit_errors_total").increment(1);
-            tracing::warn!(error = %e, "rate limiter unavailable");
-            match g.settings.on_error {
-                OnError::Open => Ok(None),
-                OnError::Closed => Err(Problem::unavailable("rate limiting is unavailable").into_response()),
+    let decision = match policy {
+        None => Ok(None),
+        Some((key, limit)) => match g.kernel.limiter.hit(key, limit.count, limit.window).await {
+            Ok(d) if d.allowed => Ok(Some(d)),
+            Ok(d) => {
+                let tenant = who.unwrap_or("anonymous").to_string();
+                let endpoint = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or_else(|| path.to_string(), |m| m.as_str().to_string());
+                metrics::counter!("rate_limit_hits_total", "tenant_id" => tenant, "endpoint" => endpoint)
+                    .increment(1);
+                let mut res =
+                    Problem::too_many_requests(d.reset_after.as_secs_f64().ceil() as u64).into_response();
+                rate_headers(res.headers_mut(), &d);
+                Err(res)
             }
-        }
-    }
+            Err(e) => {
+                metrics::counter!("rate_limit_errors_total").increment(1);
+                tracing::warn!(error = %e, "rate limiter unavailable");
+                match g.settings.on_error {
+                    OnError::Open => Ok(None),
+                    OnError::Closed => {
+                        Err(Problem::unavailable("rate limiting is unavailable").into_response())
+                    }
+                }
+            }
+        },
+    };
+    req.extensions_mut().insert(kernel::http::ClientIp(ip));
+    decision
 }

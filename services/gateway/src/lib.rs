@@ -25,7 +25,7 @@ use kernel::{BoxError, Kernel, Service, ServiceContext, ServiceParts};
 pub use edge::{Access, access};
 pub use proxy::{CHECK_EVERY, EJECT_AFTER, EJECT_FOR, Proxy};
 pub use settings::{Limit, OnError, Settings};
-pub use verify::{JWKS_REFRESH_INTERVAL, Verifier};
+pub use verify::{Identity, JWKS_REFRESH_INTERVAL, Verifier};
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -65,7 +65,7 @@ impl Gateway {
 
     /// Wraps a router with the edge middleware.
     pub fn wrap(self: Arc<Self>, router: Router) -> Router {
-        router.layer(axum::middleware::from_fn_with_state(self, edge::edge))
+        router.layer(kernel::http::MiddlewareLayer(self))
     }
 }
 

@@ -37,6 +37,11 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 pub struct Instance {
     /// `http://host:port` (h2c instances are stored with `http://`).
     pub base: String,
+    /// The same, for the access log.
+    label: Arc<str>,
+    /// Its scheme and authority, parsed once.
+    scheme: Option<axum::http::uri::Scheme>,
+    authority: Option<axum::http::uri::Authority>,
     h2: bool,
     service: String,
     healthy: AtomicBool,
@@ -125,8 +130,26 @@ pub struct Proxy {
     tls: bool,
 }
 
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// What a client may say about earlier hops, unless it is a trusted proxy.
+const FORWARDING: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+];
 /// Headers a client must not remove by naming them in `Connection`.
 const PROTECTED: &[&str] = &[
     "x-forwarded-for",
@@ -153,8 +176,14 @@ impl Proxy {
                     .iter()
                     .map(|u| {
                         let h2 = u.starts_with("h2c://");
+                        let base = u.replacen("h2c://", "http://", 1);
+                        let parsed = base.parse::<Uri>().ok().map(Uri::into_parts);
+                        let (scheme, authority) = parsed.map_or((None, None), |p| (p.scheme, p.authority));
                         Arc::new(Instance {
-                            base: u.replacen("h2c://", "http://", 1),
+                            label: base.as_str().into(),
+                            scheme,
+                            authority,
+                            base,
                             h2,
                             service: service.clone(),
                             healthy: AtomicBool::new(true),
@@ -229,6 +258,10 @@ impl Proxy {
     /// Power of two choices among available instances, preferring healthy ones.
     fn pick(&self, service: &str, exclude: &[String]) -> Option<Arc<Instance>> {
         let all = self.instances(service);
+        if let [only] = all {
+            // With one instance, health only orders the choice: it is taken when available.
+            return (only.available() && !exclude.contains(&only.base)).then(|| only.clone());
+        }
         let usable = |healthy_only: bool| -> Vec<&Arc<Instance>> {
             all.iter()
                 .filter(|i| i.available() && !exclude.contains(&i.base))
@@ -289,19 +322,25 @@ async fn health_checks(proxy: std::sync::Weak<Proxy>) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !PROTECTED.contains(&n.as_str()))
-        .collect();
-    for name in listed {
-        h.remove(name);
+    if h.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| !PROTECTED.contains(&n.as_str()))
+            .collect();
+        for name in listed {
+            h.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        h.remove(*name);
+    // One pass over the (few) headers there are, rather than a lookup per
+    // hop-by-hop name: most messages carry none of them.
+    if h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for name in &HOP_BY_HOP {
+            h.remove(name);
+        }
     }
 }
 
@@ -318,25 +357,25 @@ fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
     let trusted = peer.is_some_and(|p| proxy.trusted.iter().any(|n| n.contains(p)));
     let h = req.headers_mut();
     let host = h.get(header::HOST).cloned();
-    if !trusted {
-        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+    if !trusted && h.keys().any(|k| FORWARDING.contains(k)) {
+        for name in &FORWARDING {
             h.remove(name);
         }
     }
     if let Some(peer) = peer {
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) if trusted => format!("{prev}, {peer}"),
             _ => peer.to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+            h.insert(X_FORWARDED_FOR, v);
         }
     }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(if proxy.tls { "https" } else { "http" }));
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if proxy.tls { "https" } else { "http" }));
     }
-    if let (Some(host), false) = (host, h.contains_key("x-forwarded-host")) {
-        h.insert("x-forwarded-host", host);
+    if let (Some(host), false) = (host, h.contains_key(&X_FORWARDED_HOST)) {
+        h.insert(X_FORWARDED_HOST, host);
     }
 }
 
@@ -345,10 +384,21 @@ fn is_operator(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json")
 }
 
+/// The request target on an instance: its scheme and authority, the
+/// client's path and query (no string is formatted and parsed again).
+fn target(inst: &Instance, path_and_query: Option<&axum::http::uri::PathAndQuery>) -> Option<Uri> {
+    let mut parts = axum::http::uri::Parts::default();
+    parts.scheme = Some(inst.scheme.clone()?);
+    parts.authority = Some(inst.authority.clone()?);
+    parts.path_and_query =
+        Some(path_and_query.cloned().unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).ok()
+}
+
 /// The handler behind every proxied path.
 pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    let Some(service) = proxy.service_for(&path).map(str::to_string) else {
+    let uri = req.uri().clone();
+    let Some(service) = proxy.service_for(uri.path()) else {
         return Problem::not_found().with_detail("no route matches this path").into_response();
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
@@ -364,26 +414,32 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
         parts.headers.insert(header::UPGRADE, up);
         parts.headers.insert(header::CONNECTION, conn.unwrap_or(HeaderValue::from_static("upgrade")));
     }
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let no_body = http_body::Body::is_end_stream(&body)
         || parts.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
     let retryable = idempotent && no_body && !upgrade;
-    let max_tries = if retryable { proxy.instances(&service).len().clamp(1, 3) } else { 1 };
+    let max_tries = if retryable { proxy.instances(service).len().clamp(1, 3) } else { 1 };
     let mut body = Some(body);
+    let mut headers = Some(parts.headers);
     let mut tried: Vec<String> = Vec::new();
     let mut last_error = String::from("no instance available");
-    for _ in 0..max_tries {
-        let Some(inst) = proxy.pick(&service, &tried) else { break };
-        tried.push(inst.base.clone());
-        let uri: Uri = match format!("{}{path_and_query}", inst.base).parse() {
-            Ok(u) => u,
-            Err(_) => return Problem::bad_request("unusable request target").into_response(),
+    for attempt in 1..=max_tries {
+        let Some(inst) = proxy.pick(service, &tried) else { break };
+        if attempt < max_tries {
+            tried.push(inst.base.clone());
+        }
+        let Some(uri) = target(&inst, parts.uri.path_and_query()) else {
+            return Problem::bad_request("unusable request target").into_response();
         };
         let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
-            *h = parts.headers.clone();
+            // The last try takes the headers; earlier ones copy them.
+            *h = if attempt < max_tries {
+                headers.clone().unwrap_or_default()
+            } else {
+                headers.take().unwrap_or_default()
+            };
             if inst.h2 {
                 h.remove(header::HOST);
             }
@@ -422,7 +478,7 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
                 let mut response = Response::from_parts(rparts, Body::new(rbody));
                 response
                     .extensions_mut()
-                    .insert(AccessLogFields { tenant_id: None, upstream: Some(inst.base.clone()) });
+                    .insert(AccessLogFields { tenant_id: None, upstream: Some(inst.label.clone()) });
                 return response;
             }
             Ok(Err(e)) => {

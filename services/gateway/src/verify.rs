@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use kernel::auth::{Caller, Claims, KeySet, TokenError};
+use axum::http::HeaderValue;
+use kernel::auth::{Caller, KeySet, TokenError};
 use kernel::cache::Cache;
 
 /// How often an unknown `kid` may trigger a key-set fetch.
@@ -20,7 +21,43 @@ const TOKEN_CACHE_ENTRIES: usize = 50_000;
 pub const API_KEY_CACHE: Duration = Duration::from_secs(30);
 
 /// A resolved API key: when it was resolved, when it expires, whom it stands for.
-type CachedKey = (Instant, Option<i64>, Caller);
+type CachedKey = (Instant, Option<i64>, Arc<Identity>);
+
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+/// A verified caller, with what the edge puts into each of its requests,
+/// built once per token (or API key) rather than once per request.
+#[derive(Debug)]
+pub struct Identity {
+    /// Who is calling.
+    pub caller: Caller,
+    /// The tenant as text (access log, rate-limit metric).
+    pub tenant: Arc<str>,
+    /// `X-Tenant-ID`, `X-User-ID` and `X-User-Role` as forwarded.
+    pub(crate) tenant_header: HeaderValue,
+    pub(crate) user_header: Option<HeaderValue>,
+    pub(crate) role_header: Option<HeaderValue>,
+    /// The caller's key in the revocation list.
+    pub(crate) revoked_key: String,
+    /// The tenant's key in the rate limiter.
+    pub(crate) limit_key: String,
+}
+
+impl Identity {
+    /// Everything derived from a caller.
+    pub fn new(caller: Caller) -> Self {
+        let tenant = caller.tenant.to_string();
+        Self {
+            tenant_header: HeaderValue::from_str(&tenant).unwrap_or(HeaderValue::from_static("")),
+            user_header: HeaderValue::from_str(&caller.user_id.to_string()).ok(),
+            role_header: HeaderValue::from_str(&caller.role).ok(),
+            revoked_key: kernel::auth::revoked_session_key(caller.session_id),
+            limit_key: format!("tenant:{tenant}"),
+            tenant: tenant.into(),
+            caller,
+        }
+    }
+}
 
 /// Verifies access tokens.
 pub struct Verifier {
@@ -32,11 +69,12 @@ pub struct Verifier {
     /// Requests that meet an unknown key wait for the one fetch in progress.
     fetching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
-    verified: Mutex<HashMap<String, Arc<Claims>>>,
+    /// Verified tokens with their expiry (only valid tokens get in).
+    verified: Mutex<Map<(i64, Arc<Identity>)>>,
     /// Identity in this process, when there is one: its keys need no fetching.
     local: Option<Arc<std::sync::OnceLock<Arc<dyn kernel::auth::Authority>>>>,
     /// Resolved API keys, kept briefly (revocation is checked on every request).
-    api_keys: Mutex<HashMap<String, CachedKey>>,
+    api_keys: Mutex<Map<CachedKey>>,
     /// Key-set fetches made (for tests and metrics).
     pub fetches: std::sync::atomic::AtomicU64,
 }
@@ -66,9 +104,9 @@ impl Verifier {
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             http,
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(Map::default()),
             local: None,
-            api_keys: Mutex::new(HashMap::new()),
+            api_keys: Mutex::new(Map::default()),
             fetches: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -86,7 +124,11 @@ impl Verifier {
 
     /// The caller behind an API key: identity in this process, or `remote` (the
     /// proxy's introspection call); cached for [`API_KEY_CACHE`].
-    pub async fn api_key<F, Fut>(&self, key: &str, remote: F) -> Result<Option<Caller>, kernel::BoxError>
+    pub async fn api_key<F, Fut>(
+        &self,
+        key: &str,
+        remote: F,
+    ) -> Result<Option<Arc<Identity>>, kernel::BoxError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Option<(Caller, Option<i64>)>, kernel::BoxError>>,
@@ -103,25 +145,27 @@ impl Verifier {
             Some(authority) => authority.resolve_api_key(key).await?,
             None => remote().await?,
         };
-        if let (Some((c, expires)), Ok(mut m)) = (&resolved, self.api_keys.lock()) {
+        let Some((caller, expires)) = resolved else { return Ok(None) };
+        let identity = Arc::new(Identity::new(caller));
+        if let Ok(mut m) = self.api_keys.lock() {
             if m.len() >= TOKEN_CACHE_ENTRIES {
                 m.clear();
             }
-            m.insert(key.to_string(), (Instant::now(), *expires, c.clone()));
+            m.insert(key.to_string(), (Instant::now(), expires, identity.clone()));
         }
-        Ok(resolved.map(|(c, _)| c))
+        Ok(Some(identity))
     }
 
     fn now() -> i64 {
         time::OffsetDateTime::now_utc().unix_timestamp()
     }
 
-    /// The claims of a valid token.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+    /// The caller of a valid token.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         let now = Self::now();
         let cached = self.verified.lock().ok().and_then(|m| m.get(token).cloned());
-        if let Some(c) = cached.filter(|c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now) {
-            return Ok(c);
+        if let Some((_, identity)) = cached.filter(|(exp, _)| exp + kernel::auth::CLOCK_SKEW_SECONDS > now) {
+            return Ok(identity);
         }
         let mut first = self.check(token, now);
         if let (Err(TokenError::UnknownKey | TokenError::Algorithm), Some(authority)) = (&first, self.local())
@@ -147,20 +191,20 @@ impl Verifier {
             }
             other => other?,
         };
-        let claims = Arc::new(claims);
+        let identity = Arc::new(Identity::new(Caller::from_claims(&claims)));
         if let Ok(mut m) = self.verified.lock() {
             if m.len() >= TOKEN_CACHE_ENTRIES {
-                m.retain(|_, c| c.exp + kernel::auth::CLOCK_SKEW_SECONDS > now);
+                m.retain(|_, (exp, _)| *exp + kernel::auth::CLOCK_SKEW_SECONDS > now);
                 if m.len() >= TOKEN_CACHE_ENTRIES {
                     m.clear();
                 }
             }
-            m.insert(token.to_string(), claims.clone());
+            m.insert(token.to_string(), (claims.exp, identity.clone()));
         }
-        Ok(claims)
+        Ok(identity)
     }
 
-    fn check(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+    fn check(&self, token: &str, now: i64) -> Result<kernel::auth::Claims, TokenError> {
         let keys = self.keys.read().map_err(|_| TokenError::UnknownKey)?;
         keys.verify(token, &self.issuer, now)
     }
@@ -206,7 +250,7 @@ impl Verifier {
     }
 }
 
-/// Whether a session was revoked (logout, password change, removal).
-pub async fn revoked(cache: &dyn Cache, claims: &Claims) -> Result<bool, kernel::cache::CacheError> {
-    Ok(cache.get(&kernel::auth::revoked_session_key(claims.sid)).await?.is_some())
+/// Whether a caller's session (or API key) was revoked (logout, password change, removal).
+pub async fn revoked(cache: &dyn Cache, identity: &Identity) -> Result<bool, kernel::cache::CacheError> {
+    Ok(cache.get(&identity.revoked_key).await?.is_some())
 }

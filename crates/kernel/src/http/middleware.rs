@@ -4,10 +4,18 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::problem::Problem;
@@ -23,33 +31,39 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Default)]
 pub struct AccessLogFields {
     /// The tenant the request acted in.
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<std::sync::Arc<str>>,
     /// The upstream instance that answered (proxy mode).
-    pub upstream: Option<String>,
+    pub upstream: Option<std::sync::Arc<str>>,
 }
 
-/// A client-sent id is kept when it is short and plain; otherwise we make one.
-fn request_id(req: &Request) -> String {
-    req.headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-        })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
+/// A client-sent id is kept when it is short and plain; otherwise we make one
+/// (a UUIDv7, written without `fmt`).
+fn request_id(req: &Request) -> HeaderValue {
+    let sent = req.headers().get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+    });
+    match sent {
+        Some(v) => v.clone(),
+        None => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"))
+        }
+    }
 }
 
 type HttpMetrics = (metrics::Counter, metrics::Histogram);
 /// Routes (by matched path) of one (method, status).
-type ByRoute = HashMap<Box<str>, HttpMetrics>;
+type ByRoute = HashMap<Box<str>, HttpMetrics, foldhash::fast::RandomState>;
 
 thread_local! {
     /// The HTTP metric handles by (method, status) and route, per thread: a
     /// request looks its pair up without building label strings.
-    static HTTP_METRICS: std::cell::RefCell<HashMap<(Method, u16), ByRoute>> =
-        std::cell::RefCell::new(HashMap::new());
+    static HTTP_METRICS: std::cell::RefCell<HashMap<(Method, u16), ByRoute, foldhash::fast::RandomState>> =
+        std::cell::RefCell::new(HashMap::default());
 }
 
 /// Methods outside the standard set share one label (and one cache entry).
@@ -90,25 +104,133 @@ fn http_metrics(method: &Method, route: &str, status: u16) -> HttpMetrics {
     })
 }
 
-/// Request id, span, access log line and HTTP metrics.
-pub async fn observe(mut req: Request, next: Next) -> Response {
+/// A middleware written as one async function over the request and the rest
+/// of the stack, made a tower layer by [`MiddlewareLayer`].
+///
+/// One hand-written service rather than axum's `from_fn`: a request is boxed
+/// once per layer instead of also boxing the rest of the stack as its `Next`.
+pub trait Middleware: Send + Sync + 'static {
+    /// Answers `req`, running `inner` (see [`call_inner`]) when it passes.
+    fn run<S>(self: Arc<Self>, req: Request, inner: S) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static;
+}
+
+/// A [`Middleware`] as a layer.
+pub struct MiddlewareLayer<M>(pub Arc<M>);
+
+impl<M> Clone for MiddlewareLayer<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M, S> Layer<S> for MiddlewareLayer<M> {
+    type Service = MiddlewareService<M, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MiddlewareService { middleware: self.0.clone(), inner }
+    }
+}
+
+/// The service of a [`MiddlewareLayer`].
+pub struct MiddlewareService<M, S> {
+    middleware: Arc<M>,
+    inner: S,
+}
+
+impl<M, S: Clone> Clone for MiddlewareService<M, S> {
+    fn clone(&self) -> Self {
+        Self { middleware: self.middleware.clone(), inner: self.inner.clone() }
+    }
+}
+
+impl<M, S> Service<Request> for MiddlewareService<M, S>
+where
+    M: Middleware,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The clone left behind serves the next call (tower's convention); the
+        // one taken is readied by `call_inner`.
+        let fresh = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, fresh);
+        let run = self.middleware.clone().run(req, inner);
+        Box::pin(async move { Ok(run.await) })
+    }
+}
+
+/// Runs the rest of the stack under a [`Middleware`].
+pub async fn call_inner<S>(mut inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    if let Err(never) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+        match never {}
+    }
+    match inner.call(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
+}
+
+/// Request id, span, access log line, HTTP metrics, and a panic in a handler
+/// turned into an opaque 500 problem: the layer every route runs under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observe;
+
+impl Observe {
+    /// The layer.
+    pub fn layer() -> MiddlewareLayer<Self> {
+        MiddlewareLayer(Arc::new(Self))
+    }
+}
+
+impl Middleware for Observe {
+    fn run<S>(self: Arc<Self>, req: Request, inner: S) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        observe(inner, req)
+    }
+}
+
+async fn observe<S>(inner: S, mut req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send,
+    S::Future: Send,
+{
     let id = request_id(&req);
     let method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    req.extensions_mut().insert(RequestId(id.clone()));
+    let id_text = id.to_str().unwrap_or_default();
+    req.extensions_mut().insert(RequestId(id_text.to_string()));
     let quiet = matches!(route, "/healthz" | "/readyz" | "/metrics");
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let span = tracing::info_span!("request", request_id = %id_text, method = %method, route = %route);
     let started = Instant::now();
-    let mut res = next.run(req).instrument(span.clone()).await;
+    // A panic while the handler's future is made or polled is caught here.
+    let run = AssertUnwindSafe(async { call_inner(inner, req).await }).catch_unwind();
+    let run = async { run.await.unwrap_or_else(panic_response) };
+    let mut res = run.instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
+    res.headers_mut().insert(X_REQUEST_ID.clone(), id);
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let fields = res.extensions_mut().remove::<AccessLogFields>().unwrap_or_default();
-    let (tenant_id, upstream) = (fields.tenant_id.unwrap_or_default(), fields.upstream.unwrap_or_default());
+    let (tenant_id, upstream) =
+        (fields.tenant_id.as_deref().unwrap_or_default(), fields.upstream.as_deref().unwrap_or_default());
     span.in_scope(|| {
         if quiet {
             tracing::debug!(status, duration_ms, "request");
@@ -122,17 +244,53 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     res
 }
 
-/// Refuses a declared body larger than the limit before reading it (413 problem).
-/// Bodies without a length are capped while being read by the extractor limit.
-pub async fn body_limit(State(limit): State<usize>, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-    match declared {
-        Some(None) => Problem::bad_request("Content-Length is not a number").into_response(),
-        Some(Some(n)) if n > limit as u64 => Problem::payload_too_large(limit).into_response(),
-        _ => next.run(req).await,
+/// Refuses a declared body larger than the limit before reading it (413
+/// problem), and an unreadable `Content-Length` (400). Bodies without a
+/// length are capped while being read by the extractors' limit, which this
+/// layer also sets (axum's `DefaultBodyLimit`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitLayer(pub usize);
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<<DefaultBodyLimit as Layer<S>>::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimit { limit: self.0, inner: DefaultBodyLimit::max(self.0).layer(inner) }
+    }
+}
+
+/// The service of [`BodyLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct BodyLimit<S> {
+    limit: usize,
+    inner: S,
+}
+
+impl<S> Service<Request> for BodyLimit<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<std::future::Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+        let refused = match declared {
+            Some(None) => Problem::bad_request("Content-Length is not a number").into_response(),
+            Some(Some(n)) if n > self.limit as u64 => Problem::payload_too_large(self.limit).into_response(),
+            _ => return Either::Right(self.inner.call(req)),
+        };
+        Either::Left(std::future::ready(Ok(refused)))
     }
 }
 

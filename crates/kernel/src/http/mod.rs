@@ -8,7 +8,10 @@ mod pagination;
 
 pub use client::{Net, client_addr, client_key};
 pub use json::{Json, Path, Query};
-pub use middleware::{AccessLogFields, RequestId, X_REQUEST_ID, body_limit, observe, panic_response};
+pub use middleware::{
+    AccessLogFields, BodyLimit, BodyLimitLayer, Middleware, MiddlewareLayer, MiddlewareService, Observe,
+    RequestId, X_REQUEST_ID, call_inner, panic_response,
+};
 pub use pagination::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, PageRequest, decode_cursor, encode_cursor};
 
 use axum::response::IntoResponse;
