@@ -324,6 +324,11 @@ impl Platform {
         // Consumers first: on the in-process bus, a relay publishing to nobody would drop events.
         let consumer_stop = CancellationToken::new();
         let mut consumer_tasks = Vec::new();
+        let pruned: Vec<(&'static str, Db)> = consumers
+            .iter()
+            .filter(|(c, _)| !c.handler.deduplicates())
+            .map(|(c, d)| (c.name, d.clone()))
+            .collect();
         for (c, d) in consumers {
             // Started from the background runtime, so the tasks it spawns run there.
             let (bus, stop) = (kernel.bus.clone(), consumer_stop.clone());
@@ -332,10 +337,14 @@ impl Platform {
         }
         kernel.consuming.cancel();
         let relay_stop = CancellationToken::new();
-        let relays = dbs
+        let mut relays: Vec<JoinHandle<()>> = dbs
             .iter()
             .map(|d| kernel.background.spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
+        if !pruned.is_empty() {
+            relays
+                .push(kernel.background.spawn(crate::events::run_inbox_pruning(pruned, relay_stop.clone())));
+        }
 
         let (router, admin) = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
         Ok(Self {

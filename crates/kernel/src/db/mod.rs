@@ -191,6 +191,9 @@ pub(crate) struct KernelSql {
     /// Many ids at once (an array on PostgreSQL, a JSON array on SQLite),
     /// returning those that were new.
     pub(crate) inbox_insert_many: String,
+    /// A consumer's entries for events made before an id (UUIDv7 ids sort by
+    /// time), at most `$3` of them: a bounded step of the inbox's retention.
+    pub(crate) inbox_prune: String,
     pub(crate) dead_letter_insert: String,
 }
 
@@ -221,6 +224,11 @@ impl KernelSql {
             },
             inbox_insert: format!(
                 "insert into {schema}.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
+            ),
+            inbox_prune: format!(
+                "delete from {schema}.inbox where consumer = $1 and event_id in \
+                 (select event_id from {schema}.inbox where consumer = $1 and event_id < $2 \
+                 order by event_id limit $3)"
             ),
             dead_letter_insert: format!(
                 "insert into {schema}.dead_letters (consumer, event_id, tenant_id, event_type, payload, error) values ($1, $2, $3, $4, $5, $6)"
@@ -362,6 +370,21 @@ impl Db {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *tx).await?
             }
             Self::Sqlite(lite) => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(lite.reader()).await?,
+        })
+    }
+
+    /// Rows in a consumer's inbox. Tests only.
+    #[cfg(feature = "testing")]
+    pub async fn inbox_count(&self, consumer: &str) -> Result<i64, DbError> {
+        let sql = format!("select count(*) from {}.inbox where consumer = $1", self.schema());
+        Ok(match self {
+            Self::Postgres(pg) => {
+                let mut tx = pg.begin_system().await?;
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(consumer).fetch_one(&mut *tx).await?
+            }
+            Self::Sqlite(lite) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(consumer).fetch_one(lite.reader()).await?
+            }
         })
     }
 

@@ -2,6 +2,7 @@
 //! records its id in the consumer's inbox, so redelivery has no second effect.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
@@ -203,4 +204,102 @@ pub(crate) async fn dead_letter(
         }
     }
     Ok(())
+}
+
+/// How long a consumer's inbox remembers an event: longer than any bus keeps
+/// one it could deliver again (JetStream's stream keeps events 7 days; the
+/// outbox and the journal redeliver within seconds of a restart). Without a
+/// bound the inbox would grow by a row per handled event forever.
+pub const INBOX_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
+/// How often each inbox is pruned.
+pub const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Rows deleted per transaction while pruning (short transactions).
+const PRUNE_STEP: i64 = 10_000;
+
+/// The smallest UUIDv7 of a moment: every event made before it has a smaller id.
+fn first_id_at(at: SystemTime) -> uuid::Uuid {
+    let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    uuid::Uuid::from_bytes(bytes)
+}
+
+/// Forgets `consumer`'s inbox entries for events made more than `retention`
+/// ago (by the time in their UUIDv7 ids, along the primary key), in short
+/// transactions; returns how many it removed. An event older than that is
+/// no longer recognised if it is delivered again.
+pub async fn prune_inbox(db: &Db, consumer: &str, retention: Duration) -> Result<u64, DbError> {
+    let before = first_id_at(SystemTime::now().checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH));
+    let sql = db.shared().sql.inbox_prune.clone();
+    let mut removed = 0;
+    loop {
+        let n = match db {
+            Db::Postgres(pg) => {
+                let mut tx = pg.begin_system().await?;
+                let q = sqlx::query(AssertSqlSafe(sql.clone())).bind(consumer).bind(before).bind(PRUNE_STEP);
+                let n = q.execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                n
+            }
+            Db::Sqlite(lite) => {
+                let mut tx = lite.begin_system().await?;
+                let q = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(consumer)
+                    .bind(before.hyphenated().to_string())
+                    .bind(PRUNE_STEP);
+                let n = q.execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                n
+            }
+        };
+        removed += n;
+        if n < PRUNE_STEP as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
+/// Prunes the inboxes of `consumers` now and every [`INBOX_PRUNE_EVERY`]
+/// until `stop`.
+pub async fn run_inbox_pruning(
+    consumers: Vec<(&'static str, Db)>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        for (name, db) in &consumers {
+            match prune_inbox(db, name, INBOX_RETENTION).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(consumer = name, removed = n, "inbox pruned"),
+                Err(e) => tracing::warn!(consumer = name, error = %e, "inbox pruning failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(INBOX_PRUNE_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_id_of_a_moment_sorts_after_earlier_events_and_before_later_ones() {
+        let at = SystemTime::now();
+        let cut = first_id_at(at);
+        let earlier = uuid::Uuid::now_v7();
+        std::thread::sleep(Duration::from_millis(2));
+        let cut_later = first_id_at(SystemTime::now());
+        assert!(earlier < cut_later, "an event made before the moment sorts below it");
+        assert!(
+            earlier.hyphenated().to_string() < cut_later.hyphenated().to_string(),
+            "as text too (SQLite)"
+        );
+        let later = uuid::Uuid::now_v7();
+        assert!(later > cut, "an event made after the moment sorts above it");
+        assert_eq!(cut.get_version_num(), 7);
+    }
 }

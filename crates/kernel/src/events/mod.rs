@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use bus::{Bus, BusError};
-pub use consumer::{Consumer, Handler, HandlerError};
+pub use consumer::{
+    Consumer, Handler, HandlerError, INBOX_PRUNE_EVERY, INBOX_RETENTION, prune_inbox, run_inbox_pruning,
+};
 pub use journal::{Journal, JournalError};
 pub use memory::MemoryBus;
 pub use nats::NatsBus;

@@ -66,6 +66,40 @@ async fn an_event_delivered_twice_has_one_effect() {
 }
 
 #[tokio::test]
+async fn the_inbox_forgets_events_past_its_retention_and_still_recognises_recent_ones() {
+    let app = TestApp::spawn().await;
+    let tenant = TenantId::new();
+    let db = app.db("fixture");
+    // An event made 30 days ago (its UUIDv7 id says when) and one made now.
+    let mut old = Envelope::new("note.created", tenant, "system", serde_json::json!({ "body": "old" }));
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 24 * 3600);
+    let since_epoch = month_ago.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos());
+    old.event_id = uuid::Uuid::new_v7(ts);
+    let recent = Envelope::new("note.created", tenant, "system", serde_json::json!({ "body": "new" }));
+    let both = [old, recent.clone()];
+    app.kernel.bus.publish(&both).await.unwrap_or_else(|e| panic!("{e}"));
+    settles_at(&app, tenant, (2, 0)).await;
+    let rows = || async { db.inbox_count("fixture.stats").await.unwrap_or_else(|e| panic!("{e}")) };
+    assert_eq!(rows().await, 2, "both events are remembered once handled");
+
+    let removed = kernel::events::prune_inbox(&db, "fixture.stats", kernel::events::INBOX_RETENTION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(removed, 1, "only the event older than the retention is forgotten");
+    assert_eq!(rows().await, 1);
+    // Pruning again finds nothing more.
+    let again = kernel::events::prune_inbox(&db, "fixture.stats", kernel::events::INBOX_RETENTION).await;
+    assert_eq!(again.ok(), Some(0));
+    // The recent event, delivered again, still has no second effect.
+    app.kernel.bus.publish(std::slice::from_ref(&recent)).await.unwrap_or_else(|e| panic!("{e}"));
+    let marker = Envelope::new("note.created", tenant, "system", serde_json::json!({ "body": "marker" }));
+    app.kernel.bus.publish(std::slice::from_ref(&marker)).await.unwrap_or_else(|e| panic!("{e}"));
+    settles_at(&app, tenant, (3, 0)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_poison_event_is_dead_lettered_and_the_pipeline_goes_on() {
     let app = TestApp::spawn().await;
     let tenant = TenantId::new();
