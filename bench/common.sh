@@ -34,3 +34,20 @@ create_bench_link() {
         -d '{"url":"https://example.com/landing","slug":"bench"}' "http://127.0.0.1:$1/v1/links" \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 }
+
+# CPU time (user + system, in clock ticks) the processes $* have used so far,
+# exited threads included.
+cpu_ticks() {
+    local total=0 p fields
+    for p in "$@"; do
+        fields=$(sed 's/.*) //' "/proc/$p/stat")
+        set -- $fields
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+TICKS_PER_SECOND=$(getconf CLK_TCK)
+# Microseconds of CPU per request: cpu_per_request TICKS_BEFORE TICKS_AFTER REQUESTS
+cpu_per_request() {
+    python3 -c "print('%.1f' % (($2 - $1) * 1e6 / $TICKS_PER_SECOND / $3))"
+}

@@ -67,17 +67,35 @@ TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 AUTH="Authorization: Bearer $TOKEN"
 curl -sf -H "$AUTH" "http://127.0.0.1:$GW/v1/bench/x" >/dev/null || { echo "gateway does not proxy"; cat "$WORK/gateway.log"; exit 1; }
 
-echo "== maximum throughput (wrk -t1 -c64 -d${DURATION}s)"
+echo "== maximum throughput (wrk -t1 -c64 -d${DURATION}s); CPU per request of the proxy's own processes"
+# The nginx proxy's workers, and the gateway: what each proxy spends per request
+# is steadier on a shared machine than its throughput.
+NGX_WORKERS=$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')
+UP_WORKERS=$(pgrep -P "$(cat "$WORK/upstream.pid")" | tr '\n' ' ')
 declare -A RPS
 for name in direct nginx gateway; do
-    case $name in direct) port=$UP;; nginx) port=$NGX;; gateway) port=$GW;; esac
+    case $name in
+        direct) port=$UP; pids=$UP_WORKERS;;
+        nginx) port=$NGX; pids=$NGX_WORKERS;;
+        gateway) port=$GW; pids=$GW_PID;;
+    esac
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $pids)
     out=$(wrk -t1 -c64 -d"${DURATION}s" --latency -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x")
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $pids)
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     RPS[$name]=$rps
-    echo "$name: $rps req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} END {print "p50 " p50 ", p99 " p99}')"
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    echo "$name: $rps req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} END {print "p50 " p50 ", p99 " p99}'); $(cpu_per_request "$before" "$after" "$n") µs CPU per request"
 done
 python3 -c "print('gateway / nginx throughput ratio: %.2f' % (${RPS[gateway]} / ${RPS[nginx]}))"
 
+if ! command -v oha >/dev/null; then
+    echo "(oha not installed: no latency run at half load)"
+    echo "gateway RSS after the run: $(ps -o rss= -p "$GW_PID") KiB"
+    exit 0
+fi
 RATE=$(python3 -c "print(int(${RPS[gateway]} / 2))")
 echo "== latency at half the gateway's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
 for name in direct nginx gateway; do

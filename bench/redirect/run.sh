@@ -51,18 +51,25 @@ wait_counted() { # until analytics has counted $SENT clicks (at most 5 minutes)
         sleep 0.5
     done
 }
+NGX_WORKERS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
 for name in nginx signpost; do
-    case $name in nginx) port=$NGX;; signpost) port=$SP;; esac
+    case $name in nginx) port=$NGX; pids=$NGX_WORKERS;; signpost) port=$SP; pids=$SP_PID;; esac
     [ "$name" = signpost ] && T0=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $pids)
     out=$(wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/bench")
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $pids)
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
     RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    [ "$name" = signpost ] && SENT=$((SENT + $(echo "$out" | awk '/requests in/ {print $1}')))
-    echo "$name: ${RPS[$name]} req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {n=$NF} END {print "p50 " p50 ", p99 " p99 ", non-2xx " n}')"
+    [ "$name" = signpost ] && { SENT=$((SENT + n)); SP_BEFORE=$before; SP_N=$n; }
+    echo "$name: ${RPS[$name]} req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {n=$NF} END {print "p50 " p50 ", p99 " p99 ", non-2xx " n}'); $(cpu_per_request "$before" "$after" "$n") µs CPU per request during the load"
     [ "$name" = signpost ] && echo "signpost RSS under load: $(ps -o rss= -p "$SP_PID") KiB"
 done
 # End to end: from the first redirect until analytics' summary shows them all.
 wait_counted
 python3 -c "t = $(date +%s.%N) - $T0; print('end to end: %d clicks counted by analytics %.1f s after the load began: %.0f clicks/s' % ($COUNTED, t, $COUNTED / t))"
+echo "signpost CPU per redirect, click pipeline included (until analytics counted them): $(cpu_per_request "$SP_BEFORE" "$(cpu_ticks "$SP_PID")" "$SP_N") µs"
 python3 -c "print('signpost / nginx throughput ratio: %.2f' % (${RPS[signpost]} / ${RPS[nginx]}))"
 
 if command -v oha >/dev/null; then

@@ -324,11 +324,8 @@ impl Platform {
         // Consumers first: on the in-process bus, a relay publishing to nobody would drop events.
         let consumer_stop = CancellationToken::new();
         let mut consumer_tasks = Vec::new();
-        let pruned: Vec<(&'static str, Db)> = consumers
-            .iter()
-            .filter(|(c, _)| !c.handler.deduplicates())
-            .map(|(c, d)| (c.name, d.clone()))
-            .collect();
+        // Consumers that deduplicate themselves still get inbox rows for dead letters.
+        let pruned: Vec<(&'static str, Db)> = consumers.iter().map(|(c, d)| (c.name, d.clone())).collect();
         for (c, d) in consumers {
             // Started from the background runtime, so the tasks it spawns run there.
             let (bus, stop) = (kernel.bus.clone(), consumer_stop.clone());

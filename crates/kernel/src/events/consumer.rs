@@ -206,11 +206,13 @@ pub(crate) async fn dead_letter(
     Ok(())
 }
 
-/// How long a consumer's inbox remembers an event: longer than any bus keeps
-/// one it could deliver again (JetStream's stream keeps events 7 days; the
-/// outbox and the journal redeliver within seconds of a restart). Without a
-/// bound the inbox would grow by a row per handled event forever.
-pub const INBOX_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
+/// How long a consumer's inbox remembers an event, counted from when the event
+/// was made: longer than any bus keeps one it could deliver again (JetStream's
+/// stream keeps events 7 days from publication; the outbox and the journal
+/// publish within seconds, or at the next start), with a week to spare for an
+/// event that waited to be published. Without a bound the inbox would grow by
+/// a row per handled event forever.
+pub const INBOX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How often each inbox is pruned.
 pub const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Rows deleted per transaction while pruning (short transactions).
@@ -231,45 +233,63 @@ fn first_id_at(at: SystemTime) -> uuid::Uuid {
 /// transactions; returns how many it removed. An event older than that is
 /// no longer recognised if it is delivered again.
 pub async fn prune_inbox(db: &Db, consumer: &str, retention: Duration) -> Result<u64, DbError> {
+    prune_until(db, consumer, retention, &tokio_util::sync::CancellationToken::new()).await
+}
+
+/// [`prune_inbox`], stopping between steps once `stop` is cancelled.
+async fn prune_until(
+    db: &Db,
+    consumer: &str,
+    retention: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<u64, DbError> {
     let before = first_id_at(SystemTime::now().checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH));
-    let sql = db.shared().sql.inbox_prune.clone();
     let mut removed = 0;
-    loop {
-        let n = match db {
-            Db::Postgres(pg) => {
-                let mut tx = pg.begin_system().await?;
-                let q = sqlx::query(AssertSqlSafe(sql.clone())).bind(consumer).bind(before).bind(PRUNE_STEP);
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                tx.commit().await?;
-                n
-            }
-            Db::Sqlite(lite) => {
-                let mut tx = lite.begin_system().await?;
-                let q = sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(consumer)
-                    .bind(before.hyphenated().to_string())
-                    .bind(PRUNE_STEP);
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                tx.commit().await?;
-                n
-            }
-        };
+    while !stop.is_cancelled() {
+        let n = prune_step(db, consumer, before).await?;
         removed += n;
         if n < PRUNE_STEP as u64 {
-            return Ok(removed);
+            break;
         }
     }
+    Ok(removed)
+}
+
+/// Deletes at most [`PRUNE_STEP`] of `consumer`'s entries for events made before `before`.
+async fn prune_step(db: &Db, consumer: &str, before: uuid::Uuid) -> Result<u64, DbError> {
+    let sql = AssertSqlSafe(db.shared().sql.inbox_prune.clone());
+    Ok(match db {
+        Db::Postgres(pg) => {
+            let mut tx = pg.begin_system().await?;
+            let q = sqlx::query(sql).bind(consumer).bind(before).bind(PRUNE_STEP);
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            n
+        }
+        Db::Sqlite(lite) => {
+            let mut tx = lite.begin_system().await?;
+            let q = sqlx::query(sql).bind(consumer).bind(before.hyphenated().to_string()).bind(PRUNE_STEP);
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            n
+        }
+    })
 }
 
 /// Prunes the inboxes of `consumers` now and every [`INBOX_PRUNE_EVERY`]
-/// until `stop`.
+/// until `stop` (which also ends a run between two steps, so shutdown does
+/// not wait for a large backlog).
 pub async fn run_inbox_pruning(
     consumers: Vec<(&'static str, Db)>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
         for (name, db) in &consumers {
-            match prune_inbox(db, name, INBOX_RETENTION).await {
+            let run = tokio::select! {
+                _ = stop.cancelled() => return,
+                run = prune_until(db, name, INBOX_RETENTION, &stop) => run,
+            };
+            match run {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(consumer = name, removed = n, "inbox pruned"),
                 Err(e) => tracing::warn!(consumer = name, error = %e, "inbox pruning failed; will retry"),
