@@ -247,48 +247,10 @@ async fn admit(
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let token = bearer(authorization.as_ref()).map_err(IntoResponse::into_response)?;
     let identity: Option<Arc<Identity>> = match token {
+        // Boxed: the key's lookup (through the proxy in scale-out) is a large
+        // future that a token's request would otherwise carry and move.
         Some(t) if t.starts_with(kernel::auth::API_KEY_PREFIX) => {
-            let (proxy, front) = (g.proxy.clone(), g.front);
-            let key = t.to_string();
-            let resolved = g
-                .verifier
-                .api_key(t, || async move {
-                    match proxy {
-                        Some(p) => p.introspect(&key).await,
-                        // The front door with no identity anywhere knows no keys.
-                        None if front => Ok(None),
-                        // A service alone cannot tell a bad key from one it cannot check.
-                        None => {
-                            Err("identity is not reachable from this process (list it in SIGNPOST_UPSTREAMS)"
-                                .into())
-                        }
-                    }
-                })
-                .await;
-            let identity = match resolved {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    return Err(Problem::unauthorized("the API key is invalid, expired or revoked")
-                        .with_header(
-                            header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                        )
-                        .into_response());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot resolve an API key");
-                    return Err(Problem::unavailable("cannot check the API key").into_response());
-                }
-            };
-            match crate::verify::revoked(g.kernel.cache.as_ref(), &identity).await {
-                Ok(false) => {}
-                Ok(true) => return Err(Problem::unauthorized("the API key was revoked").into_response()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "revocation list unreachable");
-                    return Err(Problem::unavailable("cannot check the API key").into_response());
-                }
-            }
-            Some(identity)
+            Some(Box::pin(api_key_identity(g, t)).await?)
         }
         Some(t) => {
             let identity = g.verifier.verify(t).await.map_err(|e| Problem::from(e).into_response())?;
@@ -413,4 +375,49 @@ async fn admit(
     };
     req.extensions_mut().insert(kernel::http::ClientIp(ip));
     decision
+}
+
+/// The caller behind an API key, unless the key is unknown or revoked (the
+/// response to send instead).
+async fn api_key_identity(g: &Gateway, t: &str) -> Result<Arc<Identity>, Response> {
+    let (proxy, front) = (g.proxy.clone(), g.front);
+    let key = t.to_string();
+    let resolved = g
+        .verifier
+        .api_key(t, || async move {
+            match proxy {
+                Some(p) => p.introspect(&key).await,
+                // The front door with no identity anywhere knows no keys.
+                None if front => Ok(None),
+                // A service alone cannot tell a bad key from one it cannot check.
+                None => {
+                    Err("identity is not reachable from this process (list it in SIGNPOST_UPSTREAMS)".into())
+                }
+            }
+        })
+        .await;
+    let identity = match resolved {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err(Problem::unauthorized("the API key is invalid, expired or revoked")
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                )
+                .into_response());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot resolve an API key");
+            return Err(Problem::unavailable("cannot check the API key").into_response());
+        }
+    };
+    match crate::verify::revoked(g.kernel.cache.as_ref(), &identity).await {
+        Ok(false) => {}
+        Ok(true) => return Err(Problem::unauthorized("the API key was revoked").into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation list unreachable");
+            return Err(Problem::unavailable("cannot check the API key").into_response());
+        }
+    }
+    Ok(identity)
 }

@@ -167,6 +167,12 @@ impl Verifier {
         if let Some((_, identity)) = cached.filter(|(exp, _)| exp + kernel::auth::CLOCK_SKEW_SECONDS > now) {
             return Ok(identity);
         }
+        // Boxed: a request with a cached token does not carry the key fetch's future.
+        Box::pin(self.verify_uncached(token, now)).await
+    }
+
+    /// [`Verifier::verify`] of a token not in the cache.
+    async fn verify_uncached(&self, token: &str, now: i64) -> Result<Arc<Identity>, TokenError> {
         let mut first = self.check(token, now);
         if let (Err(TokenError::UnknownKey | TokenError::Algorithm), Some(authority)) = (&first, self.local())
         {

@@ -246,6 +246,19 @@ impl Routing {
         if let Some(r) = self.local.get(&key, seen) {
             return Ok(Some(r));
         }
+        // Boxed: the redirect's future then does not carry the database and
+        // HTTP futures of a miss, which every hit would otherwise move around.
+        Box::pin(self.lookup_miss(domain, slug, key, seen)).await
+    }
+
+    /// [`Routing::lookup`] past this process's copy.
+    async fn lookup_miss(
+        &self,
+        domain: &str,
+        slug: &str,
+        key: String,
+        seen: u64,
+    ) -> Result<Option<Arc<RouteRecord>>, BoxError> {
         if let Ok(Some(bytes)) = self.kernel.cache.get(&key).await
             && let Ok(r) = serde_json::from_slice::<RouteRecord>(&bytes)
         {
@@ -575,7 +588,7 @@ async fn host_domain(r: &Routing, headers: &HeaderMap) -> Result<Option<String>,
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
         return Err(bad());
     }
-    r.custom_domain(&name).await.map_err(|e| internal(&e))
+    Box::pin(r.custom_domain(&name)).await.map_err(|e| internal(&e))
 }
 
 fn not_found(html: bool) -> Response {
@@ -634,7 +647,7 @@ async fn resolve(
             if !links::model::could_be_slug(code) {
                 return Ok(None);
             }
-            match r.lookup_qr(code).await {
+            match Box::pin(r.lookup_qr(code)).await {
                 Ok(Some((qr, route))) if !route.deleted && !qr.deleted => {
                     Ok(Some((Arc::new(route), Some(qr.qr_id))))
                 }
@@ -742,7 +755,7 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
     let page_first =
         (route.password_hash.is_some() && !unlocked) || (!route.pixels.is_empty() && v.consent.is_none());
     if let (Some(max), true) = (route.max_clicks, page_first) {
-        match r.clicks(route.tenant_id, route.link_id).await {
+        match Box::pin(r.clicks(route.tenant_id, route.link_id)).await {
             Ok(n) if n >= max => return gone(v.html, "This link has reached its click limit."),
             Ok(_) => {}
             Err(e) => return internal(&e),
@@ -775,7 +788,7 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
     // Only limited links pay for counting, and the count is exact: the click that
     // would pass the limit is refused.
     if let (Some(max), true) = (route.max_clicks, counted) {
-        match r.take_click(route.tenant_id, route.link_id, max).await {
+        match Box::pin(r.take_click(route.tenant_id, route.link_id, max)).await {
             Ok(true) => {}
             Ok(false) => return gone(v.html, "This link has reached its click limit."),
             Err(e) => return internal(&e),
