@@ -338,6 +338,7 @@ impl Platform {
             .iter()
             .map(|d| kernel.background.spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
+        // Inbox pruning stops with the relays, before the consumers.
         if !pruned.is_empty() {
             relays
                 .push(kernel.background.spawn(crate::events::run_inbox_pruning(pruned, relay_stop.clone())));

@@ -254,16 +254,7 @@ async fn admit(
         }
         Some(t) => {
             let identity = g.verifier.verify(t).await.map_err(|e| Problem::from(e).into_response())?;
-            match crate::verify::revoked(g.kernel.cache.as_ref(), &identity).await {
-                Ok(false) => {}
-                Ok(true) => return Err(Problem::unauthorized("the session was revoked").into_response()),
-                Err(e) => {
-                    // A revoked session must never pass, so this fails closed whatever
-                    // the rate limiter's policy.
-                    tracing::warn!(error = %e, "revocation list unreachable");
-                    return Err(Problem::unavailable("cannot check the session").into_response());
-                }
-            }
+            refuse_revoked(g, &identity, "session").await?;
             Some(identity)
         }
         None if access == Access::Authenticated && matched => {
@@ -411,13 +402,20 @@ async fn api_key_identity(g: &Gateway, t: &str) -> Result<Arc<Identity>, Respons
             return Err(Problem::unavailable("cannot check the API key").into_response());
         }
     };
-    match crate::verify::revoked(g.kernel.cache.as_ref(), &identity).await {
-        Ok(false) => {}
-        Ok(true) => return Err(Problem::unauthorized("the API key was revoked").into_response()),
+    refuse_revoked(g, &identity, "API key").await?;
+    Ok(identity)
+}
+
+/// Refuses a caller whose session or API key (`what`) was revoked. A revoked
+/// caller must never pass, so an unreadable revocation list fails closed,
+/// whatever the rate limiter's policy.
+async fn refuse_revoked(g: &Gateway, identity: &Identity, what: &str) -> Result<(), Response> {
+    match crate::verify::revoked(g.kernel.cache.as_ref(), identity).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(Problem::unauthorized(format!("the {what} was revoked")).into_response()),
         Err(e) => {
             tracing::warn!(error = %e, "revocation list unreachable");
-            return Err(Problem::unavailable("cannot check the API key").into_response());
+            Err(Problem::unavailable(format!("cannot check the {what}")).into_response())
         }
     }
-    Ok(identity)
 }

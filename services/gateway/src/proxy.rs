@@ -36,9 +36,7 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// One instance of a service.
 pub struct Instance {
     /// `http://host:port` (h2c instances are stored with `http://`).
-    pub base: String,
-    /// The same, for the access log.
-    label: Arc<str>,
+    pub base: Arc<str>,
     /// Its scheme and authority, parsed once.
     scheme: Option<axum::http::uri::Scheme>,
     authority: Option<axum::http::uri::Authority>,
@@ -80,7 +78,7 @@ impl Instance {
 
     fn gauge(&self) {
         let up = self.healthy.load(Ordering::Relaxed) && self.available();
-        metrics::gauge!("gateway_upstream_healthy", "service" => self.service.clone(), "instance" => self.base.clone())
+        metrics::gauge!("gateway_upstream_healthy", "service" => self.service.clone(), "instance" => self.base.to_string())
             .set(if up { 1.0 } else { 0.0 });
     }
 }
@@ -180,10 +178,9 @@ impl Proxy {
                         let parsed = base.parse::<Uri>().ok().map(Uri::into_parts);
                         let (scheme, authority) = parsed.map_or((None, None), |p| (p.scheme, p.authority));
                         Arc::new(Instance {
-                            label: base.as_str().into(),
+                            base: base.into(),
                             scheme,
                             authority,
-                            base,
                             h2,
                             service: service.clone(),
                             healthy: AtomicBool::new(true),
@@ -256,7 +253,7 @@ impl Proxy {
     }
 
     /// Power of two choices among available instances, preferring healthy ones.
-    fn pick(&self, service: &str, exclude: &[String]) -> Option<Arc<Instance>> {
+    fn pick(&self, service: &str, exclude: &[Arc<str>]) -> Option<Arc<Instance>> {
         let all = self.instances(service);
         if let [only] = all {
             // With one instance, health only orders the choice: it is taken when available.
@@ -322,18 +319,16 @@ async fn health_checks(proxy: std::sync::Weak<Proxy>) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .filter(|n| !PROTECTED.contains(&n.as_str()))
-            .collect();
-        for name in listed {
-            h.remove(name);
-        }
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !PROTECTED.contains(&n.as_str()))
+        .collect();
+    for name in listed {
+        h.remove(name);
     }
     // One pass over the (few) headers there are, rather than a lookup per
     // hop-by-hop name: most messages carry none of them.
@@ -422,7 +417,7 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
     let max_tries = if retryable { proxy.instances(service).len().clamp(1, 3) } else { 1 };
     let mut body = Some(body);
     let mut headers = Some(parts.headers);
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = String::from("no instance available");
     for attempt in 1..=max_tries {
         let Some(inst) = proxy.pick(service, &tried) else { break };
@@ -478,7 +473,7 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
                 let mut response = Response::from_parts(rparts, Body::new(rbody));
                 response
                     .extensions_mut()
-                    .insert(AccessLogFields { tenant_id: None, upstream: Some(inst.label.clone()) });
+                    .insert(AccessLogFields { tenant_id: None, upstream: Some(inst.base.clone()) });
                 return response;
             }
             Ok(Err(e)) => {

@@ -31,9 +31,9 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Default)]
 pub struct AccessLogFields {
     /// The tenant the request acted in.
-    pub tenant_id: Option<std::sync::Arc<str>>,
+    pub tenant_id: Option<Arc<str>>,
     /// The upstream instance that answered (proxy mode).
-    pub upstream: Option<std::sync::Arc<str>>,
+    pub upstream: Option<Arc<str>>,
 }
 
 /// A client-sent id is kept when it is short and plain; otherwise we make one
@@ -165,8 +165,7 @@ where
         // one taken is readied by `call_inner`.
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
-        let run = self.middleware.clone().run(req, inner);
-        Box::pin(async move { Ok(run.await) })
+        Box::pin(self.middleware.clone().run(req, inner).map(Ok))
     }
 }
 
