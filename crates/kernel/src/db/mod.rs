@@ -62,6 +62,13 @@ pub enum DbError {
     Json(#[from] serde_json::Error),
 }
 
+impl DbError {
+    /// Whether a unique index refused the statement.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Sqlx(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
+}
+
 /// Maps constraint violations to client errors, in one place per call site.
 pub trait DbResultExt<T> {
     /// A unique violation becomes `problem` (409, usually).

@@ -37,6 +37,17 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// How many batches this consumer may apply at once in one process. On
+    /// NATS each is its own pull loop on the durable, as a second instance
+    /// would be; the in-process bus applies one at a time. More than one
+    /// means batches commit in any order: only for a handler whose effects
+    /// commute (counts) or are ordered by a version, and whose concurrent
+    /// transactions cannot deadlock. Applying a batch is mostly waiting on
+    /// the database, so one loop leaves a core idle.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
     /// Runs once the transaction that applied `events` has committed: the place
     /// to evict caches, so a reader can never re-cache the state from before.
     async fn committed(&self, events: &[Envelope]) {

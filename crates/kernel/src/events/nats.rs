@@ -99,14 +99,14 @@ impl NatsBus {
 impl Bus for NatsBus {
     async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
         // Send all, then wait for the acks: pipelined, but still in order on the stream.
-        let mut acks = Vec::with_capacity(events.len());
-        for event in events {
+        let messages = messages(events)?;
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in messages {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(NATS_MESSAGE_ID, event.event_id.to_string().as_str());
-            let payload = serde_json::to_vec(event).map_err(|e| BusError::Publish(e.to_string()))?;
+            headers.insert(NATS_MESSAGE_ID, m.id.as_str());
             let ack = self
                 .js
-                .publish_with_headers(self.subject(&event.event_type), headers, payload.into())
+                .publish_with_headers(self.subject(m.event_type), headers, m.payload.into())
                 .await
                 .map_err(|e| BusError::Publish(e.to_string()))?;
             acks.push(ack);
@@ -125,12 +125,16 @@ impl Bus for NatsBus {
     ) -> Result<Vec<JoinHandle<()>>, BusError> {
         let err = |e: String| BusError::Consumer { consumer: consumer.name.to_string(), message: e };
         let mut tasks = Vec::new();
+        let loops = consumer.handler.concurrency().max(1);
         for event_type in consumer.event_types {
             let pull = self.durable(consumer.name, event_type).await.map_err(err)?;
-            let (consumer, db, shutdown) = (consumer.clone(), db.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
-                run_pull(pull, consumer, db, shutdown).await;
-            }));
+            for _ in 0..loops {
+                let (pull, consumer, db, shutdown) =
+                    (pull.clone(), consumer.clone(), db.clone(), shutdown.clone());
+                tasks.push(tokio::spawn(async move {
+                    run_pull(pull, consumer, db, shutdown).await;
+                }));
+            }
         }
         Ok(tasks)
     }
@@ -151,7 +155,7 @@ impl Bus for NatsBus {
             subs.push(sub);
         }
         Ok(futures_util::stream::select_all(subs)
-            .filter_map(|m| async move { serde_json::from_slice::<Envelope>(&m.payload).ok() })
+            .flat_map(|m| futures_util::stream::iter(decode(&m.payload).into_iter().filter_map(Result::ok)))
             .boxed())
     }
 
@@ -167,8 +171,17 @@ impl Bus for NatsBus {
     }
 }
 
-/// Most messages asked for per pull, and most applied as one batch.
+/// Most events in one JetStream message, and most bytes of their JSON (the
+/// server's default limit is 1 MiB). A message per event cost the server a
+/// store write, a deduplication entry, a delivery and an ack for every click.
+const MESSAGE_EVENTS: usize = 512;
+const MESSAGE_BYTES: usize = 512 * 1024;
+/// Most events applied as one batch (one database transaction per tenant).
+const APPLY_BATCH: usize = 512;
+/// Most messages asked for per pull.
 const PULL_BATCH: usize = 512;
+/// Most bytes asked for per pull: a few full messages, not hundreds.
+const PULL_BYTES: usize = 4 * MESSAGE_BYTES;
 /// Messages a consumer may hold delivered but unacknowledged, over all its
 /// instances. With JetStream's default (1000) the click consumer was seen to
 /// stall for tens of seconds under load: the server showed 1000
@@ -178,8 +191,128 @@ const MAX_ACK_PENDING: i64 = 20_000;
 /// stream that stops receiving recovers within seconds.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long a short batch waits for more messages.
+/// How long a short batch waits for more events.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// One JetStream message: a run of events of one type, in publication order.
+struct Message<'a> {
+    event_type: &'a str,
+    /// `Nats-Msg-Id`: the event id of a single event, `<first id>+<count>`
+    /// of a run (the same events published again get the same id).
+    id: String,
+    payload: Vec<u8>,
+}
+
+/// Packs events into messages: consecutive events of one type share a
+/// message, up to [`MESSAGE_EVENTS`] and [`MESSAGE_BYTES`]. A single event is
+/// its envelope, as every build before runs were packed sent it; a run is a
+/// JSON array of envelopes.
+fn messages(events: &[Envelope]) -> Result<Vec<Message<'_>>, BusError> {
+    // The run being packed: its first event, count, and `[` + envelopes so far.
+    struct Open<'a> {
+        first: &'a Envelope,
+        count: usize,
+        body: Vec<u8>,
+    }
+    fn close(open: Open<'_>) -> Message<'_> {
+        let Open { first, count, mut body } = open;
+        if count == 1 {
+            body.remove(0);
+            return Message { event_type: &first.event_type, id: first.event_id.to_string(), payload: body };
+        }
+        body.push(b']');
+        Message { event_type: &first.event_type, id: format!("{}+{count}", first.event_id), payload: body }
+    }
+    let mut out = Vec::new();
+    let mut open: Option<Open<'_>> = None;
+    for e in events {
+        let json = serde_json::to_vec(e).map_err(|err| BusError::Publish(err.to_string()))?;
+        if let Some(o) = open.as_mut()
+            && o.first.event_type == e.event_type
+            && o.count < MESSAGE_EVENTS
+            && o.body.len() + json.len() + 2 <= MESSAGE_BYTES
+        {
+            o.body.push(b',');
+            o.body.extend_from_slice(&json);
+            o.count += 1;
+            continue;
+        }
+        if let Some(o) = open.take() {
+            out.push(close(o));
+        }
+        let mut body = Vec::with_capacity((json.len() + 1) * 64);
+        body.push(b'[');
+        body.extend_from_slice(&json);
+        open = Some(Open { first: e, count: 1, body });
+    }
+    out.extend(open.map(close));
+    Ok(out)
+}
+
+/// The events of one message, in order; an event that cannot be read is its
+/// text and why (for the dead letters). A message is one envelope or an array
+/// of them.
+fn decode(payload: &[u8]) -> Vec<Result<Envelope, (String, String)>> {
+    let bad = |text: &[u8], e: serde_json::Error| {
+        Err((String::from_utf8_lossy(text).into_owned(), format!("malformed envelope: {e}")))
+    };
+    if payload.trim_ascii_start().first() != Some(&b'[') {
+        return vec![serde_json::from_slice::<Envelope>(payload).or_else(|e| bad(payload, e))];
+    }
+    if let Ok(events) = serde_json::from_slice::<Vec<Envelope>>(payload) {
+        return events.into_iter().map(Ok).collect();
+    }
+    // One bad element: keep the others.
+    match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(payload) {
+        Ok(items) => items
+            .into_iter()
+            .map(|raw| serde_json::from_str::<Envelope>(raw.get()).or_else(|e| bad(raw.get().as_bytes(), e)))
+            .collect(),
+        Err(e) => vec![bad(payload, e)],
+    }
+}
+
+/// A delivered message and the events it carries.
+struct Delivered {
+    message: jetstream::Message,
+    events: Vec<Envelope>,
+}
+
+/// Decodes delivered messages onto `ready`. A message's unreadable events go
+/// to the dead letters; one that carries nothing else is acknowledged, and
+/// one whose dead letters could not be stored is left to be redelivered.
+async fn take(
+    chunk: Vec<Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>>,
+    consumer: &Consumer,
+    db: &Db,
+    ready: &mut std::collections::VecDeque<Delivered>,
+) {
+    for item in chunk {
+        let message = match item {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = consumer.name, error = %e, "JetStream delivery error");
+                continue;
+            }
+        };
+        let mut events = Vec::new();
+        let mut kept = true;
+        for decoded in decode(&message.payload) {
+            match decoded {
+                Ok(env) => events.push(env),
+                Err((raw, why)) => kept &= dead_letter(db, consumer.name, None, &raw, &why).await.is_ok(),
+            }
+        }
+        if !kept {
+            continue;
+        }
+        if events.is_empty() {
+            let _ = message.ack().await;
+            continue;
+        }
+        ready.push_back(Delivered { message, events });
+    }
+}
 
 async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
@@ -188,6 +321,7 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
         let messages = match pull
             .stream()
             .max_messages_per_batch(PULL_BATCH)
+            .max_bytes_per_batch(PULL_BYTES)
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
@@ -199,14 +333,12 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
             }
         };
-        // Take whatever is ready (up to a pull) as one batch: low latency when idle, batches under load.
+        // Take whatever is ready as one batch: low latency when idle, batches under load.
         let mut chunks = messages.ready_chunks(PULL_BATCH);
-        // What a gathered batch took beyond PULL_BATCH: the next batch.
-        let mut carry = Vec::new();
+        // Decoded messages not yet applied, in delivery order.
+        let mut ready = std::collections::VecDeque::new();
         loop {
-            let mut chunk = if !carry.is_empty() {
-                std::mem::take(&mut carry)
-            } else {
+            if ready.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         // Give back what was delivered to us but not handled, so the next
@@ -220,47 +352,30 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
                         }
                         return;
                     }
-                    c = chunks.next() => match c { Some(c) => c, None => break },
+                    c = chunks.next() => match c { Some(c) => take(c, &consumer, &db, &mut ready).await, None => break },
                 }
-            };
+                continue;
+            }
             // A short batch waits a moment for more: each batch is a database
             // transaction of a dozen round trips whatever its size, and what
             // arrives while one is applied is too little to keep up under load.
             let gather = tokio::time::Instant::now() + GATHER;
-            while chunk.len() < PULL_BATCH {
+            while ready.iter().map(|d: &Delivered| d.events.len()).sum::<usize>() < APPLY_BATCH {
                 match tokio::time::timeout_at(gather, chunks.next()).await {
-                    Ok(Some(more)) => chunk.extend(more),
+                    Ok(Some(more)) => take(more, &consumer, &db, &mut ready).await,
                     _ => break,
                 }
             }
-            if chunk.len() > PULL_BATCH {
-                carry = chunk.split_off(PULL_BATCH);
-            }
-            let mut batch = Vec::with_capacity(chunk.len());
-            let mut msgs = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                let msg = match item {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(consumer = consumer.name, error = %e, "JetStream delivery error");
-                        continue;
-                    }
-                };
-                match serde_json::from_slice::<Envelope>(&msg.payload) {
-                    Ok(env) => {
-                        batch.push(env);
-                        msgs.push(msg);
-                    }
-                    Err(e) => {
-                        let raw = String::from_utf8_lossy(&msg.payload).into_owned();
-                        if dead_letter(&db, consumer.name, None, &raw, &format!("malformed envelope: {e}"))
-                            .await
-                            .is_ok()
-                        {
-                            let _ = msg.ack().await;
-                        }
-                    }
+            // Whole messages, at most APPLY_BATCH events (a message holds no more).
+            let mut batch = Vec::new();
+            let mut msgs = Vec::new();
+            while let Some(next) = ready.front() {
+                if !msgs.is_empty() && batch.len() + next.events.len() > APPLY_BATCH {
+                    break;
                 }
+                let Some(Delivered { message, events }) = ready.pop_front() else { break };
+                batch.extend(events);
+                msgs.push(message);
             }
             match process(&db, &consumer, &batch).await {
                 Ok(()) => {
@@ -288,6 +403,73 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn event(event_type: &str, n: u64) -> Envelope {
+        Envelope::new(event_type, crate::TenantId::new(), "system", serde_json::json!({ "n": n }))
+    }
+
+    #[test]
+    fn runs_of_one_type_share_a_message_in_order_and_a_lone_event_is_its_envelope() {
+        let mut events: Vec<Envelope> = (0..1100).map(|n| event("link.clicked", n)).collect();
+        events.push(event("qr.scanned", 1100));
+        events.push(event("link.clicked", 1101));
+        let packed = messages(&events).unwrap();
+        let sizes: Vec<(&str, usize)> =
+            packed.iter().map(|m| (m.event_type, decode(&m.payload).len())).collect();
+        assert_eq!(
+            sizes,
+            [
+                ("link.clicked", 512),
+                ("link.clicked", 512),
+                ("link.clicked", 76),
+                ("qr.scanned", 1),
+                ("link.clicked", 1)
+            ]
+        );
+        let read: Vec<Envelope> =
+            packed.iter().flat_map(|m| decode(&m.payload)).map(|r| r.unwrap()).collect();
+        assert_eq!(read, events, "every event once, in publication order");
+        // A single event goes as before: its envelope, its id as Nats-Msg-Id.
+        let lone = &packed[3];
+        assert_eq!(serde_json::from_slice::<Envelope>(&lone.payload).unwrap(), events[1100]);
+        assert_eq!(lone.id, events[1100].event_id.to_string());
+        assert_eq!(packed[0].id, format!("{}+512", events[0].event_id));
+        assert_eq!(messages(&events).unwrap()[1].id, packed[1].id, "publishing again gives the same ids");
+    }
+
+    #[test]
+    fn a_message_stays_under_the_byte_limit() {
+        let big = "x".repeat(100_000);
+        let events: Vec<Envelope> = (0..12)
+            .map(|_| {
+                Envelope::new("note.added", crate::TenantId::new(), "system", serde_json::json!({ "t": big }))
+            })
+            .collect();
+        let packed = messages(&events).unwrap();
+        assert!(packed.len() >= 3, "{} messages", packed.len());
+        assert!(packed.iter().all(|m| m.payload.len() <= MESSAGE_BYTES));
+        assert_eq!(packed.iter().map(|m| decode(&m.payload).len()).sum::<usize>(), 12);
+    }
+
+    #[test]
+    fn an_unreadable_event_in_a_message_is_set_apart_and_the_others_are_kept() {
+        let (a, b) = (event("link.clicked", 1), event("link.clicked", 2));
+        let payload = format!(
+            "[{},{{\"event_id\":\"nope\"}},{}]",
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        let read = decode(payload.as_bytes());
+        assert_eq!(read.len(), 3);
+        assert_eq!(read[0].as_ref().unwrap(), &a);
+        let (raw, why) = read[1].as_ref().unwrap_err();
+        assert_eq!(raw, r#"{"event_id":"nope"}"#);
+        assert!(why.starts_with("malformed envelope"), "{why}");
+        assert_eq!(read[2].as_ref().unwrap(), &b);
+        let garbage = decode(b"[not json");
+        assert!(matches!(&garbage[..], [Err((raw, _))] if raw == "[not json"));
+        assert!(matches!(&decode(b"{}")[..], [Err(_)]));
+    }
 
     #[tokio::test]
     async fn a_durable_an_older_build_made_gets_the_kernels_ack_limit() {
