@@ -661,11 +661,12 @@ impl Handler for Ingest {
         true
     }
 
-    /// Clicks are counts (they commute) and subjects are upserts guarded by
-    /// their version; concurrent batches of a tenant meet at its ingest lock,
-    /// taken after the raw insert (see [`store_clicks`]).
-    fn concurrency(&self) -> usize {
-        2
+    /// Clicks are counts (they commute): two batches at once, which meet at
+    /// the tenant's ingest lock, taken after the raw insert (see
+    /// [`store_clicks`]). Link and QR events, few and each an upsert of
+    /// several rows, go one batch at a time.
+    fn concurrency(&self, event_type: &str) -> usize {
+        if CLICK_TYPES.contains(&event_type) { 2 } else { 1 }
     }
 
     async fn handle_batch(&self, tx: &mut Tx, events: &[Envelope]) -> Result<(), HandlerError> {

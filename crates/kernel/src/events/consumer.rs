@@ -37,14 +37,15 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
-    /// How many batches this consumer may apply at once in one process. On
-    /// NATS each is its own pull loop on the durable, as a second instance
-    /// would be; the in-process bus applies one at a time. More than one
-    /// means batches commit in any order: only for a handler whose effects
-    /// commute (counts) or are ordered by a version, and whose concurrent
-    /// transactions cannot deadlock. Applying a batch is mostly waiting on
-    /// the database, so one loop leaves a core idle.
-    fn concurrency(&self) -> usize {
+    /// How many batches of `event_type` this consumer may apply at once in
+    /// one process. On NATS each is its own pull loop on the durable, as a
+    /// second instance would be; the in-process bus applies one at a time.
+    /// More than one means batches commit in any order: only for events whose
+    /// effects commute (counts), and whose concurrent transactions cannot
+    /// deadlock. Applying a batch is mostly waiting on the database, so one
+    /// loop leaves a core idle.
+    fn concurrency(&self, event_type: &str) -> usize {
+        let _ = event_type;
         1
     }
 

@@ -41,6 +41,8 @@ const MAX_RECORD: usize = 256 * 1024;
 /// Slots tried per journal before giving up.
 const MAX_SLOTS: usize = 64;
 const HEADER: usize = 8;
+/// How long the drainer waits after publishing a short batch.
+const GATHER: Duration = Duration::from_millis(2);
 /// How long a stopping drainer keeps publishing a backlog; the rest waits on
 /// disk for the next start.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -446,12 +448,19 @@ async fn drain_slot(
             }
         };
         let finished = writing.is_none_or(|w| at.segment < w);
+        // A small batch: the drainer keeps up easily. It then waits a moment
+        // after publishing and reads afresh, so that under load batches grow
+        // instead of going out every millisecond with a few dozen events
+        // (each a JetStream message and a consumer's batch). A larger one
+        // means the drainer is busy: no wait, and the next read overlaps the
+        // publish.
+        let gather = !read.events.is_empty() && read.events.len() < BATCH / 4;
         if !read.events.is_empty() {
             let count = read.events.len();
             // Shared, not lent: the in-process consumers take the batch as it is.
             let events: Arc<[Envelope]> = read.events.into();
             // Decode what follows on another thread while the consumers apply this.
-            if let Some(f) = &file {
+            if !gather && let Some(f) = &file {
                 let next = Position { segment: at.segment, offset: read.next };
                 ahead = Some(read_ahead(f, next, source.writing(), std::mem::take(&mut buf)));
             }
@@ -481,6 +490,12 @@ async fn drain_slot(
         if read.next != at.offset {
             at.offset = read.next;
             checkpoint.save(at)?;
+            if gather && !stopping {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(GATHER) => {}
+                }
+            }
             continue;
         }
         // Nothing more to read here for now.

@@ -125,10 +125,9 @@ impl Bus for NatsBus {
     ) -> Result<Vec<JoinHandle<()>>, BusError> {
         let err = |e: String| BusError::Consumer { consumer: consumer.name.to_string(), message: e };
         let mut tasks = Vec::new();
-        let loops = consumer.handler.concurrency().max(1);
         for event_type in consumer.event_types {
             let pull = self.durable(consumer.name, event_type).await.map_err(err)?;
-            for _ in 0..loops {
+            for _ in 0..consumer.handler.concurrency(event_type).max(1) {
                 let (pull, consumer, db, shutdown) =
                     (pull.clone(), consumer.clone(), db.clone(), shutdown.clone());
                 tasks.push(tokio::spawn(async move {
@@ -178,10 +177,10 @@ const MESSAGE_EVENTS: usize = 512;
 const MESSAGE_BYTES: usize = 512 * 1024;
 /// Most events applied as one batch (one database transaction per tenant).
 const APPLY_BATCH: usize = 512;
-/// Most messages asked for per pull.
-const PULL_BATCH: usize = 512;
-/// Most bytes asked for per pull: a few full messages, not hundreds.
-const PULL_BYTES: usize = 4 * MESSAGE_BYTES;
+/// Most messages asked for per pull: a few runs fill a batch, and 64 full
+/// messages are 32 MiB. (No byte limit: JetStream never delivers a message
+/// larger than a pull's byte limit, so one large event would stop the durable.)
+const PULL_BATCH: usize = 64;
 /// Messages a consumer may hold delivered but unacknowledged, over all its
 /// instances. With JetStream's default (1000) the click consumer was seen to
 /// stall for tens of seconds under load: the server showed 1000
@@ -197,8 +196,10 @@ const GATHER: Duration = Duration::from_millis(5);
 /// One JetStream message: a run of events of one type, in publication order.
 struct Message<'a> {
     event_type: &'a str,
-    /// `Nats-Msg-Id`: the event id of a single event, `<first id>+<count>`
-    /// of a run (the same events published again get the same id).
+    /// `Nats-Msg-Id`: the event id of a single event, `<first id>+<last
+    /// id>+<count>` of a run. The same events published again get the same
+    /// id; a retry that reads a different set (the outbox relay skips a row
+    /// committed late) differs in its last id or its count.
     id: String,
     payload: Vec<u8>,
 }
@@ -211,17 +212,19 @@ fn messages(events: &[Envelope]) -> Result<Vec<Message<'_>>, BusError> {
     // The run being packed: its first event, count, and `[` + envelopes so far.
     struct Open<'a> {
         first: &'a Envelope,
+        last: &'a Envelope,
         count: usize,
         body: Vec<u8>,
     }
     fn close(open: Open<'_>) -> Message<'_> {
-        let Open { first, count, mut body } = open;
+        let Open { first, last, count, mut body } = open;
         if count == 1 {
             body.remove(0);
             return Message { event_type: &first.event_type, id: first.event_id.to_string(), payload: body };
         }
         body.push(b']');
-        Message { event_type: &first.event_type, id: format!("{}+{count}", first.event_id), payload: body }
+        let id = format!("{}+{}+{count}", first.event_id, last.event_id);
+        Message { event_type: &first.event_type, id, payload: body }
     }
     let mut out = Vec::new();
     let mut open: Option<Open<'_>> = None;
@@ -235,15 +238,16 @@ fn messages(events: &[Envelope]) -> Result<Vec<Message<'_>>, BusError> {
             o.body.push(b',');
             o.body.extend_from_slice(&json);
             o.count += 1;
+            o.last = e;
             continue;
         }
         if let Some(o) = open.take() {
             out.push(close(o));
         }
-        let mut body = Vec::with_capacity((json.len() + 1) * 64);
+        let mut body = Vec::with_capacity(((json.len() + 1) * 64).min(MESSAGE_BYTES));
         body.push(b'[');
         body.extend_from_slice(&json);
-        open = Some(Open { first: e, count: 1, body });
+        open = Some(Open { first: e, last: e, count: 1, body });
     }
     out.extend(open.map(close));
     Ok(out)
@@ -304,6 +308,8 @@ async fn take(
             }
         }
         if !kept {
+            // Back again in a while, when the dead letters may be writable.
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
             continue;
         }
         if events.is_empty() {
@@ -321,7 +327,6 @@ async fn run_pull(pull: consumer::PullConsumer, consumer: Consumer, db: Db, shut
         let messages = match pull
             .stream()
             .max_messages_per_batch(PULL_BATCH)
-            .max_bytes_per_batch(PULL_BYTES)
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
@@ -433,7 +438,7 @@ mod tests {
         let lone = &packed[3];
         assert_eq!(serde_json::from_slice::<Envelope>(&lone.payload).unwrap(), events[1100]);
         assert_eq!(lone.id, events[1100].event_id.to_string());
-        assert_eq!(packed[0].id, format!("{}+512", events[0].event_id));
+        assert_eq!(packed[0].id, format!("{}+{}+512", events[0].event_id, events[511].event_id));
         assert_eq!(messages(&events).unwrap()[1].id, packed[1].id, "publishing again gives the same ids");
     }
 
