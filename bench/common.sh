@@ -51,3 +51,36 @@ TICKS_PER_SECOND=$(getconf CLK_TCK)
 cpu_per_request() {
     python3 -c "print('%.1f' % (($2 - $1) * 1e6 / $TICKS_PER_SECOND / $3))"
 }
+
+# Starts nginx (2 workers, like signpost's 2 connection threads on this 2-core
+# machine) answering GET /bench with `return 302` on 127.0.0.1:$1; its pid
+# file is $WORK/nginx.pid, its configuration $WORK/nginx.conf.
+start_nginx_redirect() {
+    cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$1; location = /bench { return 302 https://example.com/landing; } }
+}
+NGINX
+    nginx -c "$WORK/nginx.conf"
+}
+
+# oha at a fixed rate on http://127.0.0.1:$3/bench for DURATION seconds, its
+# JSON saved as $WORK/$1.json, and one line: NAME: p50, p99, statuses.
+# Usage: oha_redirects NAME RATE PORT
+oha_redirects() {
+    oha --no-tui --output-format json --redirect 0 -z "${DURATION}s" -q "$2" -c 32 --latency-correction \
+        "http://127.0.0.1:$3/bench" > "$WORK/$1.json"
+    python3 - "$1" "$WORK/$1.json" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+d = json.load(open(path))
+p = d["latencyPercentiles"]
+print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
+PY
+}

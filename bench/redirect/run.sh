@@ -14,19 +14,7 @@ DURATION="${1:-15}"
 source bench/common.sh
 NGX=18091 SP=18092
 
-# nginx with 2 workers, like signpost's 2 runtime threads on this 2-core machine.
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$NGX; location = /bench { return 302 https://example.com/landing; } }
-}
-NGINX
-nginx -c "$WORK/nginx.conf"
+start_nginx_redirect "$NGX"
 
 cleanup() {
     kill "${SP_PID:-}" 2>/dev/null || true
@@ -77,15 +65,7 @@ if command -v oha >/dev/null; then
     echo "== latency at half of signpost's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
     for name in nginx signpost; do
         case $name in nginx) port=$NGX;; signpost) port=$SP;; esac
-        oha --no-tui --output-format json --redirect 0 -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction \
-            "http://127.0.0.1:$port/bench" > "$WORK/$name.json"
-        python3 - "$name" "$WORK/$name.json" <<'PY'
-import json, sys
-name, path = sys.argv[1], sys.argv[2]
-d = json.load(open(path))
-p = d["latencyPercentiles"]
-print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
-PY
+        oha_redirects "$name" "$RATE" "$port"
     done
     SENT=$((SENT + $(python3 -c "import json; print(sum(json.load(open('$WORK/signpost.json'))['statusCodeDistribution'].values()))")))
 else

@@ -116,7 +116,7 @@ impl ConnThreads {
     }
 
     /// Runs a connection's future on the thread serving the fewest connections.
-    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
+    pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
         use std::sync::atomic::Ordering::Relaxed;
         let n = self.handles.len();
         let start = self.next.fetch_add(1, Relaxed);

@@ -823,7 +823,7 @@ async fn answer(r: &Routing, p: &Public, headers: &HeaderMap, v: Visit, unlocked
     );
     // The click is in the journal before the answer leaves: a redirect that was
     // answered is never lost, even to kill -9.
-    if let Err(e) = r.journal.append_of(&click) {
+    if let Err(e) = r.journal.append_of(&click).await {
         return internal(&e);
     }
     if fire {
