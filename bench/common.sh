@@ -84,3 +84,14 @@ p = d["latencyPercentiles"]
 print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
 PY
 }
+
+# Sets FLOOR: the kernel's floor example (crates/kernel/examples/floor.rs),
+# built here unless SIGNPOST_BENCH_FLOOR names one built elsewhere.
+find_floor() {
+    if [ -n "${SIGNPOST_BENCH_FLOOR:-}" ]; then
+        FLOOR="$SIGNPOST_BENCH_FLOOR"
+    else
+        cargo build --release --quiet -p kernel --example floor
+        FLOOR="$CARGO_TARGET_DIR/release/examples/floor"
+    fi
+}

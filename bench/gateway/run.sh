@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Gateway benchmark: authenticated GETs (a) through `signpost serve gateway`
 # and (b) through nginx proxy_pass with keep-alive, to the same trivial
-# upstream (nginx `return 200`), on this machine, in one run.
+# upstream (nginx `return 200`), on this machine, in one run. Also the floor
+# under the gateway (crates/kernel/examples/floor.rs): hyper's server
+# forwarding with nothing else, (c) through hyper-util's pooled client, one
+# pool per thread as the gateway keeps them (`floor`), and (d) through one
+# upstream connection per client connection (`affine`).
 #
 # Needs: nginx (Debian nginx-light), wrk, oha (cargo install oha), python3.
 # Usage: bench/gateway/run.sh [DURATION_SECONDS]
@@ -9,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
 source bench/common.sh
-UP=18080 NGX=18081 GW=18082
+UP=18080 NGX=18081 GW=18082 FL=18083 AF=18084
+find_floor
 
 # Two nginx instances: the upstream (1 worker) that both proxies call, and the
 # nginx proxy (2 workers, like the gateway's 2 runtime threads). Sharing one
@@ -55,8 +60,12 @@ SIGNPOST_UPSTREAMS="bench=http://127.0.0.1:$UP" SIGNPOST_ROUTES="/v1/bench=bench
 SIGNPOST_RATE_LIMIT_TENANT="1000000000/60s" \
     "$BIN" serve gateway --listen "127.0.0.1:$GW" > "$WORK/gateway.log" 2>&1 &
 GW_PID=$!
+"$FLOOR" proxy "127.0.0.1:$FL" "127.0.0.1:$UP" &
+FL_PID=$!
+"$FLOOR" proxy-affine "127.0.0.1:$AF" "127.0.0.1:$UP" &
+AF_PID=$!
 cleanup() {
-    kill "$GW_PID" 2>/dev/null || true
+    kill "$GW_PID" "$FL_PID" "$AF_PID" 2>/dev/null || true
     nginx -c "$WORK/proxy.conf" -s stop 2>/dev/null || true
     nginx -c "$WORK/upstream.conf" -s stop 2>/dev/null || true
 }
@@ -73,10 +82,12 @@ echo "== maximum throughput (wrk -t1 -c64 -d${DURATION}s); CPU per request of th
 NGX_WORKERS=$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')
 UP_WORKERS=$(pgrep -P "$(cat "$WORK/upstream.pid")" | tr '\n' ' ')
 declare -A RPS
-for name in direct nginx gateway; do
+for name in direct nginx floor affine gateway; do
     case $name in
         direct) port=$UP; pids=$UP_WORKERS;;
         nginx) port=$NGX; pids=$NGX_WORKERS;;
+        floor) port=$FL; pids=$FL_PID;;
+        affine) port=$AF; pids=$AF_PID;;
         gateway) port=$GW; pids=$GW_PID;;
     esac
     # shellcheck disable=SC2086
@@ -89,7 +100,7 @@ for name in direct nginx gateway; do
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     echo "$name: $rps req/s; $(echo "$out" | awk '/ 50%/ {p50=$2} / 99%/ {p99=$2} END {print "p50 " p50 ", p99 " p99}'); $(cpu_per_request "$before" "$after" "$n") µs CPU per request"
 done
-python3 -c "print('gateway / nginx throughput ratio: %.2f' % (${RPS[gateway]} / ${RPS[nginx]}))"
+python3 -c "print('gateway / nginx throughput ratio: %.2f; floor / nginx: %.2f; affine / nginx: %.2f' % (${RPS[gateway]} / ${RPS[nginx]}, ${RPS[floor]} / ${RPS[nginx]}, ${RPS[affine]} / ${RPS[nginx]}))"
 
 if ! command -v oha >/dev/null; then
     echo "(oha not installed: no latency run at half load)"
@@ -98,8 +109,8 @@ if ! command -v oha >/dev/null; then
 fi
 RATE=$(python3 -c "print(int(${RPS[gateway]} / 2))")
 echo "== latency at half the gateway's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
-for name in direct nginx gateway; do
-    case $name in direct) port=$UP;; nginx) port=$NGX;; gateway) port=$GW;; esac
+for name in direct nginx floor affine gateway; do
+    case $name in direct) port=$UP;; nginx) port=$NGX;; floor) port=$FL;; affine) port=$AF;; gateway) port=$GW;; esac
     oha --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x" > "$WORK/$name.json"
     python3 - "$name" "$WORK/$name.json" <<'PY'
 import json, sys
@@ -113,7 +124,7 @@ done
 python3 - "$WORK" <<'PY'
 import json, sys
 w = sys.argv[1]
-p99 = {n: json.load(open(f"{w}/{n}.json"))["latencyPercentiles"]["p99"] * 1000 for n in ("direct", "nginx", "gateway")}
-print(f"added p99 over direct: gateway {p99['gateway'] - p99['direct']:.3f} ms, nginx {p99['nginx'] - p99['direct']:.3f} ms")
+p99 = {n: json.load(open(f"{w}/{n}.json"))["latencyPercentiles"]["p99"] * 1000 for n in ("direct", "nginx", "floor", "affine", "gateway")}
+print(f"added p99 over direct: gateway {p99['gateway'] - p99['direct']:.3f} ms, nginx {p99['nginx'] - p99['direct']:.3f} ms, floor {p99['floor'] - p99['direct']:.3f} ms, affine {p99['affine'] - p99['direct']:.3f} ms")
 PY
 echo "gateway RSS after the run: $(ps -o rss= -p "$GW_PID") KiB"

@@ -18,12 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
 source bench/common.sh
-if [ -n "${SIGNPOST_BENCH_FLOOR:-}" ]; then
-    FLOOR="$SIGNPOST_BENCH_FLOOR"
-else
-    cargo build --release --quiet -p kernel --example floor
-    FLOOR="$CARGO_TARGET_DIR/release/examples/floor"
-fi
+find_floor
 NGX=18091 SP=18092
 MODES="hyper hyper-timer auto axum server"
 declare -A PORT PID
