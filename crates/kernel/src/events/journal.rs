@@ -258,10 +258,7 @@ impl Journal {
             {
                 return Ok(group.clone());
             }
-            let group = Arc::new(Group::default());
-            if !group.add(event)? {
-                return Err(JournalError::Record("a new journal group was already sealed".into()));
-            }
+            let group = Arc::new(Group::with_first(event)?);
             groups.retain(|(k, g)| *k != key && !g.is_sealed());
             groups.push((key, group.clone()));
             // Queued behind the tasks this turn has already woken: they join
@@ -294,6 +291,13 @@ struct Pending {
 }
 
 impl Group {
+    /// A new, open group holding the event.
+    fn with_first<T: serde::Serialize>(event: &EnvelopeOf<'_, T>) -> Result<Self, JournalError> {
+        let mut records = Vec::with_capacity(4096);
+        encode_onto(&mut records, event)?;
+        Ok(Self { pending: Mutex::new(Pending { records, sealed: false }), ..Self::default() })
+    }
+
     /// Encodes the event onto the group; `false` if it is already sealed.
     fn add<T: serde::Serialize>(&self, event: &EnvelopeOf<'_, T>) -> Result<bool, JournalError> {
         let mut pending = self.pending.lock().map_err(|_| std::io::Error::other("journal group poisoned"))?;
