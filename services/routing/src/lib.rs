@@ -43,6 +43,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             postgres: include_str!("../migrations/postgres/0002_domains.sql"),
             sqlite: include_str!("../migrations/sqlite/0002_domains.sql"),
         },
+        Migration {
+            version: "0003_route_rank",
+            postgres: include_str!("../migrations/postgres/0003_route_rank.sql"),
+            sqlite: include_str!("../migrations/sqlite/0003_route_rank.sql"),
+        },
     ],
 };
 
@@ -115,10 +120,26 @@ macro_rules! on_tx {
     };
 }
 
-const UPSERT_ROUTE: &str = "insert into routing.routes (tenant_id, domain, slug, link_id, record, version) \
-     values ($1, $2, $3, $4, $5, $6) on conflict (domain, slug) do update set record = excluded.record, \
-     version = excluded.version, link_id = excluded.link_id \
-     where routes.tenant_id = $1 and routes.version <= excluded.version";
+/// A newer record wins; of two with the same version (whole seconds), the
+/// later kind (see [`rank`]) does, since different kinds can arrive in either order.
+const UPSERT_ROUTE: &str = "insert into routing.routes (tenant_id, domain, slug, link_id, record, version, rank) \
+     values ($1, $2, $3, $4, $5, $6, $7) on conflict (domain, slug) do update set record = excluded.record, \
+     version = excluded.version, link_id = excluded.link_id, rank = excluded.rank \
+     where routes.tenant_id = $1 and (routes.version < excluded.version \
+     or (routes.version = excluded.version and routes.rank <= excluded.rank))";
+
+/// The order of a link's or QR code's events within one second: created,
+/// updated, deleted. Each kind has a consumer of its own on NATS, so an update
+/// and a deletion made in the same second can be applied in either order.
+fn rank(event_type: &str) -> i16 {
+    if event_type.ends_with(".created") {
+        0
+    } else if event_type.ends_with(".deleted") {
+        2
+    } else {
+        1
+    }
+}
 const ROUTE: &str = "select record from routing.routes where domain = $1 and slug = $2";
 const LINK_ROUTE: &str =
     "select record from routing.routes where tenant_id = $1 and link_id = $2 and domain <> '#qr'";
@@ -199,7 +220,8 @@ impl Handler for RoutesHandler {
                 .bind(slug)
                 .bind(Id(link_id))
                 .bind(text)
-                .bind(Timestamp::from_unix(version)),
+                .bind(Timestamp::from_unix(version))
+                .bind(rank(&event.event_type)),
         ).await)?;
         Ok(())
     }

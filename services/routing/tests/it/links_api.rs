@@ -285,6 +285,48 @@ async fn an_import_whose_process_died_is_reported_interrupted_with_the_rows_it_n
 }
 
 #[tokio::test]
+async fn a_deletion_is_not_undone_by_an_update_of_the_same_second_that_arrives_after_it() {
+    const INTERNAL: &str = "internal-token-0123456789abcdef-0123456789";
+    let (app, _) = spawn_with(&[("SIGNPOST_INTERNAL_TOKEN", INTERNAL)]).await;
+    let tenant = TenantId::new();
+    let t = token(tenant, "member");
+    let route = |slug: &str| {
+        let req = app
+            .client
+            .get(app.url(&format!("/internal/routes/{slug}")))
+            .header(kernel::auth::INTERNAL_TOKEN_HEADER, INTERNAL);
+        async move { req.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    create(&app, &t, json!({ "url": "https://old.example/", "slug": "racing" })).await;
+    create(&app, &t, json!({ "url": "https://marker.example/", "slug": "marker" })).await;
+    let mut record = route("racing").await;
+    // Updates and deletions travel on consumers of their own, so the deletion
+    // can be applied first; both carry the same second as their version.
+    let version = record["version"].as_i64().unwrap() + 1;
+    record["version"] = json!(version);
+    let deleted = Envelope::new("link.deleted", tenant, "system", record.clone());
+    app.kernel.bus.publish(&[deleted]).await.unwrap();
+    eventually("the deleted link to stop redirecting", || async {
+        (visit(&app, "/racing", &[]).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    record["url"] = json!("https://new.example/");
+    let mut marker = route("marker").await;
+    marker["url"] = json!("https://marker.example/moved");
+    marker["version"] = json!(version + 1);
+    let late_update = Envelope::new("link.updated", tenant, "system", record);
+    let after_it = Envelope::new("link.updated", tenant, "system", marker);
+    app.kernel.bus.publish(&[late_update, after_it]).await.unwrap();
+    // Updates are applied in order: once the marker has moved, the late update was applied too.
+    eventually("the marker's update", || async {
+        (visit(&app, "/marker", &[]).await.1.as_deref() == Some("https://marker.example/moved")).then_some(())
+    })
+    .await;
+    assert_eq!(visit(&app, "/racing", &[]).await.0, StatusCode::NOT_FOUND, "the deletion stands");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn internal_routes_answer_only_the_internal_token() {
     const INTERNAL: &str = "internal-token-0123456789abcdef-0123456789";
     let (app, _) = spawn_with(&[("SIGNPOST_INTERNAL_TOKEN", INTERNAL)]).await;
