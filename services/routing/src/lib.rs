@@ -48,6 +48,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             postgres: include_str!("../migrations/postgres/0003_route_rank.sql"),
             sqlite: include_str!("../migrations/sqlite/0003_route_rank.sql"),
         },
+        Migration {
+            version: "0004_domain_states",
+            postgres: include_str!("../migrations/postgres/0004_domain_states.sql"),
+            sqlite: include_str!("../migrations/sqlite/0004_domain_states.sql"),
+        },
     ],
 };
 
@@ -146,7 +151,13 @@ const LINK_ROUTE: &str =
 const UPSERT_DOMAIN: &str = "insert into routing.domains (tenant_id, hostname, domain_id, version) \
      values ($1, $2, $3, $4) on conflict (hostname) do update set domain_id = excluded.domain_id, \
      version = excluded.version where domains.tenant_id = $1 and domains.version <= excluded.version";
-const DELETE_DOMAIN: &str = "delete from routing.domains where tenant_id = $1 and hostname = $2";
+/// Only the removed domain's own row goes: the hostname may belong to another domain by now.
+const DELETE_DOMAIN: &str =
+    "delete from routing.domains where tenant_id = $1 and hostname = $2 and domain_id = $3";
+/// Records a verification (`$3` false) or a removal (true) of a domain and
+/// answers whether it was removed: a removal is final, whichever came first.
+const DOMAIN_STATE: &str = "insert into routing.domain_states (tenant_id, domain_id, removed) values ($1, $2, $3) \
+     on conflict (domain_id) do update set removed = domain_states.removed or excluded.removed returning removed";
 const DOMAIN: &str = "select hostname from routing.domains where hostname = $1";
 /// Takes one click of a limited link, exactly: no row changes once the limit is reached.
 const TAKE_CLICK: &str = "insert into routing.click_counts (tenant_id, link_id, clicks) values ($1, $2, 1) \
@@ -185,12 +196,18 @@ impl Handler for RoutesHandler {
             if d.tenant_id != event.tenant_id {
                 return Err(HandlerError::Reject("the domain's tenant is not the event's".into()));
             }
-            if event.event_type == "domain.verified" {
+            // Both kinds meet on the domain's state row first: its lock orders
+            // a verification and a removal applied at the same moment.
+            let removing = event.event_type == "domain.deleted";
+            let removed: bool = on_tx!(tx, t => t.scalar(
+                t.query_scalar(DOMAIN_STATE).bind(Id(d.domain_id)).bind(removing),
+            ).await)?;
+            if removed {
+                on_tx!(tx, t => t.execute(t.query(DELETE_DOMAIN).bind(d.hostname).bind(Id(d.domain_id))).await)?;
+            } else {
                 on_tx!(tx, t => t.execute(
                     t.query(UPSERT_DOMAIN).bind(d.hostname).bind(Id(d.domain_id)).bind(Timestamp::from_unix(d.version)),
                 ).await)?;
-            } else {
-                on_tx!(tx, t => t.execute(t.query(DELETE_DOMAIN).bind(d.hostname)).await)?;
             }
             return Ok(());
         }

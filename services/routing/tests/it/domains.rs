@@ -175,3 +175,52 @@ async fn a_domain_verified_by_dns_serves_its_links_and_unknown_hosts_get_404() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_domain_is_not_brought_back_by_a_verification_applied_after_the_removal() {
+    let (app, _) = spawn().await;
+    let db = app.db("routing");
+    let known = |host: &'static str| {
+        let db = db.clone();
+        async move {
+            const KNOWN: &str = "select hostname from routing.domains where hostname = $1";
+            db.global_optional::<(String,)>(KNOWN, &[host]).await.unwrap().is_some()
+        }
+    };
+    let event = |kind: &str, tenant: TenantId, id: uuid::Uuid, hostname: &str, version: i64| {
+        let data = json!({ "domain_id": id, "hostname": hostname, "tenant_id": tenant, "version": version });
+        Envelope::new(kind, tenant, "system", data)
+    };
+    let bus = &app.kernel.bus;
+    let publish = |events: Vec<Envelope>| async move { bus.publish(&events).await.unwrap() };
+    let (a, b) = (TenantId::new(), TenantId::new());
+    let (mine, marker, theirs) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+
+    publish(vec![event("domain.verified", a, mine, "go.example.com", second)]).await;
+    eventually("the domain to be known", || async { known("go.example.com").await.then_some(()) }).await;
+    publish(vec![event("domain.deleted", a, mine, "go.example.com", second)]).await;
+    eventually("the domain to be removed", || async { (!known("go.example.com").await).then_some(()) }).await;
+    // Verifications and removals travel on consumers of their own: the same
+    // second's verification can be applied after the removal.
+    publish(vec![
+        event("domain.verified", a, mine, "go.example.com", second),
+        event("domain.verified", a, marker, "marker.example.com", second),
+    ])
+    .await;
+    // Verifications are applied in order: once the marker is known, the late one was applied too.
+    eventually("the marker", || async { known("marker.example.com").await.then_some(()) }).await;
+    assert!(!known("go.example.com").await, "the removal stands");
+
+    // Another workspace verifies the freed hostname; the first one's late removal leaves it.
+    publish(vec![event("domain.verified", b, theirs, "go.example.com", second + 1)]).await;
+    eventually("the hostname to move on", || async { known("go.example.com").await.then_some(()) }).await;
+    publish(vec![
+        event("domain.deleted", a, mine, "go.example.com", second),
+        event("domain.deleted", a, marker, "marker.example.com", second),
+    ])
+    .await;
+    eventually("the marker's removal", || async { (!known("marker.example.com").await).then_some(()) }).await;
+    assert!(known("go.example.com").await, "another domain's removal does not remove this one");
+    app.stop().await;
+}
