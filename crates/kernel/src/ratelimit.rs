@@ -48,8 +48,9 @@ pub const EXACT_LIMIT: u64 = 1000;
 /// In-process limiter.
 #[derive(Default)]
 pub struct MemoryLimiter {
-    logs: Mutex<HashMap<String, VecDeque<Instant>>>,
-    windows: Mutex<HashMap<String, (u64, u64, u64)>>,
+    // Seeded per map (keys are client addresses and tenants), and cheaper than SipHash.
+    logs: Mutex<HashMap<String, VecDeque<Instant>, foldhash::fast::RandomState>>,
+    windows: Mutex<HashMap<String, (u64, u64, u64), foldhash::fast::RandomState>>,
     calls: std::sync::atomic::AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
 }

@@ -319,24 +319,60 @@ async fn health_checks(proxy: std::sync::Weak<Proxy>) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the (few) headers there are, rather than a lookup per
+    // hop-by-hop name: most messages carry none of them, or only `Connection`.
+    let mut present: [Option<HeaderName>; 7] = Default::default();
+    let mut n = 0;
+    for k in h.keys() {
+        if n < present.len() && HOP_BY_HOP.contains(k) {
+            present[n] = Some(k.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
+        // No `Connection` either, so no header named in one.
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
+        .filter(|n| !n.trim().eq_ignore_ascii_case("keep-alive") && !n.trim().eq_ignore_ascii_case("close"))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .filter(|n| !PROTECTED.contains(&n.as_str()))
         .collect();
     for name in listed {
         h.remove(name);
     }
-    // One pass over the (few) headers there are, rather than a lookup per
-    // hop-by-hop name: most messages carry none of them.
-    if h.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        for name in &HOP_BY_HOP {
-            h.remove(name);
-        }
+    for name in present.into_iter().flatten() {
+        h.remove(name);
     }
+}
+
+/// An address as a header value; IPv4 written without `fmt`.
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else { return HeaderValue::from_str(&ip.to_string()).ok() };
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
+        if hundreds > 0 {
+            buf[len] = b'0' + hundreds;
+            len += 1;
+        }
+        if hundreds > 0 || tens > 0 {
+            buf[len] = b'0' + tens;
+            len += 1;
+        }
+        buf[len] = b'0' + ones;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -359,10 +395,10 @@ fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
     }
     if let Some(peer) = peer {
         let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if trusted => format!("{prev}, {peer}"),
-            _ => peer.to_string(),
+            Some(prev) if trusted => HeaderValue::from_str(&format!("{prev}, {peer}")).ok(),
+            _ => ip_value(peer),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             h.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -608,5 +644,35 @@ impl Proxy {
             kind: kernel::auth::CallerKind::ApiKey,
         };
         Ok(Some((caller, expires_at)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in
+            ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.100.9.199", "::1", "2001:db8::7"]
+        {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, close, x-tenant-id"));
+        h.insert(HeaderName::from_static("keep-alive"), HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(HeaderName::from_static("x-secret"), HeaderValue::from_static("1"));
+        h.insert(HeaderName::from_static("x-tenant-id"), HeaderValue::from_static("t"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-tenant-id"], "a protected header stays even when named");
     }
 }

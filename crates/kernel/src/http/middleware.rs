@@ -130,14 +130,19 @@ impl<M, S> Layer<S> for MiddlewareLayer<M> {
     type Service = MiddlewareService<M, S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MiddlewareService { middleware: self.0.clone(), inner }
+        MiddlewareService { middleware: self.0.clone(), inner: Arc::new(inner) }
     }
 }
 
 /// The service of a [`MiddlewareLayer`].
+///
+/// The rest of the stack is shared, not owned: axum clones a route's service
+/// for every request, and a clone of an owned stack would copy every layer
+/// below it (each boxed route one allocation), once per layer above it.
+/// Shared, a request copies each layer once, when that layer calls the next.
 pub struct MiddlewareService<M, S> {
     middleware: Arc<M>,
-    inner: S,
+    inner: Arc<S>,
 }
 
 impl<M, S: Clone> Clone for MiddlewareService<M, S> {
@@ -161,10 +166,9 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        // The clone left behind serves the next call (tower's convention); the
-        // one taken is readied by `call_inner`.
-        let fresh = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, fresh);
+        // This request's own copy of the rest of the stack (tower's
+        // convention), readied by `call_inner`.
+        let inner = S::clone(&self.inner);
         Box::pin(self.middleware.clone().run(req, inner).map(Ok))
     }
 }
