@@ -1,6 +1,7 @@
 //! Proxy mode (`signpost serve gateway` with `SIGNPOST_UPSTREAMS`): the same
-//! edge middleware in front of services in other processes. A pooled hyper
-//! client (HTTP/1.1, or HTTP/2 prior knowledge for `h2c://` instances) streams
+//! edge middleware in front of services in other processes. hyper's client,
+//! on connections kept per thread (HTTP/1.1, or HTTP/2 prior knowledge for
+//! `h2c://` instances), streams
 //! bodies both ways; hop-by-hop headers are removed in both directions;
 //! `X-Forwarded-*` are set; upgrades (WebSocket) pass through. Instances are
 //! picked by power-of-two-choices on in-flight requests among the healthy
@@ -35,6 +36,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// One instance of a service.
 pub struct Instance {
+    /// Names the instance among the idle connections a thread keeps.
+    id: u64,
     /// `http://host:port` (h2c instances are stored with `http://`).
     pub base: Arc<str>,
     /// Its scheme and authority, parsed once.
@@ -100,21 +103,88 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The pooled clients of one proxy on one thread.
-struct Clients {
-    h1: Client<HttpConnector, Body>,
-    h2: Client<HttpConnector, Body>,
-}
-
-/// Identifies a proxy among the clients a thread keeps.
+/// Identifies a proxy among the HTTP/2 clients a thread keeps.
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
+/// Identifies an instance among the idle HTTP/1.1 connections a thread keeps.
+static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// An HTTP/1.1 connection to an instance.
+type H1 = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Most idle HTTP/1.1 connections a thread keeps per instance.
+const MAX_IDLE: usize = 256;
 
 thread_local! {
-    /// Each thread's clients, by proxy: an upstream connection's task runs on the
-    /// runtime of the thread that opened it, so a connection pooled per thread is
+    /// Each thread's upstream connections: a connection's task runs on the
+    /// runtime of the thread that opened it, so a connection kept per thread is
     /// only ever used where its task runs, and a proxied request wakes no other
     /// thread (see `kernel::server::ConnThreads`).
-    static CLIENTS: std::cell::RefCell<Vec<(u64, Clients)>> = const { std::cell::RefCell::new(Vec::new()) };
+    ///
+    /// HTTP/1.1 connections by instance, the most recently used last. A plain
+    /// list per thread: no lock, no hashing of the authority, no waiters, which
+    /// a general pool costs on every request (about a tenth of the gateway's
+    /// instructions per request, measured with callgrind).
+    static H1_IDLE: std::cell::RefCell<Vec<(u64, Vec<H1>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// HTTP/2 (h2c) clients by proxy: one multiplexed connection per instance.
+    static H2_CLIENTS: std::cell::RefCell<Vec<(u64, Client<HttpConnector, Body>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A connection of this thread to the instance that can take a request now:
+/// the most recently used first; closed ones are dropped, and busy ones (a
+/// response body still streaming) are left for later.
+fn take_idle(instance: u64) -> Option<H1> {
+    H1_IDLE.with_borrow_mut(|all| {
+        let list = &mut all.iter_mut().find(|(id, _)| *id == instance)?.1;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].is_closed() {
+                list.remove(i);
+            } else if list[i].is_ready() {
+                return Some(list.remove(i));
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection for the next request (it takes one once its response is read).
+fn keep_idle(instance: u64, conn: H1) {
+    if conn.is_closed() {
+        return;
+    }
+    H1_IDLE.with_borrow_mut(|all| {
+        let at = match all.iter().position(|(id, _)| *id == instance) {
+            Some(at) => at,
+            None => {
+                all.push((instance, Vec::new()));
+                all.len() - 1
+            }
+        };
+        let list = &mut all[at].1;
+        if list.len() >= MAX_IDLE {
+            list.remove(0);
+        }
+        list.push(conn);
+    });
+}
+
+/// Why an instance gave no answer.
+#[derive(Debug)]
+enum Failure {
+    /// The request never reached the instance (another may take it).
+    Connect(String),
+    /// It may have.
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) | Self::Other(e) => f.write_str(e),
+        }
+    }
 }
 
 /// The upstream side of the gateway.
@@ -178,6 +248,7 @@ impl Proxy {
                         let parsed = base.parse::<Uri>().ok().map(Uri::into_parts);
                         let (scheme, authority) = parsed.map_or((None, None), |p| (p.scheme, p.authority));
                         Arc::new(Instance {
+                            id: NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed),
                             base: base.into(),
                             scheme,
                             authority,
@@ -206,29 +277,85 @@ impl Proxy {
         proxy
     }
 
-    /// This thread's client for an instance's protocol.
-    fn client(&self, h2: bool) -> Client<HttpConnector, Body> {
-        let pick = |c: &Clients| if h2 { c.h2.clone() } else { c.h1.clone() };
-        CLIENTS.with_borrow_mut(|all| {
+    /// This thread's HTTP/2 client.
+    fn h2_client(&self) -> Client<HttpConnector, Body> {
+        H2_CLIENTS.with_borrow_mut(|all| {
             if let Some((_, c)) = all.iter().find(|(id, _)| *id == self.id) {
-                return pick(c);
+                return c.clone();
             }
             let mut connector = HttpConnector::new();
             connector.set_connect_timeout(Some(self.connect_timeout));
             connector.set_nodelay(true);
-            let c = Clients {
-                h1: Client::builder(TokioExecutor::new())
-                    // Without a timer the idle timeout is never enforced.
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(256)
-                    .build(connector.clone()),
-                h2: Client::builder(TokioExecutor::new()).http2_only(true).build(connector),
-            };
-            let client = pick(&c);
-            all.push((self.id, c));
-            client
+            let c = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+            all.push((self.id, c.clone()));
+            c
         })
+    }
+
+    /// Sends a request (its URI absolute) to an instance, on a connection of
+    /// this thread: an idle one, or a new one.
+    async fn send(
+        &self,
+        inst: &Instance,
+        mut req: Request,
+    ) -> Result<Response<hyper::body::Incoming>, Failure> {
+        if inst.h2 {
+            return self.h2_client().request(req).await.map_err(|e| {
+                if e.is_connect() { Failure::Connect(e.to_string()) } else { Failure::Other(e.to_string()) }
+            });
+        }
+        // HTTP/1.1 asks for the origin form, and names the host in `Host`.
+        if let (false, Some(a)) = (req.headers().contains_key(header::HOST), &inst.authority)
+            && let Ok(host) = HeaderValue::from_str(a.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let origin = req.uri().path_and_query().cloned();
+        *req.uri_mut() = origin.map_or_else(|| Uri::from_static("/"), Uri::from);
+        loop {
+            let (mut conn, fresh) = match take_idle(inst.id) {
+                Some(conn) => (conn, false),
+                None => (self.connect(inst).await?, true),
+            };
+            if conn.ready().await.is_err() {
+                if fresh {
+                    return Err(Failure::Connect("the instance closed the connection at once".into()));
+                }
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(res) => {
+                    keep_idle(inst.id, conn);
+                    return Ok(res);
+                }
+                Err(mut e) => match e.take_message() {
+                    // A kept connection the instance closed before the request
+                    // went out: nothing was sent, so a new connection takes it.
+                    Some(unsent) if !fresh => req = unsent,
+                    Some(_) => return Err(Failure::Connect(e.into_error().to_string())),
+                    None => return Err(Failure::Other(e.into_error().to_string())),
+                },
+            }
+        }
+    }
+
+    /// A new HTTP/1.1 connection to an instance, driven on this thread.
+    async fn connect(&self, inst: &Instance) -> Result<H1, Failure> {
+        let authority = inst.authority.as_ref().ok_or_else(|| Failure::Connect("no address".into()))?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| Failure::Connect(format!("connecting to {authority} timed out")))?
+            .map_err(|e| Failure::Connect(format!("cannot connect to {authority}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = driver.with_upgrades().await;
+        });
+        Ok(conn)
     }
 
     /// The service that owns a path, if any service configured in this gateway does.
@@ -301,10 +428,9 @@ async fn health_checks(proxy: std::sync::Weak<Proxy>) {
         let Some(p) = proxy.upgrade() else { return };
         let all: Vec<Arc<Instance>> = p.services.iter().flat_map(|(_, i)| i.iter().cloned()).collect();
         for inst in all {
-            let client = p.client(inst.h2);
             let uri: Option<Uri> = format!("{}/healthz", inst.base).parse().ok();
             let ok = match uri.map(|u| Request::get(u).body(Body::empty())) {
-                Some(Ok(req)) => tokio::time::timeout(Duration::from_secs(1), client.request(req))
+                Some(Ok(req)) => tokio::time::timeout(Duration::from_secs(1), p.send(&inst, req))
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -479,9 +605,8 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
             Ok(r) => r,
             Err(_) => return Problem::bad_request("unusable request").into_response(),
         };
-        let client = proxy.client(inst.h2);
         let guard = InFlight::new(&inst);
-        let result = tokio::time::timeout(proxy.timeout, client.request(out)).await;
+        let result = tokio::time::timeout(proxy.timeout, proxy.send(&inst, out)).await;
         drop(guard);
         match result {
             Ok(Ok(mut res)) => {
@@ -513,14 +638,15 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Respon
                 return response;
             }
             Ok(Err(e)) => {
+                let connect = matches!(e, Failure::Connect(_));
                 // With a body, the failure may be the client's (aborted or oversized
                 // upload): only failures without one count against the instance.
-                if e.is_connect() || no_body {
+                if connect || no_body {
                     inst.failed();
                 }
                 last_error = e.to_string();
                 // A connect error never reached the instance: another may take it.
-                if !e.is_connect() {
+                if !connect {
                     return Problem::new(axum::http::StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
                         .with_detail(format!("{service} failed to answer"))
                         .into_response();
@@ -563,10 +689,10 @@ impl RemoteOpenApi {
         let mut merged = serde_json::Map::new();
         for (service, _) in &self.proxy.services {
             let Some(inst) = self.proxy.pick(service, &[]) else { continue };
-            let client = self.proxy.client(inst.h2);
             let Ok(uri) = format!("{}/v1/openapi.json", inst.base).parse::<Uri>() else { continue };
             let Ok(req) = Request::get(uri).body(Body::empty()) else { continue };
-            let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await else {
+            let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), self.proxy.send(&inst, req)).await
+            else {
                 tracing::warn!(service = %service, "cannot fetch the OpenAPI document");
                 continue;
             };

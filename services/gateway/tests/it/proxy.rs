@@ -180,3 +180,86 @@ async fn upgrades_pass_through_both_ways() {
     gw.stop().await;
     upstream.stop().await;
 }
+
+/// A bare HTTP/1.1 upstream answering `200 ok` to every request, counting the
+/// connections it accepts; with `one_each`, it closes each connection after its
+/// first answer without saying so (as an instance's idle timeout does).
+async fn bare_upstream(one_each: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    while buf.len() < end + 4 + length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + length);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err()
+                        || one_each
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_and_one_the_instance_closed_is_not_reused() {
+    use std::sync::atomic::Ordering;
+    let (kept, kept_accepted) = bare_upstream(false).await;
+    let (closing, closing_accepted) = bare_upstream(true).await;
+    for (address, accepted, one_each) in [(kept, kept_accepted, false), (closing, closing_accepted, true)] {
+        let gw = upstream_gateway(&format!("fixture={address}"), &[]).await;
+        let t = token(&claims(&gw, TenantId::new()));
+        let before = accepted.load(Ordering::SeqCst);
+        for i in 0..10 {
+            // A POST is never retried: it must not be sent on a connection the instance closed.
+            let res = gw
+                .client
+                .post(gw.url("/v1/fixture/anything"))
+                .bearer_auth(&t)
+                .json(&json!({ "n": i }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "request {i} through {address}");
+            assert_eq!(res.text().await.unwrap(), "ok");
+            if one_each {
+                // Long enough for the gateway to see the connection close.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let opened = accepted.load(Ordering::SeqCst) - before;
+        if one_each {
+            assert!(opened >= 10, "each request needed a new connection: {opened}");
+        } else {
+            // Health checks may open their own; requests reuse what is open.
+            assert!(opened <= 3, "connections are kept between requests: {opened} opened");
+        }
+        gw.stop().await;
+    }
+}
