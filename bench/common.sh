@@ -95,3 +95,59 @@ find_floor() {
         FLOOR="$CARGO_TARGET_DIR/release/examples/floor"
     fi
 }
+
+# Starts the trivial upstream of the gateway benchmarks: nginx (1 worker)
+# answering `200 ok` on 127.0.0.1:$1, keeping connections open; its
+# configuration is $WORK/upstream.conf.
+start_nginx_upstream() {
+    cat > "$WORK/upstream.conf" <<NGINX
+worker_processes 1;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    # Both proxies keep upstream connections open; let them stay open.
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$1; location / { return 200 "ok\n"; } }
+}
+NGINX
+    nginx -c "$WORK/upstream.conf"
+}
+
+# Writes $WORK/proxy.conf: nginx proxy_pass with keep-alive on 127.0.0.1:$1 to
+# the upstream on 127.0.0.1:$2; $3 is the process settings (workers, daemon).
+nginx_proxy_conf() {
+    cat > "$WORK/proxy.conf" <<NGINX
+$3
+pid $WORK/proxy.pid;
+error_log $WORK/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream backend { server 127.0.0.1:$2; keepalive 256; }
+    server {
+        listen 127.0.0.1:$1;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+        }
+    }
+}
+NGINX
+}
+
+# Runs "$@" (signpost serve gateway, possibly under a tool) with the gateway
+# benchmarks' settings: the upstream on 127.0.0.1:$UP as service `bench` at
+# /v1/bench, HS256 tokens, no effective rate limit; data in $WORK/data-$NAME.
+# The command replaces the shell, so that `with_gateway_env … &` sets $! to its pid.
+with_gateway_env() {
+    SIGNPOST_DATA_DIR="$WORK/data-${NAME:-gateway}" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
+    JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
+    SIGNPOST_UPSTREAMS="bench=http://127.0.0.1:$UP" SIGNPOST_ROUTES="/v1/bench=bench" \
+    SIGNPOST_RATE_LIMIT_TENANT="1000000000/60s" \
+        exec "$@"
+}

@@ -19,41 +19,9 @@ source bench/common.sh
 UP=18080 PORT=18090
 find_floor
 
-cat > "$WORK/upstream.conf" <<NGINX
-worker_processes 1;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-}
-NGINX
+start_nginx_upstream "$UP"
 # The nginx proxy in the foreground, one process: what callgrind follows.
-cat > "$WORK/proxy.conf" <<NGINX
-daemon off;
-master_process off;
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-    server {
-        listen 127.0.0.1:$PORT;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For \$remote_addr;
-        }
-    }
-}
-NGINX
-nginx -c "$WORK/upstream.conf"
+nginx_proxy_conf "$PORT" "$UP" "daemon off; master_process off; worker_processes 1;"
 trap 'nginx -c "$WORK/upstream.conf" -s stop 2>/dev/null || true' EXIT
 TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 
@@ -61,10 +29,7 @@ TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 count() {
     local name=$1; shift
     local out="$WORK/callgrind.$name"
-    SIGNPOST_DATA_DIR="$WORK/data-$name" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
-    JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
-    SIGNPOST_UPSTREAMS="bench=http://127.0.0.1:$UP" SIGNPOST_ROUTES="/v1/bench=bench" \
-    SIGNPOST_RATE_LIMIT_TENANT="1000000000/60s" \
+    NAME=$name with_gateway_env \
         valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no "$@" > "$WORK/$name.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$PORT/v1/bench/x" && break; sleep 0.2; done

@@ -19,46 +19,11 @@ find_floor
 # Two nginx instances: the upstream (1 worker) that both proxies call, and the
 # nginx proxy (2 workers, like the gateway's 2 runtime threads). Sharing one
 # nginx for both roles would give the nginx proxy an in-process upstream.
-cat > "$WORK/upstream.conf" <<NGINX
-worker_processes 1;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    # Both proxies keep upstream connections open; let them stay open.
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-}
-NGINX
-cat > "$WORK/proxy.conf" <<NGINX
-worker_processes 2;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-    server {
-        listen 127.0.0.1:$NGX;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For \$remote_addr;
-        }
-    }
-}
-NGINX
-nginx -c "$WORK/upstream.conf"
+start_nginx_upstream "$UP"
+nginx_proxy_conf "$NGX" "$UP" "worker_processes 2;"
 nginx -c "$WORK/proxy.conf"
 
-SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
-JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
-SIGNPOST_UPSTREAMS="bench=http://127.0.0.1:$UP" SIGNPOST_ROUTES="/v1/bench=bench" \
-SIGNPOST_RATE_LIMIT_TENANT="1000000000/60s" \
-    "$BIN" serve gateway --listen "127.0.0.1:$GW" > "$WORK/gateway.log" 2>&1 &
+with_gateway_env "$BIN" serve gateway --listen "127.0.0.1:$GW" > "$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 "$FLOOR" proxy "127.0.0.1:$FL" "127.0.0.1:$UP" &
 FL_PID=$!
