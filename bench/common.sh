@@ -17,13 +17,15 @@ ISSUER=https://bench.signpost.local
 # Starts `signpost up` on 127.0.0.1:$1 (embedded backends unless DATABASE_URL,
 # REDIS_URL or NATS_URL say otherwise), its data in $WORK/data and its log in
 # $WORK/signpost.log; sets SP_PID (set the script's exit trap before calling),
-# waits for /healthz and sets TOKEN, a bearer token it accepts.
+# waits for /healthz and sets TOKEN, a bearer token it accepts. SP_WRAP, when
+# set, is a command (valgrind …) that runs signpost.
 start_signpost() {
+    # shellcheck disable=SC2086 # SP_WRAP is a command with its arguments
     SIGNPOST_DATA_DIR="$WORK/data" SIGNPOST_LOG=warn SIGNPOST_LOG_FORMAT=json \
     JWT_SECRET_KEY="$SECRET" SIGNPOST_JWT_ISSUER="$ISSUER" \
-        "$BIN" up --listen "127.0.0.1:$1" > "$WORK/signpost.log" 2>&1 &
+        ${SP_WRAP:-} "$BIN" up --listen "127.0.0.1:$1" > "$WORK/signpost.log" 2>&1 &
     SP_PID=$!
-    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && break; sleep 0.1; done
+    for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && break; sleep 0.1; done
     TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 }
 

@@ -10,10 +10,16 @@
 # counted REQUESTS (default 20,000) with 16 connections.
 #
 # Needs: valgrind, nginx (Debian nginx-light), oha, python3.
-# Usage: bench/gateway/instructions.sh [REQUESTS]
+# Usage: bench/gateway/instructions.sh [REQUESTS [NAME...]]
+# NAMEs (nginx, affine, floor, gateway; all by default) pick the proxies. The
+# callgrind dumps stay in the WORK directory printed first, for
+# callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REQUESTS="${1:-20000}"
+shift $(( $# > 0 ? 1 : 0 ))
+ONLY=("${@:-nginx affine floor gateway}")
+ONLY=" ${ONLY[*]} "
 DURATION=0
 source bench/common.sh
 UP=18080 PORT=18090
@@ -28,6 +34,7 @@ TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 # count NAME COMMAND...: instructions per request of COMMAND serving on $PORT.
 count() {
     local name=$1; shift
+    [[ "$ONLY" == *" $name "* ]] || return 0
     local out="$WORK/callgrind.$name"
     NAME=$name with_gateway_env \
         valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no "$@" > "$WORK/$name.log" 2>&1 &
@@ -50,7 +57,7 @@ print(f"{name}: {total / n / 1000:.1f}k instructions per request; statuses {code
 PY
 }
 
-echo "== instructions per proxied request (callgrind, $REQUESTS requests, oha -c 16)"
+echo "== instructions per proxied request (callgrind, $REQUESTS requests, oha -c 16; dumps in $WORK)"
 count nginx "$(command -v nginx)" -c "$WORK/proxy.conf"
 count affine "$FLOOR" proxy-affine "127.0.0.1:$PORT" "127.0.0.1:$UP"
 count floor "$FLOOR" proxy "127.0.0.1:$PORT" "127.0.0.1:$UP"

@@ -104,9 +104,30 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn rate_headers(h: &mut HeaderMap, d: &Decision) {
-    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
-    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
-    h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(d.reset_after.as_secs_f64().ceil() as u64));
+    h.insert(RATELIMIT_LIMIT.clone(), number(d.limit));
+    h.insert(RATELIMIT_REMAINING.clone(), number(d.remaining));
+    h.insert(RATELIMIT_RESET.clone(), number(d.reset_after.as_secs_f64().ceil() as u64));
+}
+
+/// Numbers below this are kept as header values, per thread.
+const KEPT_NUMBERS: usize = 1024;
+
+thread_local! {
+    /// The `RateLimit-*` values seen so far on this thread: a limited request
+    /// then copies three shared values instead of formatting and allocating
+    /// three new ones.
+    static NUMBERS: std::cell::RefCell<Vec<Option<HeaderValue>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A number as a header value.
+fn number(n: u64) -> HeaderValue {
+    let Some(i) = usize::try_from(n).ok().filter(|i| *i < KEPT_NUMBERS) else { return HeaderValue::from(n) };
+    NUMBERS.with_borrow_mut(|kept| {
+        if kept.is_empty() {
+            kept.resize(KEPT_NUMBERS, None);
+        }
+        kept[i].get_or_insert_with(|| HeaderValue::from(n)).clone()
+    })
 }
 
 impl kernel::http::Middleware for Gateway {
@@ -136,9 +157,6 @@ where
         let res = match admit(g, &mut req, &mut log).await {
             Ok(decision) => {
                 let mut res = kernel::http::call_inner(inner, req).await;
-                if let Some(from_proxy) = res.extensions_mut().remove::<AccessLogFields>() {
-                    log.upstream = from_proxy.upstream;
-                }
                 if let Some(d) = decision {
                     rate_headers(res.headers_mut(), &d);
                 }
@@ -147,8 +165,13 @@ where
             Err(res) => res,
         };
         let mut res = res;
-        if log.tenant_id.is_some() || log.upstream.is_some() {
-            res.extensions_mut().insert(log);
+        // The proxy names the upstream in the same fields: fill them in place.
+        match res.extensions_mut().get_mut::<AccessLogFields>() {
+            Some(fields) => fields.tenant_id = log.tenant_id,
+            None if log.tenant_id.is_some() => {
+                res.extensions_mut().insert(log);
+            }
+            None => {}
         }
         res
     };
@@ -416,6 +439,20 @@ async fn refuse_revoked(g: &Gateway, identity: &Identity, what: &str) -> Result<
         Err(e) => {
             tracing::warn!(error = %e, "revocation list unreachable");
             Err(Problem::unavailable(format!("cannot check the {what}")).into_response())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_numbers_are_the_same_header_values_as_fresh_ones() {
+        for n in [0, 1, 59, 100, 1023, 1024, 86_400, u64::MAX] {
+            assert_eq!(number(n), HeaderValue::from(n));
+            // The second time comes from the thread's list.
+            assert_eq!(number(n), HeaderValue::from(n));
         }
     }
 }

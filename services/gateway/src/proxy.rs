@@ -479,25 +479,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// An address as a header value; IPv4 written without `fmt`.
 fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
     let IpAddr::V4(v4) = ip else { return HeaderValue::from_str(&ip.to_string()).ok() };
-    let mut buf = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
-        if hundreds > 0 {
-            buf[len] = b'0' + hundreds;
-            len += 1;
-        }
-        if hundreds > 0 || tens > 0 {
-            buf[len] = b'0' + tens;
-            len += 1;
-        }
-        buf[len] = b'0' + ones;
-        len += 1;
-    }
+    let (buf, len) = kernel::http::ipv4_text(v4);
     HeaderValue::from_bytes(&buf[..len]).ok()
 }
 

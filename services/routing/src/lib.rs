@@ -448,9 +448,36 @@ impl Routing {
     /// A salted, daily-rotated hash of the visitor: never the address itself.
     fn visitor(&self, ip: &str, user_agent: &str) -> String {
         let day = time::OffsetDateTime::now_utc().date();
-        let tag = ring::hmac::sign(&self.visitor_key, format!("{day}|{ip}|{user_agent}").as_bytes());
-        kernel::hex(&tag.as_ref()[..16])
+        // The tag of `{day}|{ip}|{user_agent}`, fed in pieces rather than formatted.
+        let mut tag = ring::hmac::Context::with_key(&self.visitor_key);
+        match day_text(day) {
+            Some(text) => tag.update(&text),
+            None => tag.update(day.to_string().as_bytes()),
+        }
+        for piece in [b"|", ip.as_bytes(), b"|", user_agent.as_bytes()] {
+            tag.update(piece);
+        }
+        kernel::hex(&tag.sign().as_ref()[..16])
     }
+}
+
+/// A date as `Date`'s `Display` writes it (`2026-12-03`), for years 0 to 9999.
+fn day_text(day: time::Date) -> Option<[u8; 10]> {
+    let year = u16::try_from(day.year()).ok().filter(|y| *y <= 9999)?;
+    let (month, date) = (u8::from(day.month()), day.day());
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    Some([
+        digit(year / 1000),
+        digit(year / 100),
+        digit(year / 10),
+        digit(year),
+        b'-',
+        digit(u16::from(month) / 10),
+        digit(u16::from(month)),
+        b'-',
+        digit(u16::from(date) / 10),
+        digit(u16::from(date)),
+    ])
 }
 
 /// The routing service.
@@ -576,15 +603,16 @@ struct Visit {
     html: bool,
 }
 
-fn visit(req: &Request) -> Visit {
+fn visit(req: &mut Request) -> Visit {
+    // Taken, not copied: nothing after the handler reads it.
+    let ip = req.extensions_mut().remove::<ClientIp>().map(|c| c.0).unwrap_or_else(|| {
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        kernel::http::client_key(peer)
+    });
     let h = req.headers();
     let text = |name: header::HeaderName, max: usize| {
         h.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(max).collect::<String>())
     };
-    let ip = req.extensions().get::<ClientIp>().map(|c| c.0.clone()).unwrap_or_else(|| {
-        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        kernel::http::client_key(peer)
-    });
     let consent = req.uri().query().and_then(|q| {
         q.split('&').find_map(|kv| match kv {
             "consent=yes" => Some(true),
@@ -700,18 +728,18 @@ async fn resolve(
 async fn redirect(
     State(r): AppState,
     kernel::http::Path(slug): kernel::http::Path<String>,
-    req: Request,
+    mut req: Request,
 ) -> Response {
-    let v = visit(&req);
+    let v = visit(&mut req);
     answer(&r, &Public::Link(slug), req.headers(), v, false).await
 }
 
 async fn scan(
     State(r): AppState,
     kernel::http::Path(code): kernel::http::Path<String>,
-    req: Request,
+    mut req: Request,
 ) -> Response {
-    let v = visit(&req);
+    let v = visit(&mut req);
     answer(&r, &Public::Qr(code), req.headers(), v, false).await
 }
 
@@ -736,8 +764,8 @@ struct UnlockForm {
     password: String,
 }
 
-async fn unlock(r: &Routing, p: Public, req: Request) -> Response {
-    let v = visit(&req);
+async fn unlock(r: &Routing, p: Public, mut req: Request) -> Response {
+    let v = visit(&mut req);
     let headers = req.headers().clone();
     let body = match axum::body::to_bytes(req.into_body(), 16 * 1024).await {
         Ok(b) => b,
@@ -916,4 +944,18 @@ fn location(status: StatusCode, target: &str) -> Response {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer-when-downgrade"));
     res
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_written_as_date_display_writes_them() {
+        for (y, m, d) in [(2026, 12, 3), (1999, 1, 31), (5, 2, 9), (9999, 12, 31), (2024, 2, 29)] {
+            let day = time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d).unwrap();
+            assert_eq!(day_text(day).map(|t| String::from_utf8(t.to_vec()).unwrap()), Some(day.to_string()));
+        }
+    }
 }

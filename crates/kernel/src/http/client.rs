@@ -85,6 +85,52 @@ pub fn client_key(ip: Option<IpAddr>) -> String {
             let s = v6.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
+        Some(IpAddr::V4(v4)) => {
+            let (buf, len) = ipv4_text(v4);
+            String::from_utf8_lossy(&buf[..len]).into_owned()
+        }
         Some(other) => other.to_string(),
+    }
+}
+
+/// An IPv4 address in dotted decimal, written without `fmt` (every request
+/// writes its client's address once or twice): the bytes and their length.
+pub fn ipv4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
+        if hundreds > 0 {
+            buf[len] = b'0' + hundreds;
+            len += 1;
+        }
+        if hundreds > 0 || tens > 0 {
+            buf[len] = b'0' + tens;
+            len += 1;
+        }
+        buf[len] = b'0' + ones;
+        len += 1;
+    }
+    (buf, len)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_keyed_by_its_address_and_an_ipv6_host_by_its_64() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.100.9.199", "::ffff:10.0.0.1"]
+        {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(client_key(Some(addr)), addr.to_string());
+        }
+        assert_eq!(client_key(Some("2001:db8:1:2:3:4:5:6".parse().unwrap())), "2001:db8:1:2::/64");
+        assert_eq!(client_key(None), "unknown");
     }
 }

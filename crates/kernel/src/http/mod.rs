@@ -6,7 +6,7 @@ mod json;
 mod middleware;
 mod pagination;
 
-pub use client::{Net, client_addr, client_key};
+pub use client::{Net, client_addr, client_key, ipv4_text};
 pub use json::{Json, Path, Query};
 pub use middleware::{
     AccessLogFields, BodyLimit, BodyLimitLayer, Middleware, MiddlewareLayer, MiddlewareService, Observe,
