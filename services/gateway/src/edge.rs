@@ -176,6 +176,9 @@ where
         res
     };
     let h = res.headers_mut();
+    // Room for what the gateway and the request layer add (security, CORS,
+    // rate and request-id headers): the map grows at most once, here.
+    h.reserve(kernel::http::LAYER_HEADERS);
     if let Some(o) = allowed_origin {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         h.insert(

@@ -940,6 +940,8 @@ fn with_utm(target: &str, route: &RouteRecord) -> String {
 fn location(status: StatusCode, target: &str) -> Response {
     let Ok(value) = HeaderValue::from_str(target) else { return Problem::internal().into_response() };
     let mut res = status.into_response();
+    // Sized for these and what the edge adds, so that the map never grows.
+    *res.headers_mut() = axum::http::HeaderMap::with_capacity(3 + kernel::http::LAYER_HEADERS);
     res.headers_mut().insert(header::LOCATION, value);
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer-when-downgrade"));
