@@ -5,7 +5,7 @@
 //! and a live stream. It owns schema `analytics` and reads no other service's
 //! tables.
 
-mod export;
+pub mod export;
 pub mod ingest;
 mod openapi;
 pub mod query;

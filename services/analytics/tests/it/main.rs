@@ -724,3 +724,79 @@ async fn a_batch_applied_twice_counts_each_click_once() {
     }
     testkit::cleanup(&engines, &config, &isolation).await;
 }
+
+/// SQLite takes a batch's raw events in statements of 64, 16, 4 and 1 rows:
+/// a batch that needs every size, and a redelivery of part of it mixed with
+/// new clicks (the path that lists what was new), store each click once and
+/// each value where it was sent.
+#[tokio::test]
+async fn a_large_batch_and_a_partial_redelivery_store_every_click_once_as_sent() {
+    use analytics::query::{Params, Scope, parse, summary};
+    use kernel::events::Handler;
+
+    let Store { engines, config, isolation, db, .. } = store(analytics::MIGRATIONS).await;
+    let ingest = analytics::ingest::Ingest { service: "test" };
+    let tenant = TenantId::new();
+    let (link, qr) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let countries = ["US", "DE", "FR", "JP", "BR"];
+    // 64 + 64 + 16 + 4 + 1 + 1, then 43 of them again with 7 new (16 + 16 + 16 + 1 + 1).
+    let events: Vec<Envelope> = (0..157)
+        .map(|i| {
+            let scan = i % 10 == 3;
+            Envelope::new(
+                if scan { "qr.scanned" } else { "link.clicked" },
+                tenant,
+                "anonymous",
+                json!({
+                    "link_id": link, "qr_id": if scan { Some(qr) } else { None },
+                    "country": countries[i / 7 % countries.len()], "device": "mobile",
+                    "browser": if i % 2 == 0 { "safari" } else { "firefox" }, "os": "ios",
+                    "referrer_host": if i % 3 == 0 { Some("t.co") } else { None }, "bot": "human",
+                    "visitor": format!("{:016x}{:016x}", i * 7919 + 1, 0),
+                }),
+            )
+        })
+        .collect();
+    let redelivered: Vec<Envelope> = events[107..].to_vec();
+    for batch in [&events[..150], &redelivered[..]] {
+        let mut tx = db.begin(tenant).await.unwrap();
+        ingest.handle_batch(&mut tx, batch).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let q = parse(&serde_json::from_value::<Params>(json!({})).unwrap(), now + 3600, 400).unwrap();
+    let workspace = Scope { kind: "workspace", key: None, label: "workspace".into(), subjects: Vec::new() };
+    let s = summary(&db, tenant, &workspace, &q).await.unwrap();
+    assert_eq!((s.clicks, s.unique_visitors), (157, 157));
+
+    let res = analytics::export::events_csv(db.clone(), tenant, workspace, q);
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let csv = String::from_utf8(body.to_vec()).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 157, "one raw row per click");
+    let mut ids: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 157, "no click stored twice");
+    for (i, e) in events.iter().enumerate() {
+        let id = e.event_id.to_string();
+        let row = rows.iter().find(|r| r[1] == id).unwrap_or_else(|| panic!("click {i} is missing"));
+        let scan = i % 10 == 3;
+        let expected = [
+            if scan { "scan" } else { "click" },
+            &(if scan { qr } else { link }).to_string(),
+            &link.to_string(),
+            &(if scan { qr.to_string() } else { String::new() }),
+            countries[i / 7 % countries.len()],
+            "mobile",
+            if i % 2 == 0 { "safari" } else { "firefox" },
+            "ios",
+            if i % 3 == 0 { "t.co" } else { "" },
+            "human",
+            &format!("{:016x}{:016x}", i * 7919 + 1, 0),
+        ];
+        assert_eq!(row[2..], expected[..], "click {i}");
+    }
+    testkit::cleanup(&engines, &config, &isolation).await;
+}
