@@ -4,7 +4,6 @@
 //! hundred clicks is written once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use kernel::db::{Id, Savepoint, Tx};
@@ -231,109 +230,22 @@ const SKETCHES_PUT_PG: &str = "insert into analytics.sketches (tenant_id, subjec
      select $1, * from unnest($2::uuid[], $3::timestamptz[], $4::bytea[]) \
      on conflict (tenant_id, subject_id, hour) do update set sketch = excluded.sketch";
 
-// SQLite takes a batch of rollup rows per statement as one JSON array of rows
-// (each row an array, read with `->>` by position): a statement per row costs
-// a round trip to the connection's thread each. `jsonb_each` hands each row
-// over in SQLite's binary JSON, so the `->>` reads index it instead of parsing
-// the row's text again. `where true` lets an upsert follow a select.
-//
-// Raw events, one row per click, are bound as parameters instead, many rows
-// per statement ([`RAW_CHUNKS`]): reading 13 values per click out of JSON was
-// half of SQLite's time under redirect load (docs/benchmarks.md, twelfth run).
-// The placeholders are anonymous (`?`), so each row binds the tenant again
-// after the first, which the transaction binds: SQLite finds a named one
-// (`$14`) by a walk over all of them, and sqlx asks for every parameter's name.
-
-/// Columns of a raw event after the tenant.
-const RAW_COLUMNS: usize = 13;
-/// Rows per raw-insert statement on SQLite, largest first: a batch goes in
-/// statements of these sizes, so that these few are all that is ever
-/// prepared (and cached). 64 rows are 833 parameters, under SQLite's 32,766.
-const RAW_CHUNKS: [usize; 4] = [64, 16, 4, 1];
-
-fn raw_lite_sql(rows: usize, listed: bool) -> String {
-    let mut sql = String::from(
+// SQLite takes a whole batch per statement as one JSON array of rows (each row
+// an array, read with `->>` by position): a statement per row costs a round
+// trip to the connection's thread each. `jsonb_each` hands each row over in
+// SQLite's binary JSON, so the `->>` reads index it instead of parsing the
+// row's text again (`json_each` turned every row back into text, and every
+// `->>` parsed it). `where true` lets an upsert follow a select.
+macro_rules! raw_lite {
+    () => {
         "insert into analytics.events (tenant_id, occurred_at, event_id, kind, subject_id, link_id, qr_id, \
-         country, device, browser, os, referrer, bot, visitor) values ",
-    );
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(?" } else { ",(?" });
-        sql.push_str(&",?".repeat(RAW_COLUMNS));
-        sql.push(')');
-    }
-    sql.push_str(" on conflict do nothing");
-    if listed {
-        sql.push_str(" returning event_id");
-    }
-    sql
+         country, device, browser, os, referrer, bot, visitor) select $1, value->>0, value->>1, value->>2, value->>3, \
+         value->>4, value->>5, value->>6, value->>7, value->>8, value->>9, value->>10, value->>11, value->>12 \
+         from jsonb_each($2) where true on conflict do nothing"
+    };
 }
-
-/// The raw-insert statements, by [`RAW_CHUNKS`] position: plain, then listing the new rows.
-static RAW_LITE: std::sync::LazyLock<[[String; RAW_CHUNKS.len()]; 2]> = std::sync::LazyLock::new(|| {
-    [false, true].map(|listed| RAW_CHUNKS.map(|rows| raw_lite_sql(rows, listed)))
-});
-
-/// A batch cut into the statements that insert it: (statement, its rows).
-fn raw_lite_chunks(clicks: &[Click], listed: bool) -> Vec<(&'static str, &[Click])> {
-    let statements = &RAW_LITE[usize::from(listed)];
-    let mut out = Vec::new();
-    let mut rest = clicks;
-    for (rows, sql) in RAW_CHUNKS.iter().zip(statements) {
-        while rest.len() >= *rows {
-            let (chunk, tail) = rest.split_at(*rows);
-            out.push((sql.as_str(), chunk));
-            rest = tail;
-        }
-    }
-    out
-}
-
-/// The previous row's value of one column, shared with the next row when it
-/// is the same: a batch of clicks repeats its links and its clients, and a
-/// shared string is bound without a copy.
-#[derive(Default)]
-struct Repeated(Option<Arc<str>>);
-
-impl Repeated {
-    fn text(&mut self, s: &str) -> Arc<str> {
-        match &self.0 {
-            Some(prev) if **prev == *s => prev.clone(),
-            _ => self.0.insert(Arc::from(s)).clone(),
-        }
-    }
-
-    fn uuid(&mut self, u: Uuid) -> Arc<str> {
-        let mut buf = Uuid::encode_buffer();
-        self.text(u.hyphenated().encode_lower(&mut buf))
-    }
-}
-
-/// Binds one chunk of raw events in the order of the statement's columns
-/// (a macro: the plain and the listing statement are different query types).
-macro_rules! bind_raw_lite {
-    ($q:expr, $chunk:expr, $tenant:expr) => {{
-        let mut q = $q;
-        let mut prev: [Repeated; 10] = Default::default();
-        for (i, c) in $chunk.iter().enumerate() {
-            if i > 0 {
-                q = q.bind($tenant.clone());
-            }
-            q = q
-                .bind(c.at)
-                .bind(prev[0].uuid(c.event_id))
-                .bind(c.kind)
-                .bind(prev[1].uuid(c.subject))
-                .bind(prev[2].uuid(c.link_id))
-                .bind(c.qr_id.map(|u| prev[3].uuid(u)));
-            for (d, p) in c.dims.iter().zip(&mut prev[4..]) {
-                q = q.bind(p.text(d));
-            }
-            q = q.bind(Arc::<str>::from(c.visitor.as_str()));
-        }
-        q
-    }};
-}
-
+const RAW_LITE: &str = raw_lite!();
+const RAW_LITE_LISTED: &str = concat!(raw_lite!(), " returning event_id");
 /// Around the raw insert, so that a redelivered batch can be undone and inserted again.
 const RAW_SAVEPOINT: Savepoint = Savepoint::new("raw_events");
 const CUBE_LITE: &str = "insert into analytics.cube (tenant_id, subject_id, hour, country, device, browser, os, referrer, bot, clicks) \
@@ -532,26 +444,25 @@ async fn store_raw<'c>(tx: &mut Tx, clicks: &'c [Click]) -> Result<Vec<&'c Click
             stored
         }
         Tx::Sqlite(t) => {
+            let raw = json_rows(clicks.iter().map(|c| {
+                let [country, device, browser, os, referrer, bot] = &c.dims;
+                (
+                    c.at, c.event_id, c.kind, c.subject, c.link_id, c.qr_id, country, device, browser, os,
+                    referrer, bot, &c.visitor,
+                )
+            }))?;
             // Nearly always every click is new, and a count says so: rows
             // returned by SQLite cross from its thread one at a time (a wake-up
             // each). A short count means a redelivery: undo, and insert again
             // listing what was new.
-            // The tenant as the transaction binds it, for the rows after each statement's first.
-            let tenant: Arc<str> = Arc::from(t.tenant().to_string());
             t.savepoint(RAW_SAVEPOINT).await?;
-            let mut inserted = 0;
-            for (sql, chunk) in raw_lite_chunks(clicks, false) {
-                inserted += t.execute(bind_raw_lite!(t.query(sql), chunk, tenant)).await?;
-            }
+            let inserted = t.execute(t.query(RAW_LITE).bind(raw.as_str())).await?;
             if usize::try_from(inserted).is_ok_and(|n| n == clicks.len()) {
                 t.release(RAW_SAVEPOINT).await?;
                 return Ok(clicks.iter().collect());
             }
             t.rollback_to(RAW_SAVEPOINT).await?;
-            let mut stored = Vec::new();
-            for (sql, chunk) in raw_lite_chunks(clicks, true) {
-                stored.extend(t.fetch_all(bind_raw_lite!(t.query_as::<(Id,)>(sql), chunk, tenant)).await?);
-            }
+            let stored = t.fetch_all(t.query_as(RAW_LITE_LISTED).bind(raw)).await?;
             t.release(RAW_SAVEPOINT).await?;
             stored
         }
