@@ -58,8 +58,15 @@ cpu_per_request() {
 # machine) answering GET /bench with `return 302` on 127.0.0.1:$1; its pid
 # file is $WORK/nginx.pid, its configuration $WORK/nginx.conf.
 start_nginx_redirect() {
+    nginx_redirect_conf "$1" "worker_processes 2;"
+    nginx -c "$WORK/nginx.conf"
+}
+
+# Writes $WORK/nginx.conf: nginx answering `return 302` for /bench on
+# 127.0.0.1:$1; $2 is the process settings (workers, daemon).
+nginx_redirect_conf() {
     cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 2;
+$2
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
 events { worker_connections 4096; }
@@ -69,7 +76,6 @@ http {
     server { listen 127.0.0.1:$1; location = /bench { return 302 https://example.com/landing; } }
 }
 NGINX
-    nginx -c "$WORK/nginx.conf"
 }
 
 # oha at a fixed rate on http://127.0.0.1:$3/bench for DURATION seconds, its

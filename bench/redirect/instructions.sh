@@ -10,7 +10,9 @@
 # connection threads (reading, the middleware, the handler, the journal
 # append, writing) and everything else (the click pipeline: journal drainer,
 # bus, analytics), whose share per request depends on how the pipeline batches
-# at callgrind's slow pace: compare builds by the first number.
+# at callgrind's slow pace: compare builds by the first number. Then nginx
+# (one process in the foreground, `return 302` for the same path) is counted
+# the same way, for the distance to the peer.
 #
 # Needs: valgrind, oha, python3.
 # Usage: bench/redirect/instructions.sh [REQUESTS]
@@ -52,4 +54,30 @@ for f in sorted(glob.glob(out + ".*")):
 codes = json.load(open(report)).get("statusCodeDistribution", {})
 print(f"connection threads: {conn / n / 1000:.1f}k instructions per redirect")
 print(f"click pipeline and the rest: {other / n / 1000:.1f}k per redirect; statuses {codes}")
+PY
+
+# The peer: nginx in the foreground, one process, what callgrind follows.
+NGX=18094
+nginx_redirect_conf "$NGX" "daemon off; master_process off; worker_processes 1;"
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.nginx" --instr-atstart=no \
+    "$(command -v nginx)" -c "$WORK/nginx.conf" > "$WORK/nginx.log" 2>&1 &
+NGX_PID=$!
+trap 'kill "${SP_PID:-}" "${NGX_PID:-}" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$NGX/bench" && break; sleep 0.2; done
+oha --no-tui --redirect 0 -n 2000 -c 16 "http://127.0.0.1:$NGX/bench" > /dev/null
+callgrind_control -i on "$NGX_PID" > /dev/null 2>&1
+oha --no-tui --output-format json --redirect 0 -n "$REQUESTS" -c 16 "http://127.0.0.1:$NGX/bench" > "$WORK/nginx.json"
+callgrind_control -d "$NGX_PID" > /dev/null 2>&1
+callgrind_control -i off "$NGX_PID" > /dev/null 2>&1
+kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
+python3 - "$WORK/callgrind.nginx" "$REQUESTS" "$WORK/nginx.json" <<'PY'
+import glob, json, re, subprocess, sys
+out, n, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+total = 0
+for f in glob.glob(out + ".*"):
+    text = subprocess.run(["callgrind_annotate", f], capture_output=True, text=True).stdout
+    m = re.search(r"([\d,]+)\s+\(100.0%\)\s+PROGRAM TOTALS", text)
+    total += int(m.group(1).replace(",", "")) if m else 0
+codes = json.load(open(report)).get("statusCodeDistribution", {})
+print(f"nginx return 302: {total / n / 1000:.1f}k instructions per redirect; statuses {codes}")
 PY
