@@ -69,7 +69,8 @@ callgrind_control -i on "$NGX_PID" > /dev/null 2>&1
 oha --no-tui --output-format json --redirect 0 -n "$REQUESTS" -c 16 "http://127.0.0.1:$NGX/bench" > "$WORK/nginx.json"
 callgrind_control -d "$NGX_PID" > /dev/null 2>&1
 callgrind_control -i off "$NGX_PID" > /dev/null 2>&1
-kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
+# The dump is written; nginx under valgrind may not act on SIGTERM.
+kill -9 "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
 python3 - "$WORK/callgrind.nginx" "$REQUESTS" "$WORK/nginx.json" <<'PY'
 import glob, json, re, subprocess, sys
 out, n, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]

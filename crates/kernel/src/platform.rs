@@ -68,7 +68,10 @@ pub trait OpenApiSource: Send + Sync + 'static {
 pub struct ServiceParts {
     /// Its routes (under its own `/v1/...` prefixes, or public root paths).
     pub router: Router,
-    /// Middleware around every route of the process (only the gateway has one).
+    /// Middleware around every route of the process (only the gateway has
+    /// one). It observes the requests too, with [`http::Observed`] around
+    /// itself as one layer: the kernel adds [`http::Observe`] only when no
+    /// service has an edge.
     pub edge: Option<Edge>,
     /// Its event consumers.
     pub consumers: Vec<Consumer>,
@@ -526,10 +529,12 @@ fn build_router(
         );
     }
     app = app.fallback(http::not_found).method_not_allowed_fallback(http::method_not_allowed);
+    if edges.is_empty() {
+        app = app.layer(http::Observe::layer());
+    }
     for edge in edges {
         app = edge(app);
     }
-    let app = app.layer(http::Observe::layer());
     (app, admin)
 }
 

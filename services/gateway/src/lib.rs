@@ -63,9 +63,10 @@ impl Gateway {
         self.proxy.as_ref().filter(|_| self.front)
     }
 
-    /// Wraps a router with the edge middleware.
+    /// Wraps a router with the edge middleware, observed (request id, access
+    /// log, metrics) in the same layer.
     pub fn wrap(self: Arc<Self>, router: Router) -> Router {
-        router.layer(kernel::http::MiddlewareLayer(self))
+        router.layer(kernel::http::Observed::layer(self))
     }
 }
 

@@ -205,14 +205,40 @@ impl Middleware for Observe {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        observe(inner, req)
+        observe(req, move |req| call_inner(inner, req))
     }
 }
 
-async fn observe<S>(inner: S, mut req: Request) -> Response
+/// [`Observe`] around another middleware (the edge), as one layer.
+///
+/// axum runs each layer of a route as a boxed route of its own: a clone of a
+/// boxed service and a boxed future per layer per request. One layer instead
+/// of two saves one of each, on every request of the process.
+pub struct Observed<M>(pub Arc<M>);
+
+impl<M> Observed<M> {
+    /// The layer.
+    pub fn layer(middleware: Arc<M>) -> MiddlewareLayer<Self> {
+        MiddlewareLayer(Arc::new(Self(middleware)))
+    }
+}
+
+impl<M: Middleware> Middleware for Observed<M> {
+    fn run<S>(self: Arc<Self>, req: Request, inner: S) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let middleware = self.0.clone();
+        observe(req, move |req| middleware.run(req, inner))
+    }
+}
+
+/// Observes `next` answering `req`.
+async fn observe<F, Fut>(mut req: Request, next: F) -> Response
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Send,
-    S::Future: Send,
+    F: FnOnce(Request) -> Fut + Send,
+    Fut: Future<Output = Response> + Send,
 {
     let id = request_id(&req);
     let method = req.method().clone();
@@ -224,7 +250,7 @@ where
     let span = tracing::info_span!("request", request_id = %id_text, method = %method, route = %route);
     let started = Instant::now();
     // A panic while the handler's future is made or polled is caught here.
-    let run = AssertUnwindSafe(async { call_inner(inner, req).await }).catch_unwind();
+    let run = AssertUnwindSafe(async { next(req).await }).catch_unwind();
     let run = async { run.await.unwrap_or_else(panic_response) };
     let mut res = run.instrument(span.clone()).await;
     let elapsed = started.elapsed();

@@ -10,7 +10,7 @@ pub use client::{Net, client_addr, client_key, ipv4_text};
 pub use json::{Json, Path, Query};
 pub use middleware::{
     AccessLogFields, BodyLimit, BodyLimitLayer, Middleware, MiddlewareLayer, MiddlewareService, Observe,
-    RequestId, X_REQUEST_ID, call_inner, panic_response,
+    Observed, RequestId, X_REQUEST_ID, call_inner, panic_response,
 };
 pub use pagination::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, PageRequest, decode_cursor, encode_cursor};
 
