@@ -1,7 +1,8 @@
 //! The background runtime: the work nobody is waiting on — consumers, outbox
 //! relays, journal drainers — runs on threads of its own, apart from the
 //! runtime that answers requests, and (by default) at a lower scheduling
-//! priority (`SIGNPOST_BACKGROUND_NICE`).
+//! priority (`SIGNPOST_BACKGROUND_NICE`): by default under Linux's `SCHED_IDLE`
+//! policy, which runs a thread only on a core that no other thread wants.
 //!
 //! Two things follow. A consumer's CPU-heavy batch (parsing and aggregating
 //! hundreds of clicks) no longer holds a request worker for milliseconds: the
@@ -34,6 +35,19 @@ pub fn current() -> bool {
 /// Threads of the background runtime.
 pub const THREADS: usize = 2;
 
+/// How far below request handling the background threads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Linux's `SCHED_IDLE`: a background thread runs only on a core no other
+    /// thread wants, and a request thread that wakes up takes the core back at
+    /// once. Under `nice`, a background thread keeps a core for the rest of its
+    /// time slice (milliseconds), which a waiting redirect pays in its tail
+    /// latency. Where the policy cannot be set, nice 19 instead.
+    Idle,
+    /// This many nice steps below the process (0 keeps its priority; the lowest is 19).
+    Nice(i32),
+}
+
 /// A runtime for background work; cheap to clone. The runtime stops (without
 /// waiting for its tasks) when the last clone is dropped.
 #[derive(Clone)]
@@ -60,24 +74,18 @@ impl Drop for Owner {
 }
 
 impl Background {
-    /// Starts the runtime; its threads run `nice` steps below the process's
-    /// priority (0 keeps it; the lowest is 19).
-    pub fn start(nice: i32) -> std::io::Result<Self> {
+    /// Starts the runtime; its threads run at `priority`.
+    pub fn start(priority: Priority) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(THREADS)
             .thread_name("signpost-bg")
             .enable_all()
             .on_thread_start(move || {
                 BACKGROUND.with(|b| b.set(true));
-                // On Linux the nice value is per thread: this lowers only the calling
-                // thread, and threads it starts (SQLite's connection threads) inherit it.
-                if nice != 0 {
-                    let lowered = rustix::process::getpriority_process(None)
-                        .and_then(|now| rustix::process::setpriority_process(None, (now + nice).min(19)));
-                    if let Err(e) = lowered {
-                        tracing::warn!(error = %e, nice, "cannot lower the background threads' priority");
-                    }
-                }
+                // On Linux the scheduling policy and the nice value are per thread:
+                // this lowers only the calling thread, and threads it starts
+                // (SQLite's connection threads) inherit both.
+                lower(priority);
             })
             .build()?;
         Ok(Self { handle: runtime.handle().clone(), _owner: Arc::new(Owner(Mutex::new(Some(runtime)))) })
@@ -99,6 +107,47 @@ impl Background {
     }
 }
 
+/// Lowers the calling thread to `priority`.
+fn lower(priority: Priority) {
+    let nice = match priority {
+        Priority::Idle if set_idle() => return,
+        Priority::Idle => 19,
+        Priority::Nice(n) => n,
+    };
+    if nice != 0 {
+        let lowered = rustix::process::getpriority_process(None)
+            .and_then(|now| rustix::process::setpriority_process(None, (now + nice).min(19)));
+        if let Err(e) = lowered {
+            tracing::warn!(error = %e, nice, "cannot lower the background threads' priority");
+        }
+    }
+}
+
+/// Puts the calling thread under `SCHED_IDLE`; false where that failed.
+#[cfg(target_os = "linux")]
+fn set_idle() -> bool {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // The call also sets the thread's nice value to 0 afterwards, which an
+    // unprivileged process already running above 0 may not do: what counts is
+    // whether the policy took.
+    let set = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        idle,
+    );
+    let took = thread_priority::thread_schedule_policy().is_ok_and(|p| p == idle);
+    if !took {
+        tracing::warn!(error = ?set.err(), "cannot put the background threads under SCHED_IDLE; nice 19 instead");
+    }
+    took
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_idle() -> bool {
+    false
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -106,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn background_tasks_run_on_background_threads_at_the_lower_priority() {
-        let bg = Background::start(5).unwrap();
+        let bg = Background::start(Priority::Nice(5)).unwrap();
         assert!(!current(), "a request thread is not a background thread");
         let (on_bg, nice) = bg
             .spawn(async { (current(), rustix::process::getpriority_process(None).unwrap()) })
@@ -123,5 +172,24 @@ mod tests {
         assert!(spawned.await.unwrap());
         // Dropped inside a runtime: no panic.
         drop(bg);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn idle_background_threads_and_the_threads_they_start_run_under_sched_idle() {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let bg = Background::start(Priority::Idle).unwrap();
+        let (on_bg, child) = bg
+            .spawn(async {
+                // As SQLite's connection threads are started: from a background thread.
+                let child = std::thread::spawn(thread_priority::thread_schedule_policy).join().unwrap();
+                (thread_priority::thread_schedule_policy().unwrap(), child.unwrap())
+            })
+            .await
+            .unwrap();
+        assert_eq!(on_bg, idle, "a background thread runs only where no request thread wants the core");
+        assert_eq!(child, idle, "threads a background thread starts inherit the policy");
+        assert_ne!(thread_priority::thread_schedule_policy().unwrap(), idle, "request threads keep theirs");
     }
 }

@@ -98,7 +98,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "SIGNPOST_BACKGROUND_NICE",
         "background_nice",
-        "how many nice steps (0-19) below request handling consumers, relays and journal drainers run; 0 = same priority [default: 10]",
+        "how far below request handling consumers, relays and journal drainers run: idle (Linux SCHED_IDLE: only on a core no request wants) or nice steps 0-19 (0 = same priority) [default: idle]",
     ),
     (
         "SIGNPOST_HTTP_THREADS",
@@ -388,8 +388,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
-    /// Nice steps of the background runtime below request handling.
-    pub background_nice: i32,
+    /// The background runtime's priority below request handling.
+    pub background_nice: crate::background::Priority,
     /// Threads that serve connections (see `server::ConnThreads`).
     pub http_threads: usize,
     /// Certificate and key files when serving HTTPS.
@@ -891,8 +891,11 @@ impl Raw {
             1024 * 1024usize,
             1..=1024 * 1024 * 1024,
         )?;
-        let background_nice =
-            parse_num("SIGNPOST_BACKGROUND_NICE", self.background_nice.as_ref(), 10i32, 0..=19)?;
+        let background_nice = match self.background_nice.as_ref() {
+            Some(v) if v.text().trim().eq_ignore_ascii_case("idle") => crate::background::Priority::Idle,
+            None => crate::background::Priority::Idle,
+            v => crate::background::Priority::Nice(parse_num("SIGNPOST_BACKGROUND_NICE", v, 10i32, 0..=19)?),
+        };
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let http_threads = parse_num("SIGNPOST_HTTP_THREADS", self.http_threads.as_ref(), cores, 1..=256)?;
         let tls = match (self.tls_cert, self.tls_key) {
@@ -1177,6 +1180,18 @@ mod tests {
             e.map(|e| e.to_string()).as_deref(),
             Some(r#"DATABASE_URL: unsupported scheme "foo" (expected sqlite or postgres)"#)
         );
+    }
+
+    #[test]
+    fn background_threads_run_idle_unless_given_nice_steps() {
+        use crate::background::Priority;
+        let at = |v: &str| load(&[("SIGNPOST_BACKGROUND_NICE", v)]).map(|c| c.background_nice);
+        assert_eq!(load(&[]).map(|c| c.background_nice).ok(), Some(Priority::Idle));
+        assert_eq!(at("IDLE").ok(), Some(Priority::Idle));
+        assert_eq!(at("10").ok(), Some(Priority::Nice(10)));
+        assert_eq!(at("0").ok(), Some(Priority::Nice(0)));
+        assert_eq!(at("20").err().map(|e| e.key).as_deref(), Some("SIGNPOST_BACKGROUND_NICE"));
+        assert_eq!(at("low").err().map(|e| e.key).as_deref(), Some("SIGNPOST_BACKGROUND_NICE"));
     }
 
     #[test]
