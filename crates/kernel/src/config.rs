@@ -98,7 +98,12 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "SIGNPOST_BACKGROUND_NICE",
         "background_nice",
-        "how far below request handling consumers, relays and journal drainers run: idle (Linux SCHED_IDLE: only on a core no request wants) or nice steps 0-19 (0 = same priority) [default: idle]",
+        "how far below request handling the prompt background lane runs (consumers that keep read models current, outbox relays, jobs): nice steps 0-19 (0 = same priority) or idle (Linux SCHED_IDLE: only on a core no other thread wants) [default: 10]",
+    ),
+    (
+        "SIGNPOST_BULK_NICE",
+        "bulk_nice",
+        "how far below request handling the bulk background lane runs (journal drainers, click and scan consumers): idle (Linux SCHED_IDLE) or nice steps 0-19 [default: idle]",
     ),
     (
         "SIGNPOST_HTTP_THREADS",
@@ -388,8 +393,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
-    /// The background runtime's priority below request handling.
+    /// The prompt background lane's priority below request handling.
     pub background_nice: crate::background::Priority,
+    /// The bulk background lane's priority below request handling.
+    pub bulk_nice: crate::background::Priority,
     /// Threads that serve connections (see `server::ConnThreads`).
     pub http_threads: usize,
     /// Certificate and key files when serving HTTPS.
@@ -515,6 +522,7 @@ struct Raw {
     shutdown_timeout: Option<TomlScalar>,
     body_limit: Option<TomlScalar>,
     background_nice: Option<TomlScalar>,
+    bulk_nice: Option<TomlScalar>,
     http_threads: Option<TomlScalar>,
     admin_listen: Option<String>,
     tls_cert: Option<String>,
@@ -677,6 +685,7 @@ impl Raw {
         take!(shutdown_timeout, "SIGNPOST_SHUTDOWN_TIMEOUT", scalar);
         take!(body_limit, "SIGNPOST_BODY_LIMIT", scalar);
         take!(background_nice, "SIGNPOST_BACKGROUND_NICE", scalar);
+        take!(bulk_nice, "SIGNPOST_BULK_NICE", scalar);
         take!(http_threads, "SIGNPOST_HTTP_THREADS", scalar);
         take!(admin_listen, "SIGNPOST_ADMIN_LISTEN");
         take!(tls_cert, "SIGNPOST_TLS_CERT");
@@ -891,11 +900,10 @@ impl Raw {
             1024 * 1024usize,
             1..=1024 * 1024 * 1024,
         )?;
-        let background_nice = match self.background_nice.as_ref() {
-            Some(v) if v.text().trim().eq_ignore_ascii_case("idle") => crate::background::Priority::Idle,
-            None => crate::background::Priority::Idle,
-            v => crate::background::Priority::Nice(parse_num("SIGNPOST_BACKGROUND_NICE", v, 10i32, 0..=19)?),
-        };
+        use crate::background::Priority;
+        let background_nice =
+            priority("SIGNPOST_BACKGROUND_NICE", self.background_nice.as_ref(), Priority::Nice(10))?;
+        let bulk_nice = priority("SIGNPOST_BULK_NICE", self.bulk_nice.as_ref(), Priority::Idle)?;
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let http_threads = parse_num("SIGNPOST_HTTP_THREADS", self.http_threads.as_ref(), cores, 1..=256)?;
         let tls = match (self.tls_cert, self.tls_key) {
@@ -959,6 +967,7 @@ impl Raw {
             shutdown_timeout,
             body_limit,
             background_nice,
+            bulk_nice,
             http_threads,
             edge: EdgeSettings {
                 cors_origins: self.cors_origins,
@@ -1030,6 +1039,20 @@ where
         ));
     }
     Ok(n)
+}
+
+/// `idle` or nice steps 0-19.
+fn priority(
+    key: &str,
+    value: Option<&TomlScalar>,
+    default: crate::background::Priority,
+) -> Result<crate::background::Priority, ConfigError> {
+    use crate::background::Priority;
+    match value {
+        None => Ok(default),
+        Some(v) if v.text().trim().eq_ignore_ascii_case("idle") => Ok(Priority::Idle),
+        v => parse_num(key, v, 0i32, 0..=19).map(Priority::Nice),
+    }
 }
 
 fn ident(key: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
@@ -1183,15 +1206,20 @@ mod tests {
     }
 
     #[test]
-    fn background_threads_run_idle_unless_given_nice_steps() {
+    fn the_prompt_lane_runs_at_nice_10_and_the_bulk_lane_idle_unless_configured() {
         use crate::background::Priority;
-        let at = |v: &str| load(&[("SIGNPOST_BACKGROUND_NICE", v)]).map(|c| c.background_nice);
-        assert_eq!(load(&[]).map(|c| c.background_nice).ok(), Some(Priority::Idle));
-        assert_eq!(at("IDLE").ok(), Some(Priority::Idle));
-        assert_eq!(at("10").ok(), Some(Priority::Nice(10)));
-        assert_eq!(at("0").ok(), Some(Priority::Nice(0)));
-        assert_eq!(at("20").err().map(|e| e.key).as_deref(), Some("SIGNPOST_BACKGROUND_NICE"));
-        assert_eq!(at("low").err().map(|e| e.key).as_deref(), Some("SIGNPOST_BACKGROUND_NICE"));
+        let defaults = load(&[]).map(|c| (c.background_nice, c.bulk_nice)).ok();
+        assert_eq!(defaults, Some((Priority::Nice(10), Priority::Idle)));
+        for key in ["SIGNPOST_BACKGROUND_NICE", "SIGNPOST_BULK_NICE"] {
+            let at = |v: &str| {
+                load(&[(key, v)]).map(|c| if key.contains("BULK") { c.bulk_nice } else { c.background_nice })
+            };
+            assert_eq!(at("IDLE").ok(), Some(Priority::Idle));
+            assert_eq!(at("10").ok(), Some(Priority::Nice(10)));
+            assert_eq!(at("0").ok(), Some(Priority::Nice(0)));
+            assert_eq!(at("20").err().map(|e| e.key).as_deref(), Some(key));
+            assert_eq!(at("low").err().map(|e| e.key).as_deref(), Some(key));
+        }
     }
 
     #[test]

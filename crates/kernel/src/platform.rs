@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
 
-use crate::background::Background;
+use crate::background::{Background, Lane};
 use crate::cache::{Cache, CacheError, MemoryCache, RedisCache, RedisConn};
 use crate::config::{Config, DatabaseConfig};
 use crate::db::{Db, DbError, Migrations, PgBackend, SqliteBackend};
@@ -99,8 +99,11 @@ pub struct Kernel {
     pub authority: Arc<std::sync::OnceLock<Arc<dyn crate::auth::Authority>>>,
     /// In-process clients that services register for each other.
     pub registry: Arc<crate::registry::Registry>,
-    /// The runtime of consumers, relays and journal drainers (see [`crate::background`]).
+    /// The prompt background lane: consumers that keep read models current,
+    /// outbox relays, jobs (see [`crate::background`]).
     pub background: Background,
+    /// The bulk background lane: journal drainers and high-rate consumers.
+    pub bulk: Background,
     redis: Option<RedisConn>,
     journals: Arc<Mutex<Vec<JoinHandle<()>>>>,
     journal_stop: CancellationToken,
@@ -114,15 +117,23 @@ impl Kernel {
     /// views), under `<data_dir>/journal/<name>`; its drainers publish to the bus.
     pub fn journal(&self, name: &str) -> Result<Journal, JournalError> {
         let dir = self.config.data_dir.join("journal").join(name);
-        // The drainers are background work: they start on the background runtime.
+        // The drainers are high-rate background work: they start on the bulk lane.
         let (journal, drainers) = {
-            let _bg = self.background.enter();
+            let _bg = self.bulk.enter();
             Journal::open(&dir, self.bus.clone(), self.consuming.clone(), self.journal_stop.clone())?
         };
         if let Ok(mut tasks) = self.journals.lock() {
             tasks.extend(drainers);
         }
         Ok(journal)
+    }
+
+    /// The runtime of `lane`.
+    pub fn lane(&self, lane: Lane) -> &Background {
+        match lane {
+            Lane::Prompt => &self.background,
+            Lane::Bulk => &self.bulk,
+        }
     }
 
     /// Fires when the process starts to stop: long-lived responses (event
@@ -271,9 +282,9 @@ impl Platform {
             &config.public_url,
         )
         .await?;
-        let background = Background::start(config.background_nice)?;
         let kernel = Kernel {
-            background,
+            background: Background::start(Lane::Prompt, config.background_nice)?,
+            bulk: Background::start(Lane::Bulk, config.bulk_nice)?,
             config: config.clone(),
             cache,
             limiter,
@@ -330,9 +341,9 @@ impl Platform {
         // Consumers that deduplicate themselves still get inbox rows for dead letters.
         let pruned: Vec<(&'static str, Db)> = consumers.iter().map(|(c, d)| (c.name, d.clone())).collect();
         for (c, d) in consumers {
-            // Started from the background runtime, so the tasks it spawns run there.
-            let (bus, stop) = (kernel.bus.clone(), consumer_stop.clone());
-            let started = kernel.background.spawn(async move { bus.start_consumer(c, d, stop).await }).await;
+            // Started from its lane's runtime, so the tasks it spawns run there.
+            let (bus, stop, lane) = (kernel.bus.clone(), consumer_stop.clone(), kernel.lane(c.lane));
+            let started = lane.spawn(async move { bus.start_consumer(c, d, stop).await }).await;
             consumer_tasks.extend(started.map_err(std::io::Error::other)??);
         }
         kernel.consuming.cancel();

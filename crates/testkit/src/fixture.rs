@@ -46,14 +46,15 @@ pub struct Stats {
     pub notes: i64,
     /// `note.viewed` events applied.
     pub views: i64,
-    /// Events this process applied on a request thread instead of the
-    /// background runtime (always 0: consumers run in the background).
+    /// Events this process applied anywhere but on the bulk background lane
+    /// the consumer names (always 0: never on a request thread, nor on the
+    /// prompt lane).
     #[serde(default)]
-    pub on_request_threads: u64,
+    pub off_its_lane: u64,
 }
 
-/// See [`Stats::on_request_threads`].
-static ON_REQUEST_THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// See [`Stats::off_its_lane`].
+static OFF_ITS_LANE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The fixture's store: one implementation per engine.
 #[async_trait]
@@ -108,7 +109,7 @@ impl NotesStore for PgNotes {
     async fn stats(&self, tenant: TenantId) -> Result<Stats, DbError> {
         let mut tx = self.0.read(tenant).await?;
         let row: Option<(i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
-        Ok(row.map(|(notes, views)| Stats { notes, views, on_request_threads: 0 }).unwrap_or_default())
+        Ok(row.map(|(notes, views)| Stats { notes, views, off_its_lane: 0 }).unwrap_or_default())
     }
 }
 
@@ -141,7 +142,7 @@ impl NotesStore for SqliteNotes {
     async fn stats(&self, tenant: TenantId) -> Result<Stats, DbError> {
         let mut tx = self.0.read(tenant).await?;
         let row: Option<(i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
-        Ok(row.map(|(notes, views)| Stats { notes, views, on_request_threads: 0 }).unwrap_or_default())
+        Ok(row.map(|(notes, views)| Stats { notes, views, off_its_lane: 0 }).unwrap_or_default())
     }
 }
 
@@ -159,8 +160,8 @@ struct StatsHandler;
 #[async_trait]
 impl Handler for StatsHandler {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
-        if !kernel::background::current() {
-            ON_REQUEST_THREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if kernel::background::current() != Some(kernel::background::Lane::Bulk) {
+            OFF_ITS_LANE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if event.data.value().get("body").and_then(|b| b.as_str()) == Some("poison") {
             return Err(HandlerError::Reject("poison note".into()));
@@ -257,7 +258,7 @@ async fn stats(
     FixtureTenant(tenant): FixtureTenant,
 ) -> Result<Json<Stats>, ApiError> {
     let mut stats = s.store.stats(tenant).await?;
-    stats.on_request_threads = ON_REQUEST_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    stats.off_its_lane = OFF_ITS_LANE.load(std::sync::atomic::Ordering::Relaxed);
     Ok(Json(stats))
 }
 
@@ -358,6 +359,7 @@ impl Service for Fixture {
                 name: "fixture.stats",
                 event_types: &["note.created", "note.viewed"],
                 handler: Arc::new(StatsHandler),
+                lane: kernel::background::Lane::Bulk,
             }],
             openapi_paths: json!({
                 "/v1/fixture/notes": { "get": { "responses": { "200": { "description": "notes" } } },

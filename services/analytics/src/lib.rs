@@ -134,6 +134,7 @@ impl Service for AnalyticsService {
             name: "analytics.events",
             event_types: EVENT_TYPES,
             handler: Arc::new(Ingest { service: "analytics" }),
+            lane: kernel::background::Lane::Bulk,
         };
         Ok(ServiceParts {
             router: router.with_state(state),

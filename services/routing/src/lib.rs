@@ -559,6 +559,7 @@ impl Service for RoutingService {
                 name: "routing.links",
                 event_types: ROUTE_EVENTS,
                 handler: Arc::new(RoutesHandler { kernel, epoch }),
+                lane: kernel::background::Lane::Prompt,
             }],
             openapi_paths: openapi(),
             openapi_source: None,

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::migrate::Migrations;
 use super::tx::{PgGlobalTx, PgTx};
 use super::{DbError, Engine, KernelSql, SchemaShared};
+use crate::background::PerThread;
 use crate::secret::{Secret, redact_url};
 use crate::tenant::TenantId;
 
@@ -22,11 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct PgBackend {
     owner: PgPool,
-    /// Request handling's connections.
-    requests: PgPools,
-    /// Background work's own connections (see [`crate::background`]):
-    /// connected from background threads, never lent to a request.
-    background: PgPools,
+    /// Request handling's connections, and each background lane's own (see
+    /// [`crate::background`]): never lent to a request or to another lane.
+    pools: PerThread<PgPools>,
     app_role: String,
     owner_role: String,
 }
@@ -78,19 +77,19 @@ impl PgBackend {
                 }
             })
         };
-        let requests =
-            PgPools { app: app_pool(max_connections)?, system: app_pool(max_connections.clamp(2, 16))? };
-        let background = PgPools {
-            app: app_pool((max_connections / 2).max(2))?,
-            system: app_pool(max_connections.clamp(2, 8))?,
+        let pools = PerThread {
+            requests: PgPools {
+                app: app_pool(max_connections)?,
+                system: app_pool(max_connections.clamp(2, 16))?,
+            },
+            // One thread: a few connections serve its relays and consumers.
+            prompt: PgPools { app: app_pool((max_connections / 4).max(2))?, system: app_pool(4)? },
+            bulk: PgPools {
+                app: app_pool((max_connections / 2).max(2))?,
+                system: app_pool(max_connections.clamp(2, 8))?,
+            },
         };
-        Ok(Self {
-            owner,
-            requests,
-            background,
-            app_role: app_role.to_string(),
-            owner_role: owner_role.to_string(),
-        })
+        Ok(Self { owner, pools, app_role: app_role.to_string(), owner_role: owner_role.to_string() })
     }
 
     /// Creates the owner and application roles when missing and makes sure the
@@ -165,7 +164,7 @@ impl PgBackend {
         let (user, unsafe_role): (String, bool) = sqlx::query_as(
             "select current_user::text, rolsuper or rolbypassrls from pg_roles where rolname = current_user",
         )
-        .fetch_one(&self.requests.app)
+        .fetch_one(&self.pools.requests.app)
         .await
         .map_err(|e| {
             DbError::Setup(format!("cannot connect as the application role {}: {e}", self.app_role))
@@ -249,8 +248,7 @@ impl PgBackend {
     /// The handle of one service schema.
     pub fn db(&self, schema: &'static str) -> PgDb {
         PgDb {
-            requests: self.requests.clone(),
-            background: self.background.clone(),
+            pools: self.pools.clone(),
             shared: Arc::new(SchemaShared {
                 schema,
                 relay: Arc::new(Notify::new()),
@@ -264,9 +262,9 @@ impl PgBackend {
         &self.app_role
     }
 
-    /// Closes both pools.
+    /// Closes every pool.
     pub async fn close(&self) {
-        for pools in [&self.requests, &self.background] {
+        for pools in self.pools.all() {
             pools.app.close().await;
             pools.system.close().await;
         }
@@ -282,7 +280,7 @@ impl PgBackend {
     /// The raw application pool: tests use it to prove what RLS hides.
     #[cfg(feature = "testing")]
     pub fn app_pool(&self) -> &PgPool {
-        &self.requests.app
+        &self.pools.requests.app
     }
 }
 
@@ -304,15 +302,14 @@ struct PgPools {
 /// One service's schema on PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PgDb {
-    requests: PgPools,
-    background: PgPools,
+    pools: PerThread<PgPools>,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
 impl PgDb {
-    /// The pools of the calling thread's kind (request or background).
+    /// The pools of the calling thread's kind (request or a background lane).
     fn pools(&self) -> &PgPools {
-        if crate::background::current() { &self.background } else { &self.requests }
+        self.pools.current()
     }
 
     /// The schema name.

@@ -1,9 +1,11 @@
 //! SQLite: one file per service schema, attached as the schema's name on every
 //! pooled connection (so SQL says `links.links` on both engines), WAL, one
 //! writer at a time (SQLite's own write lock; `begin immediate` waits for it).
-//! Background work (consumers, relays) has its own writer and readers, opened
-//! on first use from the background runtime, so their connection threads run
-//! at its lower priority and requests never queue behind them for a connection.
+//! Each background lane (consumers, relays, drainers; see
+//! [`crate::background`]) has its own writer and reader, opened on first use
+//! from that lane's runtime, so their connection threads run at its lower
+//! priority, and neither requests nor the prompt lane queue behind a
+//! lower-priority thread for a connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::Notify;
 use super::migrate::Migrations;
 use super::tx::{SqliteGlobalTx, SqliteTx};
 use super::{DbError, Engine, KernelSql, SchemaShared};
+use crate::background::PerThread;
 use crate::tenant::TenantId;
 
 /// The SQLite deployment: a directory with one file per service.
@@ -36,14 +39,17 @@ impl SqliteBackend {
     /// Opens the pools of one service schema (one writer, a few readers).
     pub async fn db(&self, schema: &'static str) -> Result<SqliteDb, DbError> {
         let file = self.dir.join(format!("{schema}.db"));
+        let lane = || -> Pools {
+            Pools { writer: lane_pool(&file, schema, false), reader: lane_pool(&file, schema, true) }
+        };
         Ok(SqliteDb {
-            requests: Pools {
-                writer: pool(&file, schema, PoolKind::Writer).await?,
-                reader: pool(&file, schema, PoolKind::Readers).await?,
-            },
-            background: Pools {
-                writer: pool(&file, schema, PoolKind::BackgroundWriter).await?,
-                reader: pool(&file, schema, PoolKind::BackgroundReader).await?,
+            pools: PerThread {
+                requests: Pools {
+                    writer: pool(&file, schema, PoolKind::Writer).await?,
+                    reader: pool(&file, schema, PoolKind::Readers).await?,
+                },
+                prompt: lane(),
+                bulk: lane(),
             },
             shared: Arc::new(SchemaShared {
                 schema,
@@ -72,14 +78,33 @@ enum PoolKind {
     Writer,
     /// Request handling's readers.
     Readers,
-    /// Background work's writer and reader: connected on first use, which
-    /// happens on a background thread (their SQLite threads inherit its priority).
-    BackgroundWriter,
-    BackgroundReader,
+    /// A background lane's writer or reader: connected on first use, which
+    /// happens on that lane's thread (their SQLite threads inherit its priority).
+    Lane { read_only: bool },
+}
+
+/// A background lane's pool; it connects lazily, so it never fails here.
+fn lane_pool(file: &Path, schema: &'static str, read_only: bool) -> SqlitePool {
+    let (options, opts) = pool_options(file, schema, PoolKind::Lane { read_only });
+    // Kept for the life of the pool: a replacement would be opened by
+    // whichever thread asked, and a lane's connection must stay in its lane.
+    options.idle_timeout(None).max_lifetime(None).connect_lazy_with(opts)
 }
 
 async fn pool(file: &Path, schema: &'static str, kind: PoolKind) -> Result<SqlitePool, DbError> {
-    let read_only = matches!(kind, PoolKind::Readers | PoolKind::BackgroundReader);
+    let (options, opts) = pool_options(file, schema, kind);
+    options
+        .connect_with(opts)
+        .await
+        .map_err(|e| DbError::Setup(format!("cannot open {}: {e}", file.display())))
+}
+
+fn pool_options(
+    file: &Path,
+    schema: &'static str,
+    kind: PoolKind,
+) -> (SqlitePoolOptions, SqliteConnectOptions) {
+    let read_only = matches!(kind, PoolKind::Readers | PoolKind::Lane { read_only: true });
     // `main` is a private in-memory database; the service file is attached under
     // the schema's name so that the same `schema.table` text works on both engines.
     let opts = SqliteConnectOptions::new()
@@ -109,24 +134,14 @@ async fn pool(file: &Path, schema: &'static str, kind: PoolKind) -> Result<Sqlit
                 Ok(())
             })
         });
-    if matches!(kind, PoolKind::BackgroundWriter | PoolKind::BackgroundReader) {
-        // Kept for the life of the pool: a replacement would be opened by
-        // whichever thread asked, and a background connection must stay background.
-        return Ok(options.idle_timeout(None).max_lifetime(None).connect_lazy_with(opts));
-    }
-    options
-        .connect_with(opts)
-        .await
-        .map_err(|e| DbError::Setup(format!("cannot open {}: {e}", file.display())))
+    (options, opts)
 }
 
 /// One service's file on SQLite.
 #[derive(Clone, Debug)]
 pub struct SqliteDb {
-    /// Request handling's connections.
-    requests: Pools,
-    /// Background work's own connections.
-    background: Pools,
+    /// Request handling's connections and each background lane's own.
+    pools: PerThread<Pools>,
     pub(crate) shared: Arc<SchemaShared>,
 }
 
@@ -138,9 +153,9 @@ struct Pools {
 }
 
 impl SqliteDb {
-    /// The pools of the calling thread's kind (request or background).
+    /// The pools of the calling thread's kind (request or a background lane).
     fn pools(&self) -> &Pools {
-        if crate::background::current() { &self.background } else { &self.requests }
+        self.pools.current()
     }
 
     /// The schema (attachment) name.
@@ -213,7 +228,7 @@ impl SqliteDb {
             version: version.to_string(),
             message: e.to_string(),
         };
-        let mut conn = self.requests.writer.acquire().await?;
+        let mut conn = self.pools.requests.writer.acquire().await?;
         sqlx::raw_sql(AssertSqlSafe(format!(
             "create table if not exists {schema}.schema_migrations (
                  version text primary key, checksum text not null,
@@ -247,9 +262,9 @@ impl SqliteDb {
         Ok(applied)
     }
 
-    /// Closes both pools (checkpointing the WAL).
+    /// Closes every pool (checkpointing the WAL).
     pub async fn close(&self) {
-        for pools in [&self.requests, &self.background] {
+        for pools in self.pools.all() {
             pools.writer.close().await;
             pools.reader.close().await;
         }

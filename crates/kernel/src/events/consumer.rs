@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
 use super::{BusError, Envelope};
+use crate::background::Lane;
 use crate::db::{Db, DbError, Tx};
 
 /// What a consumer does with one event, inside the transaction that marks it handled.
@@ -82,11 +83,19 @@ pub struct Consumer {
     pub event_types: &'static [&'static str],
     /// What it does with them.
     pub handler: Arc<dyn Handler>,
+    /// The background lane it runs on: [`Lane::Prompt`] when a user waits for
+    /// its effect (a read model), [`Lane::Bulk`] for high-rate events that may
+    /// lag under load (clicks).
+    pub lane: Lane,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("name", &self.name).field("event_types", &self.event_types).finish()
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("event_types", &self.event_types)
+            .field("lane", &self.lane)
+            .finish()
     }
 }
 

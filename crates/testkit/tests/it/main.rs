@@ -53,7 +53,10 @@ pub async fn get_json(app: &TestApp, path: &str, tenant: TenantId) -> Value {
 /// The fixture's counters for `tenant`.
 pub async fn stats(app: &TestApp, tenant: TenantId) -> (i64, i64) {
     let v = get_json(app, "/v1/fixture/stats", tenant).await;
-    assert_eq!(v["on_request_threads"], 0, "consumers run on the background runtime, not on request threads");
+    assert_eq!(
+        v["off_its_lane"], 0,
+        "a consumer runs on the background lane it names, never on request threads"
+    );
     (v["notes"].as_i64().unwrap_or(-1), v["views"].as_i64().unwrap_or(-1))
 }
 

@@ -58,6 +58,7 @@ impl Service for ClickSink {
                 name: "clicksink.clicks",
                 event_types: &["link.clicked", "qr.scanned"],
                 handler: Arc::new(SinkHandler(self.0.clone())),
+                lane: kernel::background::Lane::Bulk,
             }],
             openapi_paths: json!({}),
             openapi_source: None,
