@@ -135,7 +135,7 @@ fn encode(event: &impl serde::Serialize) -> Result<Vec<u8>, JournalError> {
 fn encode_onto(buf: &mut Vec<u8>, event: &impl serde::Serialize) -> Result<(), JournalError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; HEADER]);
-    if let Err(e) = serde_json::to_writer(&mut *buf, event) {
+    if let Err(e) = super::json::write(&mut *buf, event) {
         buf.truncate(start);
         return Err(JournalError::Record(e.to_string()));
     }

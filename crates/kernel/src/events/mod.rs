@@ -5,6 +5,7 @@
 mod bus;
 mod consumer;
 mod journal;
+mod json;
 mod memory;
 mod nats;
 mod relay;
