@@ -20,6 +20,7 @@ use crate::verify::Identity;
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 static X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
+static CROSS_ORIGIN_OPENER_POLICY: HeaderName = HeaderName::from_static("cross-origin-opener-policy");
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
@@ -222,8 +223,7 @@ fn security_headers(h: &mut HeaderMap) {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
     h.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("strict-origin-when-cross-origin"));
-    h.entry(HeaderName::from_static("cross-origin-opener-policy"))
-        .or_insert(HeaderValue::from_static("same-origin"));
+    h.entry(&CROSS_ORIGIN_OPENER_POLICY).or_insert(HeaderValue::from_static("same-origin"));
     let html =
         h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
     if html {
