@@ -83,7 +83,10 @@ impl PgBackend {
                 system: app_pool(max_connections.clamp(2, 16))?,
             },
             // One thread: a few connections serve its relays and consumers.
-            prompt: PgPools { app: app_pool((max_connections / 4).max(2))?, system: app_pool(4)? },
+            prompt: PgPools {
+                app: app_pool((max_connections / 4).max(2))?,
+                system: app_pool(max_connections.clamp(2, 4))?,
+            },
             bulk: PgPools {
                 app: app_pool((max_connections / 2).max(2))?,
                 system: app_pool(max_connections.clamp(2, 8))?,

@@ -1,6 +1,12 @@
 //! The in-process bus of `signpost up`: the outbox is the durable log, and a
 //! publish returns only after every subscribed consumer applied the events, so
 //! the relay deletes nothing a consumer has not seen.
+//!
+//! Each consumer takes deliveries from two queues: what the bulk background
+//! lane publishes (journal drainers: clicks), and the rest (outbox relays on
+//! the prompt lane, requests). It takes from the second first, so a relay
+//! publishing a link update to a consumer that is also behind on clicks waits
+//! for the batch being applied, not for every click batch queued before it.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +29,35 @@ struct Delivery {
 #[derive(Clone)]
 struct Subscriber {
     event_types: &'static [&'static str],
-    inbox: mpsc::Sender<Delivery>,
+    /// What the bulk lane publishes.
+    bulk: mpsc::Sender<Delivery>,
+    /// Everything else, taken first.
+    prompt: mpsc::Sender<Delivery>,
+}
+
+impl Subscriber {
+    /// The queue for what the calling thread publishes.
+    fn queue(&self) -> &mpsc::Sender<Delivery> {
+        if crate::background::current() == Some(crate::background::Lane::Bulk) {
+            &self.bulk
+        } else {
+            &self.prompt
+        }
+    }
+}
+
+/// The next delivery for a consumer, prompt ones first; `None` once it stops.
+async fn next_delivery(
+    prompt: &mut mpsc::Receiver<Delivery>,
+    bulk: &mut mpsc::Receiver<Delivery>,
+    shutdown: &CancellationToken,
+) -> Option<Delivery> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        d = prompt.recv() => d,
+        d = bulk.recv() => d,
+    }
 }
 
 /// How many published events a slow watcher may fall behind before it skips.
@@ -90,7 +124,7 @@ impl MemoryBus {
                 _ => events.iter().filter(wanted).cloned().collect(),
             };
             let (done, wait) = oneshot::channel();
-            sub.inbox
+            sub.queue()
                 .send(Delivery { events: mine, done })
                 .await
                 .map_err(|_| BusError::Publish("a consumer has stopped".into()))?;
@@ -128,15 +162,15 @@ impl Bus for MemoryBus {
         db: Db,
         shutdown: CancellationToken,
     ) -> Result<Vec<JoinHandle<()>>, BusError> {
-        let (tx, mut rx) = mpsc::channel::<Delivery>(16);
+        let (bulk, mut bulk_rx) = mpsc::channel::<Delivery>(16);
+        let (prompt, mut prompt_rx) = mpsc::channel::<Delivery>(16);
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(Subscriber { event_types: consumer.event_types, inbox: tx });
+            subs.push(Subscriber { event_types: consumer.event_types, bulk, prompt });
         }
         let task = tokio::spawn(async move {
             loop {
-                let delivery = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    d = rx.recv() => match d { Some(d) => d, None => break },
+                let Some(delivery) = next_delivery(&mut prompt_rx, &mut bulk_rx, &shutdown).await else {
+                    break;
                 };
                 let result = process(&db, &consumer, &delivery.events).await;
                 if let Err(e) = &result {
@@ -166,5 +200,65 @@ impl Bus for MemoryBus {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::background::{Background, Lane, Priority};
+    use crate::tenant::TenantId;
+
+    fn delivery(n: u64) -> (Delivery, oneshot::Receiver<Result<(), BusError>>) {
+        let e = Envelope::new("test.happened", TenantId::new(), "system", serde_json::json!({ "n": n }));
+        let (done, wait) = oneshot::channel();
+        (Delivery { events: vec![e].into(), done }, wait)
+    }
+
+    fn n(d: &Delivery) -> u64 {
+        d.events[0].data.value()["n"].as_u64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_consumer_behind_on_clicks_takes_a_relayed_update_before_them() {
+        let (bulk, mut bulk_rx) = mpsc::channel(16);
+        let (prompt, mut prompt_rx) = mpsc::channel(16);
+        for i in 0..3 {
+            bulk.send(delivery(i).0).await.unwrap();
+        }
+        prompt.send(delivery(100).0).await.unwrap();
+        let stop = CancellationToken::new();
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.push(n(&next_delivery(&mut prompt_rx, &mut bulk_rx, &stop).await.unwrap()));
+        }
+        assert_eq!(order, [100, 0, 1, 2], "the update first, then the clicks in their order");
+        stop.cancel();
+        assert!(next_delivery(&mut prompt_rx, &mut bulk_rx, &stop).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn what_the_bulk_lane_publishes_queues_apart_from_the_rest() {
+        let bus = Arc::new(MemoryBus::new());
+        let (bulk, mut bulk_rx) = mpsc::channel(16);
+        let (prompt, mut prompt_rx) = mpsc::channel(16);
+        bus.subscribers.lock().unwrap().push(Subscriber { event_types: &["test.happened"], bulk, prompt });
+        // Publishes from a thread of `lane`; the runtime is kept until the publish ends.
+        let publish = |lane| {
+            let (bus, bg) = (bus.clone(), Background::start(lane, Priority::Nice(0)).unwrap());
+            let e = Envelope::new("test.happened", TenantId::new(), "system", serde_json::json!({ "n": 1 }));
+            (bg.spawn(async move { bus.publish(&[e]).await }), bg)
+        };
+        let (from_bulk, _bulk_lane) = publish(Lane::Bulk);
+        let got = bulk_rx.recv().await.unwrap();
+        assert!(prompt_rx.try_recv().is_err());
+        got.done.send(Ok(())).unwrap();
+        from_bulk.await.unwrap().unwrap();
+        let (from_prompt, _prompt_lane) = publish(Lane::Prompt);
+        let got = prompt_rx.recv().await.unwrap();
+        assert!(bulk_rx.try_recv().is_err());
+        got.done.send(Ok(())).unwrap();
+        from_prompt.await.unwrap().unwrap();
     }
 }
