@@ -341,8 +341,11 @@ impl Platform {
         // Consumers that deduplicate themselves still get inbox rows for dead letters.
         // Each consumer's inbox is pruned on its own lane, so that pruning never
         // holds a file's write lock from a thread of the other lane.
-        let pruned: Vec<(Lane, &'static str, Db)> =
-            consumers.iter().map(|(c, d)| (c.lane, c.name, d.clone())).collect();
+        let pruned = [Lane::Prompt, Lane::Bulk].map(|lane| {
+            let inboxes: Vec<(&'static str, Db)> =
+                consumers.iter().filter(|(c, _)| c.lane == lane).map(|(c, d)| (c.name, d.clone())).collect();
+            (lane, inboxes)
+        });
         for (c, d) in consumers {
             // Started from its lane's runtime, so the tasks it spawns run there.
             let (bus, stop, lane) = (kernel.bus.clone(), consumer_stop.clone(), kernel.lane(c.lane));
@@ -356,9 +359,7 @@ impl Platform {
             .map(|d| kernel.background.spawn(run_relay(d.clone(), kernel.bus.clone(), relay_stop.clone())))
             .collect();
         // Inbox pruning stops with the relays, before the consumers.
-        for lane in [Lane::Prompt, Lane::Bulk] {
-            let inboxes: Vec<(&'static str, Db)> =
-                pruned.iter().filter(|(l, ..)| *l == lane).map(|(_, name, d)| (*name, d.clone())).collect();
+        for (lane, inboxes) in pruned {
             if !inboxes.is_empty() {
                 relays.push(
                     kernel.lane(lane).spawn(crate::events::run_inbox_pruning(inboxes, relay_stop.clone())),

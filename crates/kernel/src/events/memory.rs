@@ -210,10 +210,9 @@ mod tests {
     use crate::background::{Background, Lane, Priority};
     use crate::tenant::TenantId;
 
-    fn delivery(n: u64) -> (Delivery, oneshot::Receiver<Result<(), BusError>>) {
+    fn delivery(n: u64) -> Delivery {
         let e = Envelope::new("test.happened", TenantId::new(), "system", serde_json::json!({ "n": n }));
-        let (done, wait) = oneshot::channel();
-        (Delivery { events: vec![e].into(), done }, wait)
+        Delivery { events: vec![e].into(), done: oneshot::channel().0 }
     }
 
     fn n(d: &Delivery) -> u64 {
@@ -225,9 +224,9 @@ mod tests {
         let (bulk, mut bulk_rx) = mpsc::channel(16);
         let (prompt, mut prompt_rx) = mpsc::channel(16);
         for i in 0..3 {
-            bulk.send(delivery(i).0).await.unwrap();
+            bulk.send(delivery(i)).await.unwrap();
         }
-        prompt.send(delivery(100).0).await.unwrap();
+        prompt.send(delivery(100)).await.unwrap();
         let stop = CancellationToken::new();
         let mut order = Vec::new();
         for _ in 0..4 {
