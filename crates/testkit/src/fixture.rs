@@ -23,11 +23,18 @@ use uuid::Uuid;
 /// The fixture's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
     schema: "fixture",
-    steps: &[Migration {
-        version: "0001_notes",
-        postgres: include_str!("../migrations/postgres/0001_notes.sql"),
-        sqlite: include_str!("../migrations/sqlite/0001_notes.sql"),
-    }],
+    steps: &[
+        Migration {
+            version: "0001_notes",
+            postgres: include_str!("../migrations/postgres/0001_notes.sql"),
+            sqlite: include_str!("../migrations/sqlite/0001_notes.sql"),
+        },
+        Migration {
+            version: "0002_mirrored",
+            postgres: include_str!("../migrations/postgres/0002_mirrored.sql"),
+            sqlite: include_str!("../migrations/sqlite/0002_mirrored.sql"),
+        },
+    ],
 };
 
 /// A note.
@@ -46,15 +53,48 @@ pub struct Stats {
     pub notes: i64,
     /// `note.viewed` events applied.
     pub views: i64,
-    /// Events this process applied anywhere but on the bulk background lane
-    /// the consumer names (always 0: never on a request thread, nor on the
-    /// prompt lane).
+    /// `note.created` events applied by `fixture.mirror`, the consumer on the
+    /// prompt lane (`notes` is `fixture.stats`', on the bulk lane).
+    #[serde(default)]
+    pub mirrored: i64,
+    /// Events this process applied anywhere but on the background lane the
+    /// consumer names (always 0: never on a request thread, nor on the other lane).
     #[serde(default)]
     pub off_its_lane: u64,
 }
 
 /// See [`Stats::off_its_lane`].
 static OFF_ITS_LANE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_if_off(lane: kernel::background::Lane) {
+    if kernel::background::current() != Some(lane) {
+        OFF_ITS_LANE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Tenants whose `fixture.stats` deliveries, once committed, do not finish
+/// until [`release`]: a bulk-lane consumer that is slow and holds no lock.
+static HELD: std::sync::Mutex<Vec<TenantId>> = std::sync::Mutex::new(Vec::new());
+static RELEASED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Holds `fixture.stats` deliveries of `tenant` after they commit (tests).
+pub fn hold(tenant: TenantId) {
+    if let Ok(mut held) = HELD.lock() {
+        held.push(tenant);
+    }
+}
+
+/// Lets held deliveries of `tenant` finish.
+pub fn release(tenant: TenantId) {
+    if let Ok(mut held) = HELD.lock() {
+        held.retain(|t| *t != tenant);
+    }
+    RELEASED.notify_waiters();
+}
+
+fn held(tenant: TenantId) -> bool {
+    HELD.lock().map(|h| h.contains(&tenant)).unwrap_or(false)
+}
 
 /// The fixture's store: one implementation per engine.
 #[async_trait]
@@ -72,11 +112,13 @@ pub trait NotesStore: Send + Sync + 'static {
 const INSERT: &str = "insert into fixture.notes (tenant_id, id, body) values ($1, $2, $3)";
 const GET: &str = "select id, body from fixture.notes where tenant_id = $1 and id = $2";
 const LIST: &str = "select id, body from fixture.notes where tenant_id = $1 and id > $2 order by id limit $3";
-const STATS: &str = "select notes, views from fixture.note_stats where tenant_id = $1";
+const STATS: &str = "select notes, views, mirrored from fixture.note_stats where tenant_id = $1";
 const COUNT_NOTE: &str = "insert into fixture.note_stats (tenant_id, notes, views) values ($1, 1, 0) \
      on conflict (tenant_id) do update set notes = note_stats.notes + 1";
 const COUNT_VIEW: &str = "insert into fixture.note_stats (tenant_id, notes, views) values ($1, 0, 1) \
      on conflict (tenant_id) do update set views = note_stats.views + 1";
+const COUNT_MIRROR: &str = "insert into fixture.note_stats (tenant_id, notes, views, mirrored) values ($1, 0, 0, 1) \
+     on conflict (tenant_id) do update set mirrored = note_stats.mirrored + 1";
 
 struct PgNotes(PgDb);
 struct SqliteNotes(SqliteDb);
@@ -108,8 +150,10 @@ impl NotesStore for PgNotes {
 
     async fn stats(&self, tenant: TenantId) -> Result<Stats, DbError> {
         let mut tx = self.0.read(tenant).await?;
-        let row: Option<(i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
-        Ok(row.map(|(notes, views)| Stats { notes, views, off_its_lane: 0 }).unwrap_or_default())
+        let row: Option<(i64, i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
+        Ok(row
+            .map(|(notes, views, mirrored)| Stats { notes, views, mirrored, off_its_lane: 0 })
+            .unwrap_or_default())
     }
 }
 
@@ -141,8 +185,10 @@ impl NotesStore for SqliteNotes {
 
     async fn stats(&self, tenant: TenantId) -> Result<Stats, DbError> {
         let mut tx = self.0.read(tenant).await?;
-        let row: Option<(i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
-        Ok(row.map(|(notes, views)| Stats { notes, views, off_its_lane: 0 }).unwrap_or_default())
+        let row: Option<(i64, i64, i64)> = tx.fetch_optional(tx.query_as(STATS)).await?;
+        Ok(row
+            .map(|(notes, views, mirrored)| Stats { notes, views, mirrored, off_its_lane: 0 })
+            .unwrap_or_default())
     }
 }
 
@@ -160,9 +206,7 @@ struct StatsHandler;
 #[async_trait]
 impl Handler for StatsHandler {
     async fn handle(&self, tx: &mut Tx, event: &Envelope) -> Result<(), HandlerError> {
-        if kernel::background::current() != Some(kernel::background::Lane::Bulk) {
-            OFF_ITS_LANE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        count_if_off(kernel::background::Lane::Bulk);
         if event.data.value().get("body").and_then(|b| b.as_str()) == Some("poison") {
             return Err(HandlerError::Reject("poison note".into()));
         }
@@ -171,12 +215,41 @@ impl Handler for StatsHandler {
             "note.viewed" => COUNT_VIEW,
             other => return Err(HandlerError::Reject(format!("unexpected event type {other}"))),
         };
-        if let Some(pg) = tx.postgres() {
-            pg.execute(pg.query(sql)).await?;
-        } else if let Some(lite) = tx.sqlite() {
-            lite.execute(lite.query(sql)).await?;
+        execute(tx, sql).await
+    }
+
+    async fn committed(&self, events: &[Envelope]) {
+        for event in events {
+            loop {
+                let mut released = std::pin::pin!(RELEASED.notified());
+                released.as_mut().enable();
+                if !held(event.tenant_id) {
+                    break;
+                }
+                released.await;
+            }
         }
-        Ok(())
+    }
+}
+
+async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), HandlerError> {
+    if let Some(pg) = tx.postgres() {
+        pg.execute(pg.query(sql)).await?;
+    } else if let Some(lite) = tx.sqlite() {
+        lite.execute(lite.query(sql)).await?;
+    }
+    Ok(())
+}
+
+/// Counts created notes again, on the prompt lane: a read model's consumer
+/// beside `fixture.stats`.
+struct MirrorHandler;
+
+#[async_trait]
+impl Handler for MirrorHandler {
+    async fn handle(&self, tx: &mut Tx, _event: &Envelope) -> Result<(), HandlerError> {
+        count_if_off(kernel::background::Lane::Prompt);
+        execute(tx, COUNT_MIRROR).await
     }
 }
 
@@ -355,12 +428,20 @@ impl Service for Fixture {
             router,
             edge: None,
             openapi_source: None,
-            consumers: vec![Consumer {
-                name: "fixture.stats",
-                event_types: &["note.created", "note.viewed"],
-                handler: Arc::new(StatsHandler),
-                lane: kernel::background::Lane::Bulk,
-            }],
+            consumers: vec![
+                Consumer {
+                    name: "fixture.stats",
+                    event_types: &["note.created", "note.viewed"],
+                    handler: Arc::new(StatsHandler),
+                    lane: kernel::background::Lane::Bulk,
+                },
+                Consumer {
+                    name: "fixture.mirror",
+                    event_types: &["note.created"],
+                    handler: Arc::new(MirrorHandler),
+                    lane: kernel::background::Lane::Prompt,
+                },
+            ],
             openapi_paths: json!({
                 "/v1/fixture/notes": { "get": { "responses": { "200": { "description": "notes" } } },
                                         "post": { "responses": { "201": { "description": "created" } } } }

@@ -206,17 +206,30 @@ pub(crate) struct KernelSql {
 
 impl KernelSql {
     fn new(schema: &str, engine: Engine) -> Self {
-        let outbox_delete = match engine {
-            // Concurrent writers can commit out of seq order: delete exactly what was sent.
-            Engine::Postgres => format!("delete from {schema}.outbox where seq = any($1)"),
-            // One writer: commit order is seq order, so the sent rows are a prefix.
-            Engine::Sqlite => format!("delete from {schema}.outbox where seq <= $1"),
+        // The relay deletes exactly what every audience has (concurrent writers
+        // on PostgreSQL can also commit out of seq order), and reads past the
+        // rows the audience it reads for has: `$2` (an array on PostgreSQL, a
+        // JSON array on SQLite).
+        let (outbox_pending, outbox_delete) = match engine {
+            Engine::Postgres => (
+                format!(
+                    "select seq, payload from {schema}.outbox where seq <> all($2) order by seq limit $1"
+                ),
+                format!("delete from {schema}.outbox where seq = any($1)"),
+            ),
+            Engine::Sqlite => (
+                format!(
+                    "select seq, payload from {schema}.outbox \
+                     where seq not in (select value from json_each($2)) order by seq limit $1"
+                ),
+                format!("delete from {schema}.outbox where seq in (select value from json_each($1))"),
+            ),
         };
         Self {
             outbox_insert: format!(
                 "insert into {schema}.outbox (event_id, event_type, tenant_id, payload) values ($1, $2, $3, $4)"
             ),
-            outbox_pending: format!("select seq, payload from {schema}.outbox order by seq limit $1"),
+            outbox_pending,
             outbox_delete,
             inbox_insert_many: match engine {
                 Engine::Postgres => format!(

@@ -8,7 +8,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Envelope};
+use crate::background::Lane;
 use crate::db::{Db, DbError};
+
+/// The consumers one publish reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every consumer of the event types.
+    All,
+    /// The consumers that run on this background lane.
+    Lane(Lane),
+}
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +56,22 @@ pub trait Bus: Send + Sync + 'static {
     /// in-process bus hands it to its consumers as it is, without a copy.
     async fn publish_shared(&self, events: Arc<[Envelope]>) -> Result<(), BusError> {
         self.publish(&events).await
+    }
+
+    /// How an outbox relay splits its work: one stream of publishes per
+    /// audience, each at its own pace, and a row leaves the outbox once every
+    /// audience has it. A broker that takes responsibility for events at once
+    /// (JetStream) is one audience; the in-process bus, whose publish returns
+    /// only once its consumers applied the events, is one per lane, so that a
+    /// read model's consumer never waits on a click consumer's batch.
+    fn audiences(&self) -> &'static [Audience] {
+        &[Audience::All]
+    }
+
+    /// [`Bus::publish`] to one of [`Bus::audiences`].
+    async fn publish_to(&self, audience: Audience, events: &[Envelope]) -> Result<(), BusError> {
+        let _ = audience;
+        self.publish(events).await
     }
 
     /// Starts delivering the consumer's event types to it until `shutdown`.

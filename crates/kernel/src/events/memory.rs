@@ -7,6 +7,11 @@
 //! the prompt lane, requests). It takes from the second first, so a relay
 //! publishing a link update to a consumer that is also behind on clicks waits
 //! for the batch being applied, not for every click batch queued before it.
+//!
+//! A relay publishes to each lane's consumers on its own ([`Bus::audiences`]):
+//! a link update reaches routing's read model while analytics is still busy
+//! with clicks at the bulk lane's priority, and the outbox keeps the row until
+//! analytics has it too.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::process;
-use super::{Bus, BusError, Consumer, Envelope};
+use super::{Audience, Bus, BusError, Consumer, Envelope};
+use crate::background::Lane;
 use crate::db::Db;
 
 struct Delivery {
@@ -29,6 +35,8 @@ struct Delivery {
 #[derive(Clone)]
 struct Subscriber {
     event_types: &'static [&'static str],
+    /// The lane the consumer runs on.
+    lane: Lane,
     /// What the bulk lane publishes.
     bulk: mpsc::Sender<Delivery>,
     /// Everything else, taken first.
@@ -100,14 +108,25 @@ fn watch_stream(rx: broadcast::Receiver<Arc<Envelope>>) -> BoxStream<'static, En
 }
 
 impl MemoryBus {
-    /// Delivers `events` to every subscriber; those that take all of them
-    /// share `shared` when given, else one copy made here.
-    async fn deliver(&self, events: &[Envelope], shared: Option<&Arc<[Envelope]>>) -> Result<(), BusError> {
+    /// Delivers `events` to the audience's subscribers; those that take all
+    /// of them share `shared` when given, else one copy made here. Watchers see
+    /// the events once: with the prompt lane's audience, or with everyone's.
+    async fn deliver(
+        &self,
+        audience: Audience,
+        events: &[Envelope],
+        shared: Option<&Arc<[Envelope]>>,
+    ) -> Result<(), BusError> {
         // A poisoned lock must not look like "no subscribers": the relay would drop the events.
-        let subscribers = self
+        let subscribers: Vec<Subscriber> = self
             .subscribers
             .lock()
-            .map(|s| s.clone())
+            .map(|s| {
+                s.iter()
+                    .filter(|s| audience == Audience::All || audience == Audience::Lane(s.lane))
+                    .cloned()
+                    .collect()
+            })
             .map_err(|_| BusError::Publish("subscriber list is poisoned".into()))?;
         let mut pending = Vec::new();
         // Subscribers that take the whole batch share one copy of it.
@@ -133,6 +152,9 @@ impl MemoryBus {
         for wait in pending {
             wait.await.map_err(|_| BusError::Publish("a consumer stopped mid-delivery".into()))??;
         }
+        if audience == Audience::Lane(Lane::Bulk) {
+            return Ok(());
+        }
         if let Ok(mut watchers) = self.watchers.lock() {
             // A tap nobody reads any more is dropped; the others get their types only.
             watchers.retain(|w| w.live.receiver_count() > 0);
@@ -149,11 +171,19 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
-        self.deliver(events, None).await
+        self.deliver(Audience::All, events, None).await
     }
 
     async fn publish_shared(&self, events: Arc<[Envelope]>) -> Result<(), BusError> {
-        self.deliver(&events, Some(&events)).await
+        self.deliver(Audience::All, &events, Some(&events)).await
+    }
+
+    fn audiences(&self) -> &'static [Audience] {
+        &[Audience::Lane(Lane::Prompt), Audience::Lane(Lane::Bulk)]
+    }
+
+    async fn publish_to(&self, audience: Audience, events: &[Envelope]) -> Result<(), BusError> {
+        self.deliver(audience, events, None).await
     }
 
     async fn start_consumer(
@@ -165,7 +195,7 @@ impl Bus for MemoryBus {
         let (bulk, mut bulk_rx) = mpsc::channel::<Delivery>(16);
         let (prompt, mut prompt_rx) = mpsc::channel::<Delivery>(16);
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(Subscriber { event_types: consumer.event_types, bulk, prompt });
+            subs.push(Subscriber { event_types: consumer.event_types, lane: consumer.lane, bulk, prompt });
         }
         let task = tokio::spawn(async move {
             loop {
@@ -207,7 +237,7 @@ impl Bus for MemoryBus {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::background::{Background, Lane, Priority};
+    use crate::background::{Background, Priority};
     use crate::tenant::TenantId;
 
     fn delivery(n: u64) -> Delivery {
@@ -242,7 +272,8 @@ mod tests {
         let bus = Arc::new(MemoryBus::new());
         let (bulk, mut bulk_rx) = mpsc::channel(16);
         let (prompt, mut prompt_rx) = mpsc::channel(16);
-        bus.subscribers.lock().unwrap().push(Subscriber { event_types: &["test.happened"], bulk, prompt });
+        let sub = Subscriber { event_types: &["test.happened"], lane: Lane::Bulk, bulk, prompt };
+        bus.subscribers.lock().unwrap().push(sub);
         // Publishes from a thread of `lane`; the runtime is kept until the publish ends.
         let publish = |lane| {
             let (bus, bg) = (bus.clone(), Background::start(lane, Priority::Nice(0)).unwrap());
@@ -259,5 +290,37 @@ mod tests {
         assert!(bulk_rx.try_recv().is_err());
         got.done.send(Ok(())).unwrap();
         from_prompt.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_publish_to_one_lane_reaches_only_that_lanes_consumers() {
+        let bus = MemoryBus::new();
+        let mut queues = Vec::new();
+        for lane in [Lane::Prompt, Lane::Bulk] {
+            let (bulk, bulk_rx) = mpsc::channel(16);
+            let (prompt, prompt_rx) = mpsc::channel(16);
+            bus.subscribers.lock().unwrap().push(Subscriber {
+                event_types: &["test.happened"],
+                lane,
+                bulk,
+                prompt,
+            });
+            queues.push((lane, prompt_rx, bulk_rx));
+        }
+        let e = Envelope::new("test.happened", TenantId::new(), "system", serde_json::json!({ "n": 1 }));
+        let publish = tokio::spawn({
+            let bus = Arc::new(bus);
+            async move { bus.publish_to(Audience::Lane(Lane::Prompt), &[e]).await }
+        });
+        let (lane, prompt_rx, bulk_rx) = &mut queues[0];
+        assert_eq!(*lane, Lane::Prompt);
+        prompt_rx.recv().await.unwrap().done.send(Ok(())).unwrap();
+        publish.await.unwrap().unwrap();
+        assert!(bulk_rx.try_recv().is_err());
+        let (_, prompt_rx, bulk_rx) = &mut queues[1];
+        assert!(
+            prompt_rx.try_recv().is_err() && bulk_rx.try_recv().is_err(),
+            "the bulk consumer got nothing"
+        );
     }
 }

@@ -16,14 +16,14 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use bus::{Bus, BusError};
+pub use bus::{Audience, Bus, BusError};
 pub use consumer::{
     Consumer, Handler, HandlerError, INBOX_PRUNE_EVERY, INBOX_RETENTION, prune_inbox, run_inbox_pruning,
 };
 pub use journal::{Journal, JournalError};
 pub use memory::MemoryBus;
 pub use nats::NatsBus;
-pub use relay::{relay_once, run_relay};
+pub use relay::run_relay;
 
 use crate::tenant::TenantId;
 

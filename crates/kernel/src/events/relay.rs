@@ -1,20 +1,34 @@
 //! The outbox relay: publishes a service's committed events in order and then
 //! removes them. A crash between the two publishes them again (at least once);
 //! consumers' inboxes make the effect happen once.
+//!
+//! A relay publishes to each of the bus's audiences ([`Bus::audiences`]) at
+//! that audience's pace: on the in-process bus, whose publish waits for the
+//! consumers to apply the events, the prompt lane's consumers (read models)
+//! get a link update while the bulk lane's (clicks) are still busy. A row
+//! leaves the outbox once every audience has it; until then this process
+//! remembers which audiences do, and after a crash every audience gets it again.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use serde_json::value::RawValue;
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::dead_letter;
-use super::{Bus, BusError, Envelope};
-use crate::db::Db;
+use super::{Audience, Bus, BusError, Envelope};
+use crate::db::{Db, DbError};
 
-const BATCH: i64 = 256;
+const BATCH: usize = 256;
+/// How many rows one audience may be ahead of another: the outbox keeps them
+/// and this process remembers them until the slowest has them too. An audience
+/// that far ahead waits.
+const LEAD: usize = 4096;
 
 struct Decoded {
     seqs: Vec<i64>,
@@ -41,108 +55,246 @@ fn decode(rows: Vec<(i64, Json<Box<RawValue>>)>) -> Decoded {
     d
 }
 
-async fn publish(db: &Db, bus: &dyn Bus, d: &Decoded) -> Result<(), BusError> {
-    bus.publish(&d.events).await?;
-    for (payload, error) in &d.unreadable {
-        dead_letter(db, "outbox-relay", None, payload, error).await?;
-    }
-    Ok(())
+/// Which outbox rows each audience has, among those still in the outbox.
+#[derive(Debug)]
+struct Progress {
+    has: Vec<HashSet<i64>>,
 }
 
-/// Publishes up to one batch of pending events; returns how many rows it cleared.
-pub async fn relay_once(db: &Db, bus: &dyn Bus) -> Result<usize, BusError> {
-    let schema = db.schema();
-    let sql = &db.shared().sql;
-    let n = match db {
-        Db::Postgres(pg) => {
-            let mut tx = pg.begin_system().await?;
-            // One relay per schema at a time across instances keeps the order.
-            let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext($1))")
-                .bind(format!("signpost.relay.{schema}"))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(crate::db::DbError::from)?;
-            if !locked {
-                return Ok(0);
-            }
-            let rows: Vec<(i64, Json<Box<RawValue>>)> =
-                sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
-                    .bind(BATCH)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(crate::db::DbError::from)?;
-            if rows.is_empty() {
-                return Ok(0);
-            }
-            let d = decode(rows);
-            publish(db, bus, &d).await?;
-            sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
-                .bind(&d.seqs)
-                .execute(&mut *tx)
-                .await
-                .map_err(crate::db::DbError::from)?;
-            tx.commit().await.map_err(crate::db::DbError::from)?;
-            d.seqs.len()
+impl Progress {
+    fn new(audiences: usize) -> Self {
+        Self { has: vec![HashSet::new(); audiences] }
+    }
+
+    /// Records that `audience` has `seqs`; returns those every audience now
+    /// has, which the outbox may forget (and which are forgotten here).
+    fn record(&mut self, audience: usize, seqs: &[i64]) -> Vec<i64> {
+        if let Some(has) = self.has.get_mut(audience) {
+            has.extend(seqs);
         }
-        Db::Sqlite(lite) => {
-            // Read and publish without holding the single writer: in-process
-            // consumers of this very service need it to apply the events.
-            let rows: Vec<(i64, Json<Box<RawValue>>)> =
-                sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
-                    .bind(BATCH)
-                    .fetch_all(lite.reader())
-                    .await
-                    .map_err(crate::db::DbError::from)?;
-            let Some(last) = rows.last().map(|(seq, _)| *seq) else { return Ok(0) };
-            let d = decode(rows);
-            publish(db, bus, &d).await?;
-            let mut tx = lite.begin_system().await?;
-            sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
-                .bind(last)
-                .execute(&mut *tx)
-                .await
-                .map_err(crate::db::DbError::from)?;
-            tx.commit().await.map_err(crate::db::DbError::from)?;
-            d.seqs.len()
+        let done: Vec<i64> =
+            seqs.iter().copied().filter(|s| self.has.iter().all(|h| h.contains(s))).collect();
+        for has in &mut self.has {
+            for s in &done {
+                has.remove(s);
+            }
         }
-    };
-    metrics::counter!("events_published_total", "service" => schema).increment(n as u64);
-    Ok(n)
+        done
+    }
+
+    /// The rows `audience` has (to skip when reading), and how many more it may take.
+    fn ahead(&self, audience: usize) -> (Vec<i64>, usize) {
+        let has: Vec<i64> = self.has.get(audience).map(|h| h.iter().copied().collect()).unwrap_or_default();
+        let room = LEAD.saturating_sub(has.len()).min(BATCH);
+        (has, room)
+    }
+}
+
+/// One service's relay: its schema, the bus, and what each audience has.
+struct Relay {
+    db: Db,
+    bus: Arc<dyn Bus>,
+    progress: Mutex<Progress>,
+    /// One per audience: more rows may be there for it.
+    wake: Vec<Notify>,
+}
+
+impl Relay {
+    fn record(&self, audience: usize, seqs: &[i64]) -> Vec<i64> {
+        self.progress.lock().map(|mut p| p.record(audience, seqs)).unwrap_or_default()
+    }
+
+    fn ahead(&self, audience: usize) -> (Vec<i64>, usize) {
+        self.progress.lock().map(|p| p.ahead(audience)).unwrap_or_default()
+    }
+
+    /// Publishes what was read to `audience`; returns the seqs every audience now has.
+    async fn publish(&self, audience: usize, d: &Decoded) -> Result<Vec<i64>, BusError> {
+        let to = self.bus.audiences().get(audience).copied().unwrap_or(Audience::All);
+        self.bus.publish_to(to, &d.events).await?;
+        // One audience writes the dead letters; for the others such a row is done.
+        if audience == 0 {
+            for (payload, error) in &d.unreadable {
+                dead_letter(&self.db, "outbox-relay", None, payload, error).await?;
+            }
+        }
+        let done = self.record(audience, &d.seqs);
+        if !done.is_empty() {
+            // An audience that was a full lead ahead may go on.
+            self.wake.iter().for_each(Notify::notify_one);
+        }
+        Ok(done)
+    }
+
+    /// Publishes to `audience` up to one batch of rows it does not have yet;
+    /// returns how many it published.
+    async fn once(&self, audience: usize) -> Result<usize, BusError> {
+        let (has, room) = self.ahead(audience);
+        if room == 0 {
+            return Ok(0);
+        }
+        let db = &self.db;
+        let schema = db.schema();
+        let sql = &db.shared().sql;
+        let limit = i64::try_from(room).unwrap_or(i64::MAX);
+        let n = match db {
+            Db::Postgres(pg) => {
+                let mut tx = pg.begin_system().await?;
+                // One relay per schema and audience at a time across instances keeps the order.
+                let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("signpost.relay.{schema}.{audience}"))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(DbError::from)?;
+                if !locked {
+                    return Ok(0);
+                }
+                let rows: Vec<(i64, Json<Box<RawValue>>)> =
+                    sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
+                        .bind(limit)
+                        .bind(&has)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(DbError::from)?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                let d = decode(rows);
+                let done = self.publish(audience, &d).await?;
+                if !done.is_empty() {
+                    sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
+                        .bind(&done)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(DbError::from)?;
+                }
+                tx.commit().await.map_err(DbError::from)?;
+                d.seqs.len()
+            }
+            Db::Sqlite(lite) => {
+                // Read and publish without holding the single writer: in-process
+                // consumers of this very service need it to apply the events.
+                let has = serde_json::to_string(&has).map_err(|e| BusError::Publish(e.to_string()))?;
+                let rows: Vec<(i64, Json<Box<RawValue>>)> =
+                    sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
+                        .bind(limit)
+                        .bind(has)
+                        .fetch_all(lite.reader())
+                        .await
+                        .map_err(DbError::from)?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                let d = decode(rows);
+                let done = self.publish(audience, &d).await?;
+                if !done.is_empty() {
+                    let done = serde_json::to_string(&done).map_err(|e| BusError::Publish(e.to_string()))?;
+                    let mut tx = lite.begin_system().await?;
+                    sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
+                        .bind(done)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(DbError::from)?;
+                    tx.commit().await.map_err(DbError::from)?;
+                }
+                d.seqs.len()
+            }
+        };
+        metrics::counter!("events_published_total", "service" => schema).increment(n as u64);
+        Ok(n)
+    }
+
+    /// Relays to one audience until `shutdown`, then flushes what is left.
+    async fn run(&self, audience: usize, shutdown: &CancellationToken) {
+        let schema = self.db.schema();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.once(audience).await {
+                Ok(BATCH) => continue,
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(service = schema, error = %e, "outbox relay failed; will retry");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake[audience].notified() => {}
+                // Another instance (or a crash before this start) may have left rows.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        // Final flush: deliver what was committed before shutdown, within reason.
+        for _ in 0..64 {
+            match self.once(audience).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(service = schema, error = %e, "outbox not fully flushed at shutdown; it is delivered at the next start");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Runs the relay of one service until `shutdown`, then flushes what is left.
 pub async fn run_relay(db: Db, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+    let audiences = bus.audiences().len().max(1);
     let signal = db.shared().relay.clone();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match relay_once(&db, bus.as_ref()).await {
-            Ok(n) if n as i64 == BATCH => continue,
-            Ok(_) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(service = db.schema(), error = %e, "outbox relay failed; will retry");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => continue,
-                }
+    let relay = Relay {
+        db,
+        bus,
+        progress: Mutex::new(Progress::new(audiences)),
+        wake: (0..audiences).map(|_| Notify::new()).collect(),
+    };
+    // The service's commits wake every audience.
+    let fan_out = async {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = signal.notified() => relay.wake.iter().for_each(Notify::notify_one),
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = signal.notified() => {}
-            // Another instance (or a crash before this start) may have left rows.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+    };
+    let runs = join_all((0..audiences).map(|a| relay.run(a, &shutdown)));
+    tokio::join!(fan_out, runs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_forgotten_once_every_audience_has_it() {
+        let mut p = Progress::new(2);
+        assert!(p.record(0, &[1, 2, 3]).is_empty(), "the bulk audience has none of them yet");
+        assert_eq!(p.ahead(0).0.len(), 3, "the prompt audience skips what it has");
+        assert_eq!(p.record(1, &[1, 2]), [1, 2]);
+        assert_eq!(p.ahead(0).0, [3], "rows 1 and 2 left the outbox");
+        assert!(p.ahead(1).0.is_empty());
+        assert_eq!(p.record(1, &[3]), [3]);
+        assert!(p.has.iter().all(HashSet::is_empty));
     }
-    // Final flush: deliver what was committed before shutdown, within reason.
-    for _ in 0..64 {
-        match relay_once(&db, bus.as_ref()).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(service = db.schema(), error = %e, "outbox not fully flushed at shutdown; it is delivered at the next start");
-                break;
-            }
-        }
+
+    #[test]
+    fn one_audience_forgets_what_it_published() {
+        let mut p = Progress::new(1);
+        assert_eq!(p.record(0, &[7, 8]), [7, 8]);
+        assert_eq!(p.ahead(0), (vec![], BATCH));
+    }
+
+    #[test]
+    fn an_audience_a_full_lead_ahead_waits() {
+        let mut p = Progress::new(2);
+        let seqs: Vec<i64> = (0..i64::try_from(LEAD).unwrap_or(0)).collect();
+        p.record(0, &seqs);
+        assert_eq!(p.ahead(0).1, 0, "no room: the outbox keeps what the slow audience lacks");
+        p.record(1, &seqs[..10]);
+        assert_eq!(p.ahead(0).1, 10);
     }
 }

@@ -142,3 +142,41 @@ async fn graceful_shutdown_flushes_appends_and_the_outbox() {
     settles_at(&app, tenant, (0, 40)).await;
     app.stop().await;
 }
+
+/// `fixture.mirror`'s count of created notes (the prompt lane's consumer).
+async fn mirrored(app: &TestApp, tenant: TenantId) -> i64 {
+    crate::get_json(app, "/v1/fixture/stats", tenant).await["mirrored"].as_i64().unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn a_read_model_gets_new_events_while_a_click_consumer_is_still_busy() {
+    let app = TestApp::spawn().await;
+    let (busy, other) = (TenantId::new(), TenantId::new());
+    let db = app.db("fixture");
+    let outbox = || async { db.kernel_counts().await.unwrap_or_else(|e| panic!("{e}")).0 };
+    // The bulk lane's consumer applies this note, then does not finish.
+    testkit::fixture::hold(busy);
+    create_note(&app, busy, "first").await;
+    eventually("both consumers applied the first note", || async {
+        (stats(&app, busy).await.0 == 1 && mirrored(&app, busy).await == 1).then_some(())
+    })
+    .await;
+    // A later change reaches the prompt lane's consumer all the same.
+    create_note(&app, other, "second").await;
+    eventually("the read model has the second note", || async {
+        (mirrored(&app, other).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(stats(&app, other).await.0, 0, "the busy consumer has not taken it yet");
+    if app.kernel.bus.kind() == "memory" {
+        // In process the outbox is the only durable copy: it keeps both rows
+        // until the slow consumer has them.
+        assert_eq!(outbox().await, 2, "nothing leaves the outbox before every consumer has it");
+    }
+    testkit::fixture::release(busy);
+    settles_at(&app, other, (1, 0)).await;
+    eventually("outbox drained", || async { (outbox().await == 0).then_some(()) }).await;
+    assert_eq!((mirrored(&app, busy).await, mirrored(&app, other).await), (1, 1), "each applied once");
+    assert_eq!(stats(&app, busy).await, (1, 0));
+    app.stop().await;
+}

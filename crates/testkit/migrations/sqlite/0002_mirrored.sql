@@ -1,0 +1,1 @@
+alter table fixture.note_stats add column mirrored integer not null default 0;
