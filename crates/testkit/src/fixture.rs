@@ -73,23 +73,35 @@ fn count_if_off(lane: kernel::background::Lane) {
 }
 
 /// Tenants whose `fixture.stats` deliveries, once committed, do not finish
-/// until [`release`]: a bulk-lane consumer that is slow and holds no lock.
+/// until released ([`hold`]): a bulk-lane consumer that is slow and holds no lock.
 static HELD: std::sync::Mutex<Vec<TenantId>> = std::sync::Mutex::new(Vec::new());
 static RELEASED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// Holds `fixture.stats` deliveries of `tenant` after they commit (tests).
-pub fn hold(tenant: TenantId) {
+/// Holds `fixture.stats` deliveries of `tenant` after they commit, until the
+/// guard is released or dropped (tests).
+pub fn hold(tenant: TenantId) -> Held {
     if let Ok(mut held) = HELD.lock() {
         held.push(tenant);
     }
+    Held(tenant)
 }
 
-/// Lets held deliveries of `tenant` finish.
-pub fn release(tenant: TenantId) {
-    if let Ok(mut held) = HELD.lock() {
-        held.retain(|t| *t != tenant);
+/// See [`hold`].
+#[must_use = "dropping it releases the tenant at once"]
+pub struct Held(TenantId);
+
+impl Held {
+    /// Lets the held deliveries finish.
+    pub fn release(self) {}
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut held) = HELD.lock() {
+            held.retain(|t| *t != self.0);
+        }
+        RELEASED.notify_waiters();
     }
-    RELEASED.notify_waiters();
 }
 
 fn held(tenant: TenantId) -> bool {

@@ -179,6 +179,10 @@ impl Bus for MemoryBus {
     }
 
     fn audiences(&self) -> &'static [Audience] {
+        // Every lane: a new one fails to compile here until it is listed.
+        const _: fn(Lane) = |lane| match lane {
+            Lane::Prompt | Lane::Bulk => {}
+        };
         &[Audience::Lane(Lane::Prompt), Audience::Lane(Lane::Bulk)]
     }
 

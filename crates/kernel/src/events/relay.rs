@@ -67,19 +67,24 @@ impl Progress {
     }
 
     /// Records that `audience` has `seqs`; returns those every audience now
-    /// has, which the outbox may forget (and which are forgotten here).
+    /// has, which the outbox may delete. They stay recorded (and unread) until
+    /// [`Progress::forget`], after the delete: read again before it commits,
+    /// they would be published again and recorded for good.
     fn record(&mut self, audience: usize, seqs: &[i64]) -> Vec<i64> {
         if let Some(has) = self.has.get_mut(audience) {
             has.extend(seqs);
         }
-        let done: Vec<i64> =
-            seqs.iter().copied().filter(|s| self.has.iter().all(|h| h.contains(s))).collect();
+        seqs.iter().copied().filter(|s| self.has.iter().all(|h| h.contains(s))).collect()
+    }
+
+    /// Drops rows the outbox no longer holds, or (the delete failed) that
+    /// every audience is to read again.
+    fn forget(&mut self, seqs: &[i64]) {
         for has in &mut self.has {
-            for s in &done {
+            for s in seqs {
                 has.remove(s);
             }
         }
-        done
     }
 
     /// The rows `audience` has (to skip when reading), and how many more it may take.
@@ -100,15 +105,13 @@ struct Relay {
 }
 
 impl Relay {
-    fn record(&self, audience: usize, seqs: &[i64]) -> Vec<i64> {
-        self.progress.lock().map(|mut p| p.record(audience, seqs)).unwrap_or_default()
+    /// The progress; a panic elsewhere leaves nothing in it half-changed.
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn ahead(&self, audience: usize) -> (Vec<i64>, usize) {
-        self.progress.lock().map(|p| p.ahead(audience)).unwrap_or_default()
-    }
-
-    /// Publishes what was read to `audience`; returns the seqs every audience now has.
+    /// Publishes what was read to `audience`; returns the seqs every audience
+    /// now has: delete them, then [`Relay::deleted`].
     async fn publish(&self, audience: usize, d: &Decoded) -> Result<Vec<i64>, BusError> {
         let to = self.bus.audiences().get(audience).copied().unwrap_or(Audience::All);
         self.bus.publish_to(to, &d.events).await?;
@@ -118,18 +121,26 @@ impl Relay {
                 dead_letter(&self.db, "outbox-relay", None, payload, error).await?;
             }
         }
-        let done = self.record(audience, &d.seqs);
-        if !done.is_empty() {
-            // An audience that was a full lead ahead may go on.
-            self.wake.iter().for_each(Notify::notify_one);
+        Ok(self.progress().record(audience, &d.seqs))
+    }
+
+    /// After the delete of `done` committed (or failed: then every audience
+    /// reads those rows again, and the delete is tried again after that).
+    fn deleted(&self, done: &[i64]) {
+        if done.is_empty() {
+            return;
         }
-        Ok(done)
+        self.progress().forget(done);
+        metrics::counter!("events_published_total", "service" => self.db.schema())
+            .increment(done.len() as u64);
+        // An audience that was a full lead ahead may go on.
+        self.wake.iter().for_each(Notify::notify_one);
     }
 
     /// Publishes to `audience` up to one batch of rows it does not have yet;
     /// returns how many it published.
     async fn once(&self, audience: usize) -> Result<usize, BusError> {
-        let (has, room) = self.ahead(audience);
+        let (has, room) = self.progress().ahead(audience);
         if room == 0 {
             return Ok(0);
         }
@@ -140,9 +151,15 @@ impl Relay {
         let n = match db {
             Db::Postgres(pg) => {
                 let mut tx = pg.begin_system().await?;
-                // One relay per schema and audience at a time across instances keeps the order.
+                // One relay per schema and audience at a time across instances
+                // keeps the order (the first audience keeps the key a relay had
+                // before there were several).
+                let key = match audience {
+                    0 => format!("signpost.relay.{schema}"),
+                    n => format!("signpost.relay.{schema}.{n}"),
+                };
                 let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext($1))")
-                    .bind(format!("signpost.relay.{schema}.{audience}"))
+                    .bind(key)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(DbError::from)?;
@@ -161,14 +178,18 @@ impl Relay {
                 }
                 let d = decode(rows);
                 let done = self.publish(audience, &d).await?;
-                if !done.is_empty() {
-                    sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
-                        .bind(&done)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(DbError::from)?;
+                let deleted = async {
+                    if !done.is_empty() {
+                        sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
+                            .bind(&done)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
                 }
-                tx.commit().await.map_err(DbError::from)?;
+                .await;
+                self.deleted(&done);
+                deleted.map_err(DbError::from)?;
                 d.seqs.len()
             }
             Db::Sqlite(lite) => {
@@ -187,20 +208,24 @@ impl Relay {
                 }
                 let d = decode(rows);
                 let done = self.publish(audience, &d).await?;
-                if !done.is_empty() {
-                    let done = serde_json::to_string(&done).map_err(|e| BusError::Publish(e.to_string()))?;
-                    let mut tx = lite.begin_system().await?;
-                    sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
-                        .bind(done)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(DbError::from)?;
-                    tx.commit().await.map_err(DbError::from)?;
+                let deleted = async {
+                    if !done.is_empty() {
+                        let seqs = serde_json::to_string(&done).map_err(|e| DbError::Setup(e.to_string()))?;
+                        let mut tx = lite.begin_system().await?;
+                        sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
+                            .bind(seqs)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                    }
+                    Ok::<_, DbError>(())
                 }
+                .await;
+                self.deleted(&done);
+                deleted?;
                 d.seqs.len()
             }
         };
-        metrics::counter!("events_published_total", "service" => schema).increment(n as u64);
         Ok(n)
     }
 
@@ -270,21 +295,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_row_is_forgotten_once_every_audience_has_it() {
+    fn a_row_is_deleted_once_every_audience_has_it_and_unread_until_then() {
         let mut p = Progress::new(2);
         assert!(p.record(0, &[1, 2, 3]).is_empty(), "the bulk audience has none of them yet");
         assert_eq!(p.ahead(0).0.len(), 3, "the prompt audience skips what it has");
         assert_eq!(p.record(1, &[1, 2]), [1, 2]);
+        let mut skipped = p.ahead(0).0;
+        skipped.sort_unstable();
+        assert_eq!(skipped, [1, 2, 3], "rows being deleted are read by nobody");
+        assert_eq!(p.ahead(1).0.len(), 2);
+        p.forget(&[1, 2]);
         assert_eq!(p.ahead(0).0, [3], "rows 1 and 2 left the outbox");
         assert!(p.ahead(1).0.is_empty());
         assert_eq!(p.record(1, &[3]), [3]);
-        assert!(p.has.iter().all(HashSet::is_empty));
+        p.forget(&[3]);
+        assert!(p.has.iter().all(HashSet::is_empty), "nothing is remembered once the outbox is empty");
     }
 
     #[test]
-    fn one_audience_forgets_what_it_published() {
+    fn one_audience_deletes_what_it_published() {
         let mut p = Progress::new(1);
         assert_eq!(p.record(0, &[7, 8]), [7, 8]);
+        p.forget(&[7, 8]);
         assert_eq!(p.ahead(0), (vec![], BATCH));
     }
 
@@ -294,7 +326,8 @@ mod tests {
         let seqs: Vec<i64> = (0..i64::try_from(LEAD).unwrap_or(0)).collect();
         p.record(0, &seqs);
         assert_eq!(p.ahead(0).1, 0, "no room: the outbox keeps what the slow audience lacks");
-        p.record(1, &seqs[..10]);
+        let done = p.record(1, &seqs[..10]);
+        p.forget(&done);
         assert_eq!(p.ahead(0).1, 10);
     }
 }

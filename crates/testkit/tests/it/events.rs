@@ -155,7 +155,7 @@ async fn a_read_model_gets_new_events_while_a_click_consumer_is_still_busy() {
     let db = app.db("fixture");
     let outbox = || async { db.kernel_counts().await.unwrap_or_else(|e| panic!("{e}")).0 };
     // The bulk lane's consumer applies this note, then does not finish.
-    testkit::fixture::hold(busy);
+    let held = testkit::fixture::hold(busy);
     create_note(&app, busy, "first").await;
     eventually("both consumers applied the first note", || async {
         (stats(&app, busy).await.0 == 1 && mirrored(&app, busy).await == 1).then_some(())
@@ -173,7 +173,7 @@ async fn a_read_model_gets_new_events_while_a_click_consumer_is_still_busy() {
         // until the slow consumer has them.
         assert_eq!(outbox().await, 2, "nothing leaves the outbox before every consumer has it");
     }
-    testkit::fixture::release(busy);
+    held.release();
     settles_at(&app, other, (1, 0)).await;
     eventually("outbox drained", || async { (outbox().await == 0).then_some(()) }).await;
     assert_eq!((mirrored(&app, busy).await, mirrored(&app, other).await), (1, 1), "each applied once");
