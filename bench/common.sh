@@ -29,6 +29,28 @@ start_signpost() {
     TOKEN=$(python3 bench/hs256_token.py "$SECRET" "$ISSUER")
 }
 
+# Points the next start_signpost at PostgreSQL + Redis + NATS JetStream on their
+# standard local ports, with a fresh database and stream (both named
+# $SCALEOUT_NAME); drop_scaleout_backends removes them (call it after signpost stopped).
+use_scaleout_backends() {
+    SCALEOUT_NAME="bench_$(date +%s)_$$"
+    psql -q -h 127.0.0.1 -U postgres -c "create database $SCALEOUT_NAME" postgres
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$SCALEOUT_NAME" REDIS_URL=redis://127.0.0.1:6379 \
+        NATS_URL=nats://127.0.0.1:4222 SIGNPOST_NATS_STREAM="$SCALEOUT_NAME"
+}
+drop_scaleout_backends() {
+    [ -n "${SCALEOUT_NAME:-}" ] || return 0
+    # JetStream's stream-delete API, sent over the plain NATS protocol.
+    python3 - "$SCALEOUT_NAME" <<'PY' || true
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 4222))
+s.recv(4096)
+s.sendall(b'CONNECT {"verbose":false}\r\nPUB $JS.API.STREAM.DELETE.%s 0\r\n\r\nPING\r\n' % sys.argv[1].encode())
+s.recv(4096)
+PY
+    psql -q -h 127.0.0.1 -U postgres -c "drop database if exists $SCALEOUT_NAME with (force)" postgres || true
+}
+
 # Creates the link /bench -> https://example.com/landing on the Signpost at
 # 127.0.0.1:$1 and prints its id.
 create_bench_link() {

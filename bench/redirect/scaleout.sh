@@ -15,25 +15,14 @@ cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
 source bench/common.sh
 SP=18094
-NAME="bench_$(date +%s)_$$"
-psql -q -h 127.0.0.1 -U postgres -c "create database $NAME" postgres
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$NAME" REDIS_URL=redis://127.0.0.1:6379 \
-    NATS_URL=nats://127.0.0.1:4222 SIGNPOST_NATS_STREAM="$NAME"
+use_scaleout_backends
 # The summary is polled five times a second, past the default 100 a minute.
 export SIGNPOST_RATE_LIMIT_TENANT=100000/60s
 
 cleanup() {
     kill "${SP_PID:-}" 2>/dev/null || true
     sleep 1
-    # JetStream's stream-delete API, sent over the plain NATS protocol.
-    python3 - "$NAME" <<'PY' || true
-import socket, sys
-s = socket.create_connection(("127.0.0.1", 4222))
-s.recv(4096)
-s.sendall(b'CONNECT {"verbose":false}\r\nPUB $JS.API.STREAM.DELETE.%s 0\r\n\r\nPING\r\n' % sys.argv[1].encode())
-s.recv(4096)
-PY
-    psql -q -h 127.0.0.1 -U postgres -c "drop database if exists $NAME with (force)" postgres || true
+    drop_scaleout_backends
 }
 trap cleanup EXIT
 start_signpost "$SP"

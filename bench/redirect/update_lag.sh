@@ -7,8 +7,10 @@
 # to the new address, and how long the PATCH itself took. BUSY busy loops at
 # nice 0 beside it make the machine saturated for the background lanes too
 # (the worst case for consumers that run below request handling).
+# SIGNPOST_BENCH_SCALEOUT=1 runs it on PostgreSQL + Redis + NATS JetStream (a
+# fresh database and stream, removed afterwards) instead.
 #
-# Needs: wrk, python3.
+# Needs: wrk, python3 (and psql and the three servers for scale-out).
 # Usage: bench/redirect/update_lag.sh [ROUNDS] [BUSY]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,8 +20,12 @@ source bench/common.sh
 SP=18093
 BUSY_PIDS=""
 
+if [ "${SIGNPOST_BENCH_SCALEOUT:-0}" = 1 ]; then use_scaleout_backends; fi
+
 cleanup() {
     kill "${WRK_PID:-}" ${BUSY_PIDS} "${SP_PID:-}" 2>/dev/null || true
+    sleep 1
+    drop_scaleout_backends
 }
 trap cleanup EXIT
 start_signpost "$SP"
