@@ -213,7 +213,10 @@ impl KernelSql {
         let (outbox_pending, outbox_delete) = match engine {
             Engine::Postgres => (
                 format!(
-                    "select seq, payload from {schema}.outbox where seq <> all($2) order by seq limit $1"
+                    // One hashed lookup per row (`<> all` would compare each row
+                    // with every element).
+                    "select seq, payload from {schema}.outbox \
+                     where seq not in (select unnest($2::bigint[])) order by seq limit $1"
                 ),
                 format!("delete from {schema}.outbox where seq = any($1)"),
             ),
