@@ -250,9 +250,10 @@ where
     let span = tracing::info_span!("request", request_id = %id_text, method = %method, route = %route);
     let started = Instant::now();
     // A panic while the handler's future is made or polled is caught here.
-    let run = AssertUnwindSafe(async { next(req).await }).catch_unwind();
-    let run = async { run.await.unwrap_or_else(panic_response) };
-    let mut res = run.instrument(span.clone()).await;
+    // Boxed once, so that the wrappers around it move a pointer rather than
+    // the future of the whole rest of the stack, each time one wraps another.
+    let run = AssertUnwindSafe(Box::pin(async { next(req).await })).catch_unwind();
+    let mut res = run.instrument(span.clone()).await.unwrap_or_else(panic_response);
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     res.headers_mut().insert(X_REQUEST_ID.clone(), id);
