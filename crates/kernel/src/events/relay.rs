@@ -99,6 +99,8 @@ impl Progress {
 struct Relay {
     db: Db,
     bus: Arc<dyn Bus>,
+    /// The bus's audiences, indexed like `wake` and the progress.
+    audiences: &'static [Audience],
     progress: Mutex<Progress>,
     /// One per audience: more rows may be there for it.
     wake: Vec<Notify>,
@@ -110,18 +112,26 @@ impl Relay {
         self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Publishes what was read to `audience`; returns the seqs every audience
-    /// now has: delete them, then [`Relay::deleted`].
-    async fn publish(&self, audience: usize, d: &Decoded) -> Result<Vec<i64>, BusError> {
-        let to = self.bus.audiences().get(audience).copied().unwrap_or(Audience::All);
-        self.bus.publish_to(to, &d.events).await?;
+    /// Publishes the rows read for `audience`; returns how many there were
+    /// and the seqs every audience now has (delete them, then
+    /// [`Relay::deleted`]), or `None` when nothing was read.
+    async fn publish(
+        &self,
+        audience: usize,
+        rows: Vec<(i64, Json<Box<RawValue>>)>,
+    ) -> Result<Option<(usize, Vec<i64>)>, BusError> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let d = decode(rows);
+        self.bus.publish_to(self.audiences[audience], &d.events).await?;
         // One audience writes the dead letters; for the others such a row is done.
         if audience == 0 {
             for (payload, error) in &d.unreadable {
                 dead_letter(&self.db, "outbox-relay", None, payload, error).await?;
             }
         }
-        Ok(self.progress().record(audience, &d.seqs))
+        Ok(Some((d.seqs.len(), self.progress().record(audience, &d.seqs))))
     }
 
     /// After the delete of `done` committed (or failed: then every audience
@@ -173,11 +183,7 @@ impl Relay {
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(DbError::from)?;
-                if rows.is_empty() {
-                    return Ok(0);
-                }
-                let d = decode(rows);
-                let done = self.publish(audience, &d).await?;
+                let Some((n, done)) = self.publish(audience, rows).await? else { return Ok(0) };
                 let deleted = async {
                     if !done.is_empty() {
                         sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
@@ -190,7 +196,7 @@ impl Relay {
                 .await;
                 self.deleted(&done);
                 deleted.map_err(DbError::from)?;
-                d.seqs.len()
+                n
             }
             Db::Sqlite(lite) => {
                 // Read and publish without holding the single writer: in-process
@@ -203,11 +209,7 @@ impl Relay {
                         .fetch_all(lite.reader())
                         .await
                         .map_err(DbError::from)?;
-                if rows.is_empty() {
-                    return Ok(0);
-                }
-                let d = decode(rows);
-                let done = self.publish(audience, &d).await?;
+                let Some((n, done)) = self.publish(audience, rows).await? else { return Ok(0) };
                 let deleted = async {
                     if !done.is_empty() {
                         let seqs = serde_json::to_string(&done).map_err(|e| DbError::Setup(e.to_string()))?;
@@ -223,7 +225,7 @@ impl Relay {
                 .await;
                 self.deleted(&done);
                 deleted?;
-                d.seqs.len()
+                n
             }
         };
         Ok(n)
@@ -269,13 +271,17 @@ impl Relay {
 
 /// Runs the relay of one service until `shutdown`, then flushes what is left.
 pub async fn run_relay(db: Db, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
-    let audiences = bus.audiences().len().max(1);
+    let audiences = match bus.audiences() {
+        [] => &[Audience::All],
+        listed => listed,
+    };
     let signal = db.shared().relay.clone();
     let relay = Relay {
         db,
         bus,
-        progress: Mutex::new(Progress::new(audiences)),
-        wake: (0..audiences).map(|_| Notify::new()).collect(),
+        audiences,
+        progress: Mutex::new(Progress::new(audiences.len())),
+        wake: audiences.iter().map(|_| Notify::new()).collect(),
     };
     // The service's commits wake every audience.
     let fan_out = async {
@@ -286,7 +292,7 @@ pub async fn run_relay(db: Db, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
             }
         }
     };
-    let runs = join_all((0..audiences).map(|a| relay.run(a, &shutdown)));
+    let runs = join_all((0..audiences.len()).map(|a| relay.run(a, &shutdown)));
     tokio::join!(fan_out, runs);
 }
 
