@@ -236,6 +236,11 @@ pub(crate) async fn dead_letter(
 pub const INBOX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How often each inbox is pruned.
 pub const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long after start the first pruning waits: startup (migrations, the
+/// relays' first rounds over what a crash left) goes first, and the outcome
+/// of events handled in the first minute does not depend on whether the
+/// pruner's task happened to be scheduled before or after them.
+pub const INBOX_PRUNE_FIRST: Duration = Duration::from_secs(60);
 /// Rows deleted per transaction while pruning (short transactions).
 const PRUNE_STEP: i64 = 10_000;
 
@@ -297,13 +302,17 @@ async fn prune_step(db: &Db, consumer: &str, before: uuid::Uuid) -> Result<u64, 
     })
 }
 
-/// Prunes the inboxes of `consumers` now and every [`INBOX_PRUNE_EVERY`]
-/// until `stop` (which also ends a run between two steps, so shutdown does
-/// not wait for a large backlog).
+/// Prunes the inboxes of `consumers` [`INBOX_PRUNE_FIRST`] after start and
+/// every [`INBOX_PRUNE_EVERY`] after that until `stop` (which also ends a run
+/// between two steps, so shutdown does not wait for a large backlog).
 pub async fn run_inbox_pruning(
     consumers: Vec<(&'static str, Db)>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(INBOX_PRUNE_FIRST) => {}
+    }
     loop {
         for (name, db) in &consumers {
             let run = tokio::select! {

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 pub use bus::{Audience, Bus, BusError};
 pub use consumer::{
-    Consumer, Handler, HandlerError, INBOX_PRUNE_EVERY, INBOX_RETENTION, prune_inbox, run_inbox_pruning,
+    Consumer, Handler, HandlerError, INBOX_PRUNE_EVERY, INBOX_PRUNE_FIRST, INBOX_RETENTION, prune_inbox,
+    run_inbox_pruning,
 };
 pub use journal::{Journal, JournalError};
 pub use memory::MemoryBus;
