@@ -302,6 +302,53 @@ struct PgPools {
     system: PgPool,
 }
 
+/// A session advisory lock held on a system-pool connection (see
+/// [`PgDb::try_lock_system`]). [`SystemLock::release`] unlocks it and returns
+/// the connection to the pool; dropped without that (an error or a panic on
+/// the way), it closes the connection, which ends the lock with the session.
+pub(crate) struct SystemLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: String,
+}
+
+impl SystemLock {
+    /// A transaction in the system scope on the locked connection.
+    pub(crate) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, DbError> {
+        let conn = self.conn.as_mut().ok_or_else(|| DbError::Setup("system lock already released".into()))?;
+        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+        tx.execute("select set_config('app.scope', 'system', true)").await?;
+        Ok(tx)
+    }
+
+    /// Unlocks and returns the connection to the pool.
+    pub(crate) async fn release(mut self) -> Result<(), DbError> {
+        let Some(mut conn) = self.conn.take() else { return Ok(()) };
+        let unlocked = sqlx::query_scalar::<_, bool>("select pg_advisory_unlock(hashtext($1))")
+            .bind(&self.key)
+            .fetch_one(&mut *conn)
+            .await;
+        match unlocked {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                conn.close_on_drop();
+                Err(DbError::Setup(format!("advisory lock {} was not held", self.key)))
+            }
+            Err(e) => {
+                conn.close_on_drop();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for SystemLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// One service's schema on PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PgDb {
@@ -344,6 +391,20 @@ impl PgDb {
     /// A read of the global tables (same pool on PostgreSQL).
     pub async fn read_global(&self) -> Result<PgGlobalTx, DbError> {
         self.begin_global().await
+    }
+
+    /// Takes the session advisory lock `key` on a system-pool connection, or
+    /// `None` if another connection (of any instance) holds it. Unlike a
+    /// transaction's lock it is held with no transaction open, so work done
+    /// under it that waits on something else (a relay waiting on in-process
+    /// consumers) does not hold back vacuum.
+    pub(crate) async fn try_lock_system(&self, key: &str) -> Result<Option<SystemLock>, DbError> {
+        let mut conn = self.pools().system.acquire().await?;
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(locked.then(|| SystemLock { conn: Some(conn), key: key.to_string() }))
     }
 
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).

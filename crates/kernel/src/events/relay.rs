@@ -113,8 +113,8 @@ impl Relay {
     }
 
     /// Publishes the rows read for `audience`; returns how many there were
-    /// and the seqs every audience now has (delete them, then
-    /// [`Relay::deleted`]), or `None` when nothing was read.
+    /// and the seqs every audience now has (for [`Relay::delete`]), or `None`
+    /// when nothing was read.
     async fn publish(
         &self,
         audience: usize,
@@ -134,17 +134,26 @@ impl Relay {
         Ok(Some((d.seqs.len(), self.progress().record(audience, &d.seqs))))
     }
 
-    /// After the delete of `done` committed (or failed: then every audience
-    /// reads those rows again, and the delete is tried again after that).
-    fn deleted(&self, done: &[i64]) {
+    /// Deletes the rows every audience has (`done`) with `delete`, this
+    /// engine's statement, then forgets them: committed, they are gone; failed,
+    /// every audience reads them again, and the delete is tried again after that.
+    async fn delete(
+        &self,
+        done: &[i64],
+        delete: impl std::future::Future<Output = Result<(), DbError>>,
+    ) -> Result<(), DbError> {
         if done.is_empty() {
-            return;
+            return Ok(());
         }
+        let deleted = delete.await;
         self.progress().forget(done);
-        metrics::counter!("events_published_total", "service" => self.db.schema())
-            .increment(done.len() as u64);
+        if deleted.is_ok() {
+            metrics::counter!("events_published_total", "service" => self.db.schema())
+                .increment(done.len() as u64);
+        }
         // An audience that was a full lead ahead may go on.
         self.wake.iter().for_each(Notify::notify_one);
+        deleted
     }
 
     /// Publishes to `audience` up to one batch of rows it does not have yet;
@@ -160,42 +169,42 @@ impl Relay {
         let limit = i64::try_from(room).unwrap_or(i64::MAX);
         let n = match db {
             Db::Postgres(pg) => {
-                let mut tx = pg.begin_system().await?;
                 // One relay per schema and audience at a time across instances
                 // keeps the order (the first audience keeps the key a relay had
-                // before there were several).
+                // before there were several). The lock is the session's, not a
+                // transaction's: the publish may wait on in-process consumers,
+                // and no transaction stays open meanwhile.
                 let key = match audience {
                     0 => format!("signpost.relay.{schema}"),
                     n => format!("signpost.relay.{schema}.{n}"),
                 };
-                let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext($1))")
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(DbError::from)?;
-                if !locked {
-                    return Ok(0);
-                }
-                let rows: Vec<(i64, Json<Box<RawValue>>)> =
-                    sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
-                        .bind(limit)
-                        .bind(&has)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(DbError::from)?;
-                let Some((n, done)) = self.publish(audience, rows).await? else { return Ok(0) };
-                let deleted = async {
-                    if !done.is_empty() {
+                let Some(mut lock) = pg.try_lock_system(&key).await? else { return Ok(0) };
+                let relayed = async {
+                    let mut tx = lock.begin().await?;
+                    let rows: Vec<(i64, Json<Box<RawValue>>)> =
+                        sqlx::query_as(AssertSqlSafe(sql.outbox_pending.clone()))
+                            .bind(limit)
+                            .bind(&has)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(DbError::from)?;
+                    tx.commit().await.map_err(DbError::from)?;
+                    let Some((n, done)) = self.publish(audience, rows).await? else { return Ok(0) };
+                    self.delete(&done, async {
+                        let mut tx = lock.begin().await?;
                         sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
                             .bind(&done)
                             .execute(&mut *tx)
                             .await?;
-                    }
-                    tx.commit().await
+                        Ok(tx.commit().await?)
+                    })
+                    .await?;
+                    Ok::<_, BusError>(n)
                 }
                 .await;
-                self.deleted(&done);
-                deleted.map_err(DbError::from)?;
+                let released = lock.release().await;
+                let n = relayed?;
+                released?;
                 n
             }
             Db::Sqlite(lite) => {
@@ -210,21 +219,16 @@ impl Relay {
                         .await
                         .map_err(DbError::from)?;
                 let Some((n, done)) = self.publish(audience, rows).await? else { return Ok(0) };
-                let deleted = async {
-                    if !done.is_empty() {
-                        let seqs = serde_json::to_string(&done).map_err(|e| DbError::Setup(e.to_string()))?;
-                        let mut tx = lite.begin_system().await?;
-                        sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
-                            .bind(seqs)
-                            .execute(&mut *tx)
-                            .await?;
-                        tx.commit().await?;
-                    }
-                    Ok::<_, DbError>(())
-                }
-                .await;
-                self.deleted(&done);
-                deleted?;
+                self.delete(&done, async {
+                    let seqs = serde_json::to_string(&done).map_err(|e| DbError::Setup(e.to_string()))?;
+                    let mut tx = lite.begin_system().await?;
+                    sqlx::query(AssertSqlSafe(sql.outbox_delete.clone()))
+                        .bind(seqs)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(tx.commit().await?)
+                })
+                .await?;
                 n
             }
         };

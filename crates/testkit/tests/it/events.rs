@@ -148,6 +148,24 @@ async fn mirrored(app: &TestApp, tenant: TenantId) -> i64 {
     crate::get_json(app, "/v1/fixture/stats", tenant).await["mirrored"].as_i64().unwrap_or(-1)
 }
 
+/// Transactions of the test's PostgreSQL database open for more than half a
+/// second and idle now (0 on SQLite).
+async fn long_open_transactions(app: &TestApp) -> i64 {
+    let (Some(url), Some(db)) = (&app.engines.database_url, &app.isolation.database) else { return 0 };
+    use sqlx::Connection as _;
+    let mut c =
+        sqlx::PgConnection::connect(&testkit::with_database(url, db)).await.unwrap_or_else(|e| panic!("{e}"));
+    let n = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() \
+         and state like 'idle in transaction%' and xact_start < now() - interval '500 milliseconds'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = c.close().await;
+    n
+}
+
 #[tokio::test]
 async fn a_read_model_gets_new_events_while_a_click_consumer_is_still_busy() {
     let app = TestApp::spawn().await;
@@ -172,6 +190,10 @@ async fn a_read_model_gets_new_events_while_a_click_consumer_is_still_busy() {
         // In process the outbox is the only durable copy: it keeps both rows
         // until the slow consumer has them.
         assert_eq!(outbox().await, 2, "nothing leaves the outbox before every consumer has it");
+        // The relay waiting on that consumer keeps no transaction open (one
+        // would hold back vacuum on PostgreSQL for as long as it waits).
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert_eq!(long_open_transactions(&app).await, 0, "no transaction waits with the relay");
     }
     held.release();
     settles_at(&app, other, (1, 0)).await;
