@@ -177,7 +177,12 @@ const ROUTE_EVENTS: &[&str] = &[
 ];
 
 fn cache_key(domain: &str, slug: &str) -> String {
-    format!("route:{domain}:{slug}")
+    // Built on every redirect: pieces pushed, not formatted.
+    let mut key = String::with_capacity(7 + domain.len() + slug.len());
+    for piece in ["route:", domain, ":", slug] {
+        key.push_str(piece);
+    }
+    key
 }
 
 /// Keeps the read model in step with link events.
@@ -648,8 +653,13 @@ async fn host_domain(r: &Routing, headers: &HeaderMap) -> Result<Option<String>,
         host.rsplit_once(':')
             .map_or(host, |(n, port)| if port.bytes().all(|b| b.is_ascii_digit()) { n } else { host })
     }
-    .trim_end_matches('.')
-    .to_ascii_lowercase();
+    .trim_end_matches('.');
+    // Copied only when it has capitals (a copy per redirect otherwise).
+    let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    };
     if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name == r.public_host {
         return Ok(Some(String::new()));
     }
