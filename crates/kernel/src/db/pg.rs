@@ -321,23 +321,19 @@ impl SystemLock {
     }
 
     /// Unlocks and returns the connection to the pool.
+    /// Unlocked is the only way the connection goes back to the pool: an
+    /// error, or this future dropped before the answer, closes it (see `Drop`).
     pub(crate) async fn release(mut self) -> Result<(), DbError> {
-        let Some(mut conn) = self.conn.take() else { return Ok(()) };
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
         let unlocked = sqlx::query_scalar::<_, bool>("select pg_advisory_unlock(hashtext($1))")
             .bind(&self.key)
-            .fetch_one(&mut *conn)
-            .await;
-        match unlocked {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                conn.close_on_drop();
-                Err(DbError::Setup(format!("advisory lock {} was not held", self.key)))
-            }
-            Err(e) => {
-                conn.close_on_drop();
-                Err(e.into())
-            }
+            .fetch_one(&mut **conn)
+            .await?;
+        if !unlocked {
+            return Err(DbError::Setup(format!("advisory lock {} was not held", self.key)));
         }
+        self.conn.take();
+        Ok(())
     }
 }
 
@@ -399,12 +395,21 @@ impl PgDb {
     /// under it that waits on something else (a relay waiting on in-process
     /// consumers) does not hold back vacuum.
     pub(crate) async fn try_lock_system(&self, key: &str) -> Result<Option<SystemLock>, DbError> {
-        let mut conn = self.pools().system.acquire().await?;
+        // In the guard before the lock is asked for: dropped on the way (the
+        // future cancelled), the connection closes rather than going back to
+        // the pool with a lock the server may have granted.
+        let mut lock = SystemLock { conn: Some(self.pools().system.acquire().await?), key: key.to_string() };
+        let Some(conn) = lock.conn.as_mut() else { return Ok(None) };
         let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
             .bind(key)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut **conn)
             .await?;
-        Ok(locked.then(|| SystemLock { conn: Some(conn), key: key.to_string() }))
+        if !locked {
+            // Nothing held: the connection goes back to the pool.
+            lock.conn.take();
+            return Ok(None);
+        }
+        Ok(Some(lock))
     }
 
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).
