@@ -103,6 +103,17 @@ struct Running {
     address: String,
 }
 
+impl Drop for Running {
+    /// A test that fails half-way still ends the processes it started: a
+    /// leaked `signpost serve` would run on past the test run.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start(env: &BTreeMap<String, String>) -> Running {
     start_with(&["up", "--listen", "127.0.0.1:0"], env)
 }
