@@ -312,22 +312,26 @@ pub(crate) struct SystemLock {
 }
 
 impl SystemLock {
+    /// The connection the lock is on (or is being asked for on).
+    fn conn(&mut self) -> Result<&mut sqlx::PgConnection, DbError> {
+        let conn = self.conn.as_mut().ok_or_else(|| DbError::Setup("system lock already released".into()))?;
+        Ok(&mut **conn)
+    }
+
     /// A transaction in the system scope on the locked connection.
     pub(crate) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, DbError> {
-        let conn = self.conn.as_mut().ok_or_else(|| DbError::Setup("system lock already released".into()))?;
-        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-        tx.execute("select set_config('app.scope', 'system', true)").await?;
+        let mut tx = sqlx::Connection::begin(self.conn()?).await?;
+        tx.execute(SYSTEM_SCOPE).await?;
         Ok(tx)
     }
 
-    /// Unlocks and returns the connection to the pool.
-    /// Unlocked is the only way the connection goes back to the pool: an
-    /// error, or this future dropped before the answer, closes it (see `Drop`).
+    /// Unlocks and returns the connection to the pool. That is the only way
+    /// it goes back there: an error, or this future dropped before the
+    /// answer, closes it (see `Drop`).
     pub(crate) async fn release(mut self) -> Result<(), DbError> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
         let unlocked = sqlx::query_scalar::<_, bool>("select pg_advisory_unlock(hashtext($1))")
-            .bind(&self.key)
-            .fetch_one(&mut **conn)
+            .bind(self.key.clone())
+            .fetch_one(self.conn()?)
             .await?;
         if !unlocked {
             return Err(DbError::Setup(format!("advisory lock {} was not held", self.key)));
@@ -336,6 +340,9 @@ impl SystemLock {
         Ok(())
     }
 }
+
+/// Puts a transaction in the kernel's system scope (outbox, inbox, dead letters).
+const SYSTEM_SCOPE: &str = "select set_config('app.scope', 'system', true)";
 
 impl Drop for SystemLock {
     fn drop(&mut self) {
@@ -399,10 +406,9 @@ impl PgDb {
         // future cancelled), the connection closes rather than going back to
         // the pool with a lock the server may have granted.
         let mut lock = SystemLock { conn: Some(self.pools().system.acquire().await?), key: key.to_string() };
-        let Some(conn) = lock.conn.as_mut() else { return Ok(None) };
         let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
             .bind(key)
-            .fetch_one(&mut **conn)
+            .fetch_one(lock.conn()?)
             .await?;
         if !locked {
             // Nothing held: the connection goes back to the pool.
@@ -415,7 +421,7 @@ impl PgDb {
     /// A transaction in the kernel's system scope (outbox, inbox, dead letters).
     pub(crate) async fn begin_system(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
         let mut tx = self.pools().system.begin().await?;
-        tx.execute("select set_config('app.scope', 'system', true)").await?;
+        tx.execute(SYSTEM_SCOPE).await?;
         Ok(tx)
     }
 
