@@ -100,19 +100,77 @@ http {
 NGINX
 }
 
-# oha at a fixed rate on http://127.0.0.1:$3/bench for DURATION seconds, its
-# JSON saved as $WORK/$1.json, and one line: NAME: p50, p99, statuses.
-# Usage: oha_redirects NAME RATE PORT
-oha_redirects() {
-    oha --no-tui --output-format json --redirect 0 -z "${DURATION}s" -q "$2" -c 32 --latency-correction \
-        "http://127.0.0.1:$3/bench" > "$WORK/$1.json"
-    python3 - "$1" "$WORK/$1.json" <<'PY'
+# oha at a fixed rate for DURATION seconds: its JSON saved as $WORK/lat/$1.json
+# and one line printed: NAME: p50, p99, statuses.
+# Usage: oha_rate NAME RATE URL [OHA_ARGS…]
+oha_rate() {
+    local name=$1 rate=$2 url=$3
+    shift 3
+    mkdir -p "$WORK/lat"
+    oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c 32 --latency-correction "$@" \
+        "$url" > "$WORK/lat/$name.json"
+    python3 - "$name" "$WORK/lat/$name.json" <<'PY'
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 d = json.load(open(path))
 p = d["latencyPercentiles"]
 print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {d['statusCodeDistribution']}")
 PY
+}
+
+# oha_rate on http://127.0.0.1:$3/bench, redirects not followed.
+# Usage: oha_redirects NAME RATE PORT
+oha_redirects() {
+    oha_rate "$1" "$2" "http://127.0.0.1:$3/bench" --redirect 0
+}
+
+# How many latency rounds the scripts run: every peer once per round, in
+# turn, so that a spike of the machine lands in one round of one peer and
+# the median of the rounds shows what the peers do.
+LATENCY_ROUNDS="${LATENCY_ROUNDS:-3}"
+
+# The machine's CPU counters (the `cpu` line of /proc/stat), for steal_share.
+cpu_snapshot() { grep '^cpu ' /proc/stat; }
+# The share of CPU time the hypervisor gave to other guests between two
+# snapshots (steal): a run with much of it measured the host, not the peers.
+# Usage: steal_share "$(cpu_snapshot)" "$(cpu_snapshot)"
+steal_share() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+a, b = (list(map(int, s.split()[1:9])) for s in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+print(f"{100 * d[7] / max(1, sum(d)):.1f}%")
+PY
+}
+
+# Runs LATENCY_ROUNDS rounds of "$@" (a function taking the round's number,
+# which runs each peer once), then prints, for each peer, its p99 in every
+# round and the medians of its p50 and p99 (from $WORK/lat/NAME.ROUND.json);
+# with BASELINE set (a peer's name), also each peer's p99 added over that
+# peer's in the same round, and its median. The CPU steal during the rounds
+# is printed last.
+latency_rounds() {
+    local before r
+    before=$(cpu_snapshot)
+    for r in $(seq 1 "$LATENCY_ROUNDS"); do "$@" "$r"; done
+    python3 - "$WORK/lat" "${BASELINE:-}" <<'PY'
+import glob, json, os, statistics, sys
+lat, base = sys.argv[1], sys.argv[2]
+runs = {}
+for path in sorted(glob.glob(os.path.join(lat, "*.*.json"))):
+    name, rnd = os.path.basename(path)[: -len(".json")].rsplit(".", 1)
+    p = json.load(open(path))["latencyPercentiles"]
+    runs.setdefault(name, {})[int(rnd)] = (p["p50"] * 1000, p["p99"] * 1000)
+for name, by_round in runs.items():
+    p99s = [by_round[r][1] for r in sorted(by_round)]
+    line = (f"{name}: p99 per round {', '.join(f'{x:.2f}' for x in p99s)} ms; median p50 "
+            f"{statistics.median(v[0] for v in by_round.values()):.3f} ms, median p99 {statistics.median(p99s):.3f} ms")
+    if base and name != base and base in runs:
+        added = [by_round[r][1] - runs[base][r][1] for r in sorted(by_round) if r in runs[base]]
+        line += f"; p99 added over {base}: median {statistics.median(added):.3f} ms"
+    print(line)
+PY
+    echo "CPU steal during the latency rounds: $(steal_share "$before" "$(cpu_snapshot)")"
 }
 
 # Sets FLOOR: the kernel's floor example (crates/kernel/examples/floor.rs),

@@ -9,6 +9,8 @@
 #
 # Needs: nginx (Debian nginx-light), wrk, oha (cargo install oha), python3.
 # Usage: bench/gateway/run.sh [DURATION_SECONDS]
+# The latency runs at half load go in LATENCY_ROUNDS rounds (default 3), the
+# peers in turn within each; the medians over the rounds are the result.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -73,23 +75,12 @@ if ! command -v oha >/dev/null; then
     exit 0
 fi
 RATE=$(python3 -c "print(int(${RPS[gateway]} / 2))")
-echo "== latency at half the gateway's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
-for name in direct nginx floor affine gateway; do
-    case $name in direct) port=$UP;; nginx) port=$NGX;; floor) port=$FL;; affine) port=$AF;; gateway) port=$GW;; esac
-    oha --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction -H "$AUTH" "http://127.0.0.1:$port/v1/bench/x" > "$WORK/$name.json"
-    python3 - "$name" "$WORK/$name.json" <<'PY'
-import json, sys
-name, path = sys.argv[1], sys.argv[2]
-d = json.load(open(path))
-p = d["latencyPercentiles"]
-ok = d["statusCodeDistribution"]
-print(f"{name}: p50 {p['p50']*1000:.3f} ms, p99 {p['p99']*1000:.3f} ms, statuses {ok}")
-PY
-done
-python3 - "$WORK" <<'PY'
-import json, sys
-w = sys.argv[1]
-p99 = {n: json.load(open(f"{w}/{n}.json"))["latencyPercentiles"]["p99"] * 1000 for n in ("direct", "nginx", "floor", "affine", "gateway")}
-print(f"added p99 over direct: gateway {p99['gateway'] - p99['direct']:.3f} ms, nginx {p99['nginx'] - p99['direct']:.3f} ms, floor {p99['floor'] - p99['direct']:.3f} ms, affine {p99['affine'] - p99['direct']:.3f} ms")
-PY
+echo "== latency at half the gateway's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction), $LATENCY_ROUNDS rounds"
+latency_round() {
+    for name in direct nginx floor affine gateway; do
+        case $name in direct) port=$UP;; nginx) port=$NGX;; floor) port=$FL;; affine) port=$AF;; gateway) port=$GW;; esac
+        oha_rate "$name.$1" "$RATE" "http://127.0.0.1:$port/v1/bench/x" -H "$AUTH"
+    done
+}
+BASELINE=direct latency_rounds latency_round
 echo "gateway RSS after the run: $(ps -o rss= -p "$GW_PID") KiB"

@@ -14,6 +14,8 @@
 #
 # Needs: nginx (Debian nginx-light), wrk, python3; oha for the latency run.
 # Usage: bench/redirect/floor.sh [DURATION_SECONDS]
+# The latency runs at half load go in LATENCY_ROUNDS rounds (default 3), the
+# peers in turn within each; the medians over the rounds are the result.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
@@ -61,9 +63,9 @@ done
 
 if command -v oha >/dev/null; then
     RATE=$(python3 -c "print(int(${RPS[signpost]} / 2))")
-    echo "== latency at half of signpost's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
-    for name in nginx hyper server signpost; do
-        port=${PORT[$name]}
-        oha_redirects "$name" "$RATE" "$port"
-    done
+    echo "== latency at half of signpost's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction), $LATENCY_ROUNDS rounds"
+    latency_round() {
+        for name in nginx hyper server signpost; do oha_redirects "$name.$1" "$RATE" "${PORT[$name]}"; done
+    }
+    latency_rounds latency_round
 fi

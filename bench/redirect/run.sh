@@ -8,6 +8,8 @@
 # Needs: nginx (Debian nginx-light), wrk, python3; oha (cargo install oha) for
 # the latency run at half load (skipped without it).
 # Usage: bench/redirect/run.sh [DURATION_SECONDS]
+# The latency runs at half load go in LATENCY_ROUNDS rounds (default 3), the
+# peers in turn within each; the medians over the rounds are the result.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -62,12 +64,13 @@ python3 -c "print('signpost / nginx throughput ratio: %.2f' % (${RPS[signpost]} 
 
 if command -v oha >/dev/null; then
     RATE=$(python3 -c "print(int(${RPS[signpost]} / 2))")
-    echo "== latency at half of signpost's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction)"
-    for name in nginx signpost; do
-        case $name in nginx) port=$NGX;; signpost) port=$SP;; esac
-        oha_redirects "$name" "$RATE" "$port"
-    done
-    SENT=$((SENT + $(python3 -c "import json; print(sum(json.load(open('$WORK/signpost.json'))['statusCodeDistribution'].values()))")))
+    echo "== latency at half of signpost's maximum: $RATE req/s (oha -z ${DURATION}s -q $RATE -c 32 --latency-correction), $LATENCY_ROUNDS rounds"
+    latency_round() {
+        oha_redirects "nginx.$1" "$RATE" "$NGX"
+        oha_redirects "signpost.$1" "$RATE" "$SP"
+    }
+    latency_rounds latency_round
+    SENT=$((SENT + $(python3 -c "import glob, json; print(sum(sum(json.load(open(f))['statusCodeDistribution'].values()) for f in glob.glob('$WORK/lat/signpost.*.json')))")))
 else
     echo "(oha not installed: no latency run at half load)"
 fi
