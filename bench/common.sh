@@ -151,13 +151,15 @@ PY
 # is printed last.
 latency_rounds() {
     local before r
+    [[ "$LATENCY_ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "LATENCY_ROUNDS must be a positive number"; return 1; }
     before=$(cpu_snapshot)
     for r in $(seq 1 "$LATENCY_ROUNDS"); do "$@" "$r"; done
     python3 - "$WORK/lat" "${BASELINE:-}" <<'PY'
 import glob, json, os, statistics, sys
 lat, base = sys.argv[1], sys.argv[2]
 runs = {}
-for path in sorted(glob.glob(os.path.join(lat, "*.*.json"))):
+# In the order they ran.
+for path in sorted(glob.glob(os.path.join(lat, "*.*.json")), key=os.path.getmtime):
     name, rnd = os.path.basename(path)[: -len(".json")].rsplit(".", 1)
     p = json.load(open(path))["latencyPercentiles"]
     runs.setdefault(name, {})[int(rnd)] = (p["p50"] * 1000, p["p99"] * 1000)
