@@ -135,7 +135,8 @@ fn main() -> std::io::Result<()> {
         let http1 = hyper::server::conn::http1::Builder::new;
         match (mode.as_str(), upstream) {
             ("server", _) => {
-                serve(listener, app, None, threads, CancellationToken::new(), Duration::from_secs(1)).await
+                serve(listener, app.into(), None, threads, CancellationToken::new(), Duration::from_secs(1))
+                    .await
             }
             ("hyper", _) => {
                 each_connection(listener, threads, move |io| async move {

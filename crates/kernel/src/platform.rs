@@ -24,6 +24,7 @@ use crate::http;
 use crate::http::Path;
 use crate::problem::Problem;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
+use crate::server::App;
 use crate::storage::{ObjectKey, Storage, StorageError, UrlMethod};
 
 /// Any error, boxed.
@@ -54,8 +55,9 @@ pub struct ServiceContext {
     pub db: Option<Db>,
 }
 
-/// Wraps the whole platform router (the gateway's edge middleware).
-pub type Edge = Box<dyn FnOnce(Router) -> Router + Send>;
+/// Wraps the whole platform router (the gateway's edge middleware), and may
+/// put a front before it (the gateway's proxy).
+pub type Edge = Box<dyn FnOnce(App) -> App + Send>;
 
 /// OpenAPI paths known only at run time (the gateway's remote services).
 #[async_trait]
@@ -243,7 +245,7 @@ pub struct Platform {
     kernel: Kernel,
     db: DbBackend,
     dbs: Vec<Db>,
-    router: Router,
+    app: App,
     admin: Router,
     relay_stop: CancellationToken,
     relays: Vec<JoinHandle<()>>,
@@ -367,23 +369,13 @@ impl Platform {
             }
         }
 
-        let (router, admin) = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
-        Ok(Self {
-            kernel,
-            db,
-            dbs,
-            router,
-            admin,
-            relay_stop,
-            relays,
-            consumer_stop,
-            consumers: consumer_tasks,
-        })
+        let (app, admin) = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
+        Ok(Self { kernel, db, dbs, app, admin, relay_stop, relays, consumer_stop, consumers: consumer_tasks })
     }
 
-    /// The complete router (services + kernel routes + middleware).
-    pub fn router(&self) -> Router {
-        self.router.clone()
+    /// What the main listener serves (services + kernel routes + middleware).
+    pub fn app(&self) -> App {
+        self.app.clone()
     }
 
     /// The shared handles.
@@ -427,7 +419,7 @@ impl Platform {
             let router = crate::server::https_redirect(local.port());
             tokio::spawn(crate::server::serve(
                 redirect,
-                router,
+                router.into(),
                 None,
                 threads.clone(),
                 stop.clone(),
@@ -440,22 +432,15 @@ impl Platform {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             tokio::spawn(crate::server::serve(
                 admin,
-                self.admin.clone(),
+                self.admin.clone().into(),
                 None,
                 threads.clone(),
                 stop.clone(),
                 config.shutdown_timeout,
             ));
         }
-        crate::server::serve(
-            listener,
-            self.router.clone(),
-            tls,
-            threads.clone(),
-            stop,
-            config.shutdown_timeout,
-        )
-        .await?;
+        crate::server::serve(listener, self.app.clone(), tls, threads.clone(), stop, config.shutdown_timeout)
+            .await?;
         metrics::gauge!("signpost_up").set(0.0);
         self.shutdown().await;
         drop(threads);
@@ -511,7 +496,7 @@ fn build_router(
     edges: Vec<Edge>,
     paths: serde_json::Map<String, Value>,
     sources: Vec<Arc<dyn OpenApiSource>>,
-) -> (Router, Router) {
+) -> (App, Router) {
     // Shared, not copied: axum clones a route's state for every request, and a
     // `Kernel` clone is a dozen reference counts and three cancellation-token locks.
     let state = Arc::new(KernelState {
@@ -552,9 +537,7 @@ fn build_router(
     if edges.is_empty() {
         app = app.layer(http::Observe::layer());
     }
-    for edge in edges {
-        app = edge(app);
-    }
+    let app = edges.into_iter().fold(App::from(app), |app, edge| edge(app));
     (app, admin)
 }
 

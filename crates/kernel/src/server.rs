@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -30,6 +31,53 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most connections served at once; beyond it, new ones wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 16_384;
+
+/// Answers some requests before the router sees them.
+pub trait Front: Send + Sync + 'static {
+    /// Whether this request is the front's to answer (else the router's).
+    fn takes(&self, req: &Request<Body>) -> bool;
+    /// Answers a request it takes.
+    fn answer(&self, req: Request<Body>) -> BoxFuture<'static, Response>;
+}
+
+/// What a listener serves: a router, and in front of it, optionally, a
+/// [`Front`] that answers some requests without it (the gateway's proxy, which
+/// needs no route matching: a request it takes costs no path lookup, no path
+/// parameters and no boxed route per layer).
+#[derive(Clone)]
+pub struct App {
+    /// What the front does not take.
+    pub router: Router,
+    /// Asked first.
+    pub front: Option<Arc<dyn Front>>,
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> Self {
+        Self { router, front: None }
+    }
+}
+
+/// A [`Front`]'s answer as the service's result.
+type FrontAnswer = futures_util::future::Map<
+    BoxFuture<'static, Response>,
+    fn(Response) -> Result<Response, std::convert::Infallible>,
+>;
+
+impl App {
+    /// Answers a request: by the front when it takes it, else by the router.
+    pub fn call(
+        &self,
+        req: Request<Body>,
+    ) -> futures_util::future::Either<FrontAnswer, tower::util::Oneshot<Router, Request<Body>>> {
+        use futures_util::FutureExt;
+        use futures_util::future::Either;
+        match &self.front {
+            Some(front) if front.takes(&req) => Either::Left(front.answer(req).map(Ok as fn(Response) -> _)),
+            _ => Either::Right(self.router.clone().oneshot(req)),
+        }
+    }
+}
 
 /// Loads a rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1 by ALPN).
 pub fn tls_config(
@@ -143,7 +191,7 @@ impl Drop for Serving {
 /// for up to `deadline`. Connections are accepted here and served on `threads`.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     tls: Option<Arc<rustls::ServerConfig>>,
     threads: Arc<ConnThreads>,
     stop: CancellationToken,
@@ -190,7 +238,7 @@ pub async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(Body::new))
+            app.call(req.map(Body::new))
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -414,6 +462,16 @@ mod tests {
         std::thread::current().name().unwrap_or("unnamed").to_string()
     }
 
+    /// Serves `app` without TLS until `stop`.
+    fn spawn_serve(
+        listener: TcpListener,
+        app: Router,
+        threads: &Arc<ConnThreads>,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        tokio::spawn(serve(listener, app.into(), None, threads.clone(), stop.clone(), Duration::from_secs(1)))
+    }
+
     #[tokio::test]
     async fn connections_are_served_on_the_connection_threads_and_spread_over_them() {
         crate::install_crypto_provider();
@@ -422,8 +480,7 @@ mod tests {
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let app = Router::new().route("/", axum::routing::get(which_thread));
         let stop = CancellationToken::new();
-        let server =
-            tokio::spawn(serve(listener, app, None, threads.clone(), stop.clone(), Duration::from_secs(1)));
+        let server = spawn_serve(listener, app, &threads, &stop);
         // Each client keeps one connection open for all its requests.
         let one_connection = || reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
         let (mut seen, mut clients) = (Vec::new(), Vec::new());
@@ -453,8 +510,7 @@ mod tests {
         let app = Router::new()
             .route("/upload", axum::routing::post(|| async { crate::Problem::payload_too_large(1) }));
         let stop = CancellationToken::new();
-        let server =
-            tokio::spawn(serve(listener, app, None, threads.clone(), stop.clone(), Duration::from_secs(1)));
+        let server = spawn_serve(listener, app, &threads, &stop);
         let client = reqwest::Client::new();
         for i in 0..20 {
             let res = client.post(format!("http://{address}/upload")).body(vec![b'a'; 2 << 20]).send().await;

@@ -50,7 +50,7 @@ const ANONYMOUS_PREFIXES: &[&str] = &[
     "/v1/auth/invitations/accept",
 ];
 
-fn under(path: &str, prefix: &str) -> bool {
+pub(crate) fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 /// Routes whose bodies are not JSON (uploads, CSV imports).
@@ -367,10 +367,14 @@ async fn admit(
             Ok(d) if d.allowed => Ok(Some(d)),
             Ok(d) => {
                 let tenant = who.unwrap_or("anonymous").to_string();
-                let endpoint = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or_else(|| path.to_string(), |m| m.as_str().to_string());
+                // A route's name, never the path itself: one series per route, not per URL.
+                let endpoint = match (req.extensions().get::<MatchedPath>(), g.proxying()) {
+                    (Some(m), _) => m.as_str().to_string(),
+                    (None, Some(p)) => {
+                        p.route_label(path).map_or_else(|| "unmatched".into(), |l| l.to_string())
+                    }
+                    (None, None) => "unmatched".to_string(),
+                };
                 metrics::counter!("rate_limit_hits_total", "tenant_id" => tenant, "endpoint" => endpoint)
                     .increment(1);
                 let mut res =

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
@@ -187,9 +187,19 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// A path prefix that a service owns.
+struct Route {
+    prefix: String,
+    service: String,
+    /// What its requests are called in the access log and the metrics.
+    label: Arc<str>,
+}
+
 /// The upstream side of the gateway.
 pub struct Proxy {
-    routes: Vec<(String, String)>,
+    routes: Vec<Route>,
+    /// The label of the short links and other public paths at the root.
+    root_label: Arc<str>,
     services: Vec<(String, Vec<Arc<Instance>>)>,
     id: u64,
     connect_timeout: Duration,
@@ -265,7 +275,16 @@ impl Proxy {
             })
             .collect();
         let proxy = Arc::new(Self {
-            routes: settings.routes_table.clone(),
+            routes: settings
+                .routes_table
+                .iter()
+                .map(|(prefix, service)| Route {
+                    label: format!("{}/{{*path}}", prefix.trim_end_matches('/')).into(),
+                    prefix: prefix.clone(),
+                    service: service.clone(),
+                })
+                .collect(),
+            root_label: "/{*path}".into(),
             services,
             id: NEXT_PROXY_ID.fetch_add(1, Ordering::Relaxed),
             connect_timeout: settings.connect_timeout,
@@ -358,21 +377,36 @@ impl Proxy {
         Ok(conn)
     }
 
-    /// The service that owns a path, if any service configured in this gateway does.
-    pub fn service_for(&self, path: &str) -> Option<&str> {
-        let found = self.routes.iter().find(|(prefix, _)| {
-            path.starts_with(prefix.as_str())
-                && (prefix.ends_with('/')
-                    || path.len() == prefix.len()
-                    || path.as_bytes()[prefix.len()] == b'/')
+    /// The service that owns a path, and what its requests are called; `None`
+    /// when no service configured in this gateway owns it.
+    fn route(&self, path: &str) -> Option<(&str, &Arc<str>)> {
+        let found = self.routes.iter().find(|r| {
+            path.starts_with(r.prefix.as_str())
+                && (r.prefix.ends_with('/')
+                    || path.len() == r.prefix.len()
+                    || path.as_bytes()[r.prefix.len()] == b'/')
         });
         // Any other public path at the root is a short link (`/{slug}`): routing's.
-        let service = match found {
-            Some((_, service)) => service.as_str(),
-            None if crate::access(path) == crate::Access::Public && !is_operator(path) => "routing",
+        let (service, label) = match found {
+            Some(r) => (r.service.as_str(), &r.label),
+            None if crate::access(path) == crate::Access::Public && !is_operator(path) => {
+                ("routing", &self.root_label)
+            }
             None => return None,
         };
-        self.services.iter().any(|(s, _)| s == service).then_some(service)
+        self.services.iter().any(|(s, _)| s == service).then_some((service, label))
+    }
+
+    /// The service that owns a path, if any service configured in this gateway does.
+    pub fn service_for(&self, path: &str) -> Option<&str> {
+        self.route(path).map(|(service, _)| service)
+    }
+
+    /// What a proxied request for `path` is called in the access log and the
+    /// metrics: its service's prefix (`/v1/links/{*path}`), a bounded set of
+    /// names; `None` for a path no service owns.
+    pub fn route_label(&self, path: &str) -> Option<Arc<str>> {
+        self.route(path).map(|(_, label)| label.clone())
     }
 
     fn instances(&self, service: &str) -> &[Arc<Instance>] {
@@ -519,7 +553,7 @@ fn forwarded(proxy: &Proxy, req: &mut Request, peer: Option<IpAddr>) {
 }
 
 /// Paths the gateway process answers itself.
-fn is_operator(path: &str) -> bool {
+pub(crate) fn is_operator(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json")
 }
 
@@ -534,8 +568,8 @@ fn target(inst: &Instance, path_and_query: Option<&axum::http::uri::PathAndQuery
     Uri::from_parts(parts).ok()
 }
 
-/// The handler behind every proxied path.
-pub async fn handle(State(proxy): State<Arc<Proxy>>, mut req: Request) -> Response {
+/// Sends a request to the service that owns its path and returns its answer.
+pub async fn forward(proxy: Arc<Proxy>, mut req: Request) -> Response {
     let uri = req.uri().clone();
     let Some(service) = proxy.service_for(uri.path()) else {
         return Problem::not_found().with_detail("no route matches this path").into_response();
@@ -724,7 +758,7 @@ impl Proxy {
             .uri("/v1/auth/introspect")
             .header(header::AUTHORIZATION, format!("Bearer {key}"))
             .body(Body::empty())?;
-        let res = handle(State(self.clone()), req).await;
+        let res = forward(self.clone(), req).await;
         match res.status() {
             axum::http::StatusCode::OK => {}
             axum::http::StatusCode::UNAUTHORIZED | axum::http::StatusCode::FORBIDDEN => return Ok(None),

@@ -23,10 +23,6 @@ use crate::problem::Problem;
 /// The `X-Request-ID` header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request's id, in the request extensions for handlers that want it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
 /// Put into a response's extensions, these end up in the access log line.
 #[derive(Debug, Clone, Default)]
 pub struct AccessLogFields {
@@ -36,23 +32,29 @@ pub struct AccessLogFields {
     pub upstream: Option<Arc<str>>,
 }
 
-/// A client-sent id is kept when it is short and plain; otherwise we make one
-/// (a UUIDv7, written without `fmt`).
-fn request_id(req: &Request) -> HeaderValue {
-    let sent = req.headers().get(&X_REQUEST_ID).filter(|v| {
-        let b = v.as_bytes();
-        !b.is_empty()
-            && b.len() <= 128
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-    });
-    match sent {
-        Some(v) => v.clone(),
-        None => {
-            let mut buf = uuid::Uuid::encode_buffer();
-            let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-            HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"))
+/// The request's id. A client-sent id is kept when it is one, short and
+/// plain; otherwise we make one (a UUIDv7, written without `fmt`) and put it
+/// into the request in place of what was sent: handlers read it there, and a
+/// proxied request carries it to its service, whose log lines then share it.
+fn request_id(req: &mut Request) -> HeaderValue {
+    let mut sent = req.headers().get_all(&X_REQUEST_ID).iter();
+    let kept = match (sent.next(), sent.next()) {
+        (Some(v), None) => {
+            let b = v.as_bytes();
+            (!b.is_empty()
+                && b.len() <= 128
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':')))
+            .then(|| v.clone())
         }
-    }
+        _ => None,
+    };
+    kept.unwrap_or_else(|| {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let id = HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"));
+        req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+        id
+    })
 }
 
 type HttpMetrics = (metrics::Counter, metrics::Histogram);
@@ -205,7 +207,8 @@ impl Middleware for Observe {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        observe(req, move |req| call_inner(inner, req))
+        let route = matched(&req);
+        observe(req, route, move |req| call_inner(inner, req))
     }
 }
 
@@ -229,23 +232,53 @@ impl<M: Middleware> Middleware for Observed<M> {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        let middleware = self.0.clone();
-        observe(req, move |req| middleware.run(req, inner))
+        let route = matched(&req);
+        observed_at(self.0.clone(), req, route, inner)
     }
 }
 
-/// Observes `next` answering `req`.
-async fn observe<F, Fut>(mut req: Request, next: F) -> Response
+/// The route the router matched, as the name of a request.
+struct Matched(MatchedPath);
+
+impl AsRef<str> for Matched {
+    fn as_ref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+fn matched(req: &Request) -> Option<Matched> {
+    req.extensions().get::<MatchedPath>().cloned().map(Matched)
+}
+
+/// Runs `middleware` over `inner` for `req` as [`Observed`] does, for a
+/// request that reached no router: `route` names it in the access log and the
+/// metrics (`None`: "unmatched").
+pub fn observed_at<M, R, S>(
+    middleware: Arc<M>,
+    req: Request,
+    route: Option<R>,
+    inner: S,
+) -> impl Future<Output = Response> + Send + 'static
 where
+    M: Middleware,
+    R: AsRef<str> + Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    observe(req, route, move |req| middleware.run(req, inner))
+}
+
+/// Observes `next` answering `req`, under the name `route`.
+async fn observe<R, F, Fut>(mut req: Request, route: Option<R>, next: F) -> Response
+where
+    R: AsRef<str>,
     F: FnOnce(Request) -> Fut + Send,
     Fut: Future<Output = Response> + Send,
 {
-    let id = request_id(&req);
+    let id = request_id(&mut req);
     let method = req.method().clone();
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let route = route.as_ref().map_or("unmatched", AsRef::as_ref);
     let id_text = id.to_str().unwrap_or_default();
-    req.extensions_mut().insert(RequestId(id_text.to_string()));
     let quiet = matches!(route, "/healthz" | "/readyz" | "/metrics");
     let span = tracing::info_span!("request", request_id = %id_text, method = %method, route = %route);
     let started = Instant::now();
@@ -311,16 +344,24 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         use futures_util::future::Either;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-        let refused = match declared {
-            Some(None) => Problem::bad_request("Content-Length is not a number").into_response(),
-            Some(Some(n)) if n > self.limit as u64 => Problem::payload_too_large(self.limit).into_response(),
-            _ => return Either::Right(self.inner.call(req)),
-        };
-        Either::Left(std::future::ready(Ok(refused)))
+        match refuse_declared(&req, self.limit) {
+            Some(refused) => Either::Left(std::future::ready(Ok(refused))),
+            None => Either::Right(self.inner.call(req)),
+        }
+    }
+}
+
+/// What [`BodyLimit`] answers before reading a body: 413 to a declared length
+/// over `limit`, 400 to an unreadable one; `None` lets the request pass.
+pub fn refuse_declared(req: &Request, limit: usize) -> Option<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    match declared {
+        Some(None) => Some(Problem::bad_request("Content-Length is not a number").into_response()),
+        Some(Some(n)) if n > limit as u64 => Some(Problem::payload_too_large(limit).into_response()),
+        _ => None,
     }
 }
 

@@ -48,6 +48,7 @@ async fn proxied_requests_carry_verified_identity_and_forwarding_headers_only() 
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("x-content-type-options").is_some(), "edge headers on proxied responses");
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_string();
     let who: Value = res.json().await.unwrap();
     assert_eq!(who["x_tenant_id"], tenant.to_string());
     assert_eq!(who["x_user_role"], "admin");
@@ -57,6 +58,19 @@ async fn proxied_requests_carry_verified_identity_and_forwarding_headers_only() 
     assert!(h["x-forwarded-host"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")));
     assert!(h.get("x-hop-secret").is_none(), "headers named in Connection are hop-by-hop: {h}");
     assert!(h.get("authorization").is_some(), "services can verify the token again");
+    assert_eq!(h["x-request-id"], request_id.as_str(), "the service logs the id the client was given");
+    // An id the client sent travels through to the service and back.
+    let res = gw
+        .client
+        .get(gw.url("/v1/fixture/whoami"))
+        .bearer_auth(token(&c))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-42");
+    let who: Value = res.json().await.unwrap();
+    assert_eq!(who["headers"]["x-request-id"], "trace-42");
     // Writes go through too.
     let res = gw
         .client
@@ -74,6 +88,41 @@ async fn proxied_requests_carry_verified_identity_and_forwarding_headers_only() 
     // Unknown prefixes are 404 at the gateway; unauthenticated ones are refused before any hop.
     assert_problem(get(&gw, "/v1/nothing", Some(&token(&c)), &[]).await, 404).await;
     assert_problem(get(&gw, "/v1/fixture/whoami", None, &[]).await, 401).await;
+    gw.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn proxied_requests_are_named_by_their_service_prefix_in_metrics_and_limits() {
+    let upstream = TestApp::spawn().await;
+    let gw = gateway_for(&[&upstream], &[("SIGNPOST_RATE_LIMIT_TENANT", "2/60s")]).await;
+    let t = token(&claims(&gw, TenantId::new()));
+    assert_eq!(get(&gw, "/v1/fixture/whoami", Some(&t), &[]).await.status(), 200);
+    assert_eq!(get(&gw, "/v1/fixture/whoami?n=2", Some(&t), &[]).await.status(), 200);
+    assert_problem(get(&gw, "/v1/fixture/notes/3", Some(&t), &[]).await, 429).await;
+    assert_problem(get(&gw, "/v1/nothing/here", Some(&t), &[]).await, 404).await;
+    let metrics = get(&gw, "/metrics", None, &[]).await.text().await.unwrap();
+    let series = |name: &str| -> Vec<String> {
+        metrics.lines().filter(|l| l.starts_with(name)).map(str::to_string).collect()
+    };
+    let durations = series("http_request_duration_seconds_count");
+    for status in ["200", "429"] {
+        assert!(
+            durations.iter().any(|l| l.contains("route=\"/v1/fixture/{*path}\"")
+                && l.contains(&format!("status_code=\"{status}\""))),
+            "a proxied request is named by its service's prefix: {durations:?}"
+        );
+    }
+    assert!(
+        durations.iter().any(|l| l.contains("route=\"unmatched\"") && l.contains("status_code=\"404\"")),
+        "{durations:?}"
+    );
+    let hits = series("rate_limit_hits_total");
+    assert!(hits.iter().any(|l| l.contains("endpoint=\"/v1/fixture/{*path}\"")), "{hits:?}");
+    // (The upstream shares this process's metrics: its own series name its routes.)
+    for line in durations.iter().chain(&hits) {
+        assert!(!line.contains("notes/3") && !line.contains("nothing/here"), "no series per URL: {line}");
+    }
     gw.stop().await;
     upstream.stop().await;
 }
