@@ -137,12 +137,13 @@ impl kernel::http::Middleware for Gateway {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        edge(&self, req, inner).await
+        edge(&self, req, inner, None).await
     }
 }
 
-/// The gateway's middleware.
-async fn edge<S>(g: &Gateway, mut req: Request, inner: S) -> Response
+/// The gateway's middleware. `matched` says whether anything but the 404
+/// fallback will answer, when the caller already knows (the proxy's front).
+pub(crate) async fn edge<S>(g: &Gateway, mut req: Request, inner: S, matched: Option<bool>) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Send,
     S::Future: Send,
@@ -155,7 +156,7 @@ where
         preflight(allowed_origin.is_some())
     } else {
         let mut log = AccessLogFields::default();
-        let res = match admit(g, &mut req, &mut log).await {
+        let res = match admit(g, &mut req, &mut log, matched).await {
             Ok(decision) => {
                 let mut res = kernel::http::call_inner(inner, req).await;
                 if let Some(d) = decision {
@@ -238,6 +239,7 @@ async fn admit(
     g: &Gateway,
     req: &mut Request,
     log: &mut AccessLogFields,
+    known_matched: Option<bool>,
 ) -> Result<Option<Decision>, Response> {
     // A cheap copy (shared bytes), so that the request can change below.
     let uri = req.uri().clone();
@@ -252,9 +254,10 @@ async fn admit(
         return Err(Problem::not_found().into_response());
     }
     // In proxy mode every path reaches the proxy handler: "matched" means a service owns it.
-    let matched = match g.proxying() {
-        Some(p) => p.service_for(path).is_some() || access(path) == Access::Public,
-        None => req.extensions().get::<MatchedPath>().is_some(),
+    let matched = match (known_matched, g.proxying()) {
+        (Some(known), _) => known,
+        (None, Some(p)) => p.service_for(path).is_some() || access(path) == Access::Public,
+        (None, None) => req.extensions().get::<MatchedPath>().is_some(),
     };
     let access = access(path);
     // Identity headers are ours to set; whatever the client sent is removed.
@@ -304,7 +307,11 @@ async fn admit(
             }
         }
         log.tenant_id = Some(id.tenant.clone());
-        req.extensions_mut().insert(id.caller.clone());
+        // A proxied request leaves the process: its service learns the caller
+        // from the token and the identity headers, not from these extensions.
+        if g.proxying().is_none() {
+            req.extensions_mut().insert(id.caller.clone());
+        }
     }
     if let Some(limit) = g.settings.body_limit(path) {
         let declared =
@@ -331,9 +338,15 @@ async fn admit(
         return Ok(None);
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    // One IPv6 host usually owns a whole /64: count it as one client.
-    let ip =
-        kernel::http::client_key(kernel::http::client_addr(&g.settings.trusted_proxies, peer, req.headers()));
+    let proxied = g.proxying().is_some();
+    // The client's address is worked out when something counts by it: a
+    // per-address limit (no caller), or a service in this process
+    // (`ClientIp`). One IPv6 host usually owns a whole /64: it counts as one.
+    let ip = if identity.is_none() || !proxied {
+        kernel::http::client_key(kernel::http::client_addr(&g.settings.trusted_proxies, peer, req.headers()))
+    } else {
+        String::new()
+    };
     if !g.front {
         // Behind the front gateway, which limited already: a service's own edge does not count again.
         req.extensions_mut().insert(kernel::http::ClientIp(ip));
@@ -394,7 +407,9 @@ async fn admit(
             }
         },
     };
-    req.extensions_mut().insert(kernel::http::ClientIp(ip));
+    if !proxied {
+        req.extensions_mut().insert(kernel::http::ClientIp(ip));
+    }
     decision
 }
 

@@ -135,18 +135,25 @@ impl kernel::server::Front for ProxyFront {
     }
 
     fn answer(&self, req: Request) -> BoxFuture<'static, Response> {
-        let route = self.proxy.route_label(req.uri().path());
+        // The path is looked up once, for the name, the edge and the proxy.
+        let path = req.uri().path();
+        let found = self.proxy.route(path);
+        let matched = found.is_some() || access(path) == Access::Public;
+        let (service, route) = (found.map(|(id, _)| id), found.map(|(_, label)| label.clone()));
         let (proxy, limit) = (self.proxy.clone(), self.body_limit);
         let inner = tower::service_fn(move |req: Request| {
             let proxy = proxy.clone();
             async move {
                 Ok::<_, Infallible>(match kernel::http::refuse_declared(&req, limit) {
                     Some(refused) => refused,
-                    None => proxy::forward(proxy, req).await,
+                    None => proxy::forward_to(proxy, service, req).await,
                 })
             }
         });
-        Box::pin(kernel::http::observed_at(self.gateway.clone(), req, route, inner))
+        let gateway = self.gateway.clone();
+        Box::pin(kernel::http::observe(req, route, move |req| async move {
+            edge::edge(&gateway, req, inner, Some(matched)).await
+        }))
     }
 }
 

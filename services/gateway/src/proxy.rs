@@ -187,6 +187,10 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// A service of a proxy: its place in the proxy's list of services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ServiceId(usize);
+
 /// A path prefix that a service owns.
 struct Route {
     prefix: String,
@@ -379,7 +383,7 @@ impl Proxy {
 
     /// The service that owns a path, and what its requests are called; `None`
     /// when no service configured in this gateway owns it.
-    fn route(&self, path: &str) -> Option<(&str, &Arc<str>)> {
+    pub(crate) fn route(&self, path: &str) -> Option<(ServiceId, &Arc<str>)> {
         let found = self.routes.iter().find(|r| {
             path.starts_with(r.prefix.as_str())
                 && (r.prefix.ends_with('/')
@@ -394,12 +398,17 @@ impl Proxy {
             }
             None => return None,
         };
-        self.services.iter().any(|(s, _)| s == service).then_some((service, label))
+        self.services.iter().position(|(s, _)| s == service).map(|i| (ServiceId(i), label))
     }
 
     /// The service that owns a path, if any service configured in this gateway does.
     pub fn service_for(&self, path: &str) -> Option<&str> {
-        self.route(path).map(|(service, _)| service)
+        self.route(path).map(|(id, _)| self.name(id))
+    }
+
+    /// A service's name.
+    fn name(&self, id: ServiceId) -> &str {
+        self.services.get(id.0).map_or("", |(name, _)| name.as_str())
     }
 
     /// What a proxied request for `path` is called in the access log and the
@@ -409,12 +418,12 @@ impl Proxy {
         self.route(path).map(|(_, label)| label.clone())
     }
 
-    fn instances(&self, service: &str) -> &[Arc<Instance>] {
-        self.services.iter().find(|(s, _)| s == service).map_or(&[], |(_, i)| i.as_slice())
+    fn instances(&self, id: ServiceId) -> &[Arc<Instance>] {
+        self.services.get(id.0).map_or(&[], |(_, i)| i.as_slice())
     }
 
     /// Power of two choices among available instances, preferring healthy ones.
-    fn pick(&self, service: &str, exclude: &[Arc<str>]) -> Option<Arc<Instance>> {
+    fn pick(&self, service: ServiceId, exclude: &[Arc<str>]) -> Option<Arc<Instance>> {
         let all = self.instances(service);
         if let [only] = all {
             // With one instance, health only orders the choice: it is taken when available.
@@ -569,9 +578,15 @@ fn target(inst: &Instance, path_and_query: Option<&axum::http::uri::PathAndQuery
 }
 
 /// Sends a request to the service that owns its path and returns its answer.
-pub async fn forward(proxy: Arc<Proxy>, mut req: Request) -> Response {
-    let uri = req.uri().clone();
-    let Some(service) = proxy.service_for(uri.path()) else {
+pub async fn forward(proxy: Arc<Proxy>, req: Request) -> Response {
+    let service = proxy.route(req.uri().path()).map(|(id, _)| id);
+    forward_to(proxy, service, req).await
+}
+
+/// Sends a request to `service`, found for its path by [`Proxy::route`]
+/// (`None`: no service owns the path, a 404).
+pub(crate) async fn forward_to(proxy: Arc<Proxy>, service: Option<ServiceId>, mut req: Request) -> Response {
+    let Some(service) = service else {
         return Problem::not_found().with_detail("no route matches this path").into_response();
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
@@ -664,7 +679,7 @@ pub async fn forward(proxy: Arc<Proxy>, mut req: Request) -> Response {
                 // A connect error never reached the instance: another may take it.
                 if !connect {
                     return Problem::new(axum::http::StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
-                        .with_detail(format!("{service} failed to answer"))
+                        .with_detail(format!("{} failed to answer", proxy.name(service)))
                         .into_response();
                 }
             }
@@ -675,7 +690,7 @@ pub async fn forward(proxy: Arc<Proxy>, mut req: Request) -> Response {
                     "gateway-timeout",
                     "Gateway timeout",
                 )
-                .with_detail(format!("{service} did not answer in time"))
+                .with_detail(format!("{} did not answer in time", proxy.name(service)))
                 .into_response();
             }
         }
@@ -684,6 +699,7 @@ pub async fn forward(proxy: Arc<Proxy>, mut req: Request) -> Response {
         }
         body = Some(Body::empty());
     }
+    let service = proxy.name(service);
     tracing::warn!(service = %service, error = %last_error, "no upstream instance answered");
     Problem::unavailable(format!("{service} is unavailable")).into_response()
 }
@@ -703,8 +719,8 @@ impl RemoteOpenApi {
 
     async fn fetch(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut merged = serde_json::Map::new();
-        for (service, _) in &self.proxy.services {
-            let Some(inst) = self.proxy.pick(service, &[]) else { continue };
+        for (i, (service, _)) in self.proxy.services.iter().enumerate() {
+            let Some(inst) = self.proxy.pick(ServiceId(i), &[]) else { continue };
             let Ok(uri) = format!("{}/v1/openapi.json", inst.base).parse::<Uri>() else { continue };
             let Ok(req) = Request::get(uri).body(Body::empty()) else { continue };
             let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), self.proxy.send(&inst, req)).await

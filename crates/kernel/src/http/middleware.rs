@@ -233,7 +233,8 @@ impl<M: Middleware> Middleware for Observed<M> {
         S::Future: Send + 'static,
     {
         let route = matched(&req);
-        observed_at(self.0.clone(), req, route, inner)
+        let middleware = self.0.clone();
+        observe(req, route, move |req| middleware.run(req, inner))
     }
 }
 
@@ -250,26 +251,10 @@ fn matched(req: &Request) -> Option<Matched> {
     req.extensions().get::<MatchedPath>().cloned().map(Matched)
 }
 
-/// Runs `middleware` over `inner` for `req` as [`Observed`] does, for a
-/// request that reached no router: `route` names it in the access log and the
-/// metrics (`None`: "unmatched").
-pub fn observed_at<M, R, S>(
-    middleware: Arc<M>,
-    req: Request,
-    route: Option<R>,
-    inner: S,
-) -> impl Future<Output = Response> + Send + 'static
-where
-    M: Middleware,
-    R: AsRef<str> + Send + 'static,
-    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    observe(req, route, move |req| middleware.run(req, inner))
-}
-
-/// Observes `next` answering `req`, under the name `route`.
-async fn observe<R, F, Fut>(mut req: Request, route: Option<R>, next: F) -> Response
+/// Observes `next` answering `req`, under the name `route` in the access log
+/// and the metrics (`None`: "unmatched"): what [`Observe`] and [`Observed`]
+/// do, for a request that reached no router.
+pub async fn observe<R, F, Fut>(mut req: Request, route: Option<R>, next: F) -> Response
 where
     R: AsRef<str>,
     F: FnOnce(Request) -> Fut + Send,

@@ -10,7 +10,7 @@ pub use client::{Net, client_addr, client_key, ipv4_text};
 pub use json::{Json, Path, Query};
 pub use middleware::{
     AccessLogFields, BodyLimit, BodyLimitLayer, Middleware, MiddlewareLayer, MiddlewareService, Observe,
-    Observed, X_REQUEST_ID, call_inner, observed_at, panic_response, refuse_declared,
+    Observed, X_REQUEST_ID, call_inner, observe, panic_response, refuse_declared,
 };
 pub use pagination::{DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams, PageRequest, decode_cursor, encode_cursor};
 
