@@ -75,6 +75,21 @@ fn a_bad_setting_exits_2_with_one_line_naming_it() {
 }
 
 #[test]
+fn a_proxying_gateway_beside_the_services_is_refused_at_start() {
+    // `up` runs every service here; with upstreams its gateway would proxy
+    // every path past them.
+    let dir = std::env::temp_dir().join(format!("signpost-cli-{}", uuid::Uuid::now_v7().simple()));
+    let out = run(
+        &["up", "--listen", "127.0.0.1:0", "--data-dir", &dir.display().to_string()],
+        &[("SIGNPOST_UPSTREAMS", "links=http://127.0.0.1:9"), ("SIGNPOST_LOG_FORMAT", "json")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && err.contains("a proxying gateway runs alone"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn an_unreachable_backend_is_a_one_line_error_not_a_hang() {
     let dir = std::env::temp_dir().join(format!("signpost-cli-{}", uuid::Uuid::now_v7().simple()));
     let data = dir.display().to_string();

@@ -176,6 +176,12 @@ pub enum StartError {
     /// Listening or serving.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A front (the proxying gateway) would answer for services in its own process.
+    #[error(
+        "the gateway proxies (SIGNPOST_UPSTREAMS) but this process also runs {0}: \
+         a proxying gateway runs alone (`signpost serve gateway`)"
+    )]
+    FrontBesideServices(String),
 }
 
 /// The database deployment.
@@ -307,6 +313,7 @@ impl Platform {
         let mut paths = serde_json::Map::new();
         let mut edges = Vec::new();
         let mut sources = Vec::new();
+        let mut routed = Vec::new();
         for service in &services {
             let service_db = match service.migrations() {
                 Some(m) => {
@@ -320,6 +327,9 @@ impl Platform {
                 .start(ServiceContext { kernel: kernel.clone(), db: service_db.clone() })
                 .await
                 .map_err(|error| StartError::Service { service: service.name(), error })?;
+            if parts.router.has_routes() {
+                routed.push(service.name());
+            }
             routers.push(parts.router);
             edges.extend(parts.edge);
             sources.extend(parts.openapi_source);
@@ -370,6 +380,11 @@ impl Platform {
         }
 
         let (app, admin) = build_router(&kernel, &db, &dbs, routers, edges, paths, sources);
+        // The front takes every path but the kernel's: routes of services
+        // beside it would never be reached.
+        if app.front.is_some() && !routed.is_empty() {
+            return Err(StartError::FrontBesideServices(routed.join(", ")));
+        }
         Ok(Self { kernel, db, dbs, app, admin, relay_stop, relays, consumer_stop, consumers: consumer_tasks })
     }
 

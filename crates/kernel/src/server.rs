@@ -73,10 +73,27 @@ impl App {
         use futures_util::FutureExt;
         use futures_util::future::Either;
         match &self.front {
-            Some(front) if front.takes(&req) => Either::Left(front.answer(req).map(Ok as fn(Response) -> _)),
+            Some(front) if front.takes(&req) => {
+                let head = req.method() == axum::http::Method::HEAD;
+                let answer = front.answer(req);
+                // What axum's routes do for HEAD, which hyper's HTTP/2 server does not.
+                let answer = if head { Box::pin(answer.map(without_body)) } else { answer };
+                Either::Left(answer.map(Ok as fn(Response) -> _))
+            }
             _ => Either::Right(self.router.clone().oneshot(req)),
         }
     }
+}
+
+/// The answer to a HEAD request: the headers of the GET answer, its length
+/// included, and no body.
+fn without_body(mut res: Response) -> Response {
+    if !res.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(n) = axum::body::HttpBody::size_hint(res.body()).exact()
+    {
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    res.map(|_| Body::empty())
 }
 
 /// Loads a rustls server configuration (TLS 1.2 and 1.3, h2 and http/1.1 by ALPN).

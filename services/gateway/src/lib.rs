@@ -131,7 +131,9 @@ impl ProxyFront {
 impl kernel::server::Front for ProxyFront {
     fn takes(&self, req: &Request) -> bool {
         let path = req.uri().path();
-        !(proxy::is_operator(path) || (self.local_storage && edge::under(path, "/v1/storage")))
+        // `CONNECT host:port` and `OPTIONS *` name no path: the router's 404.
+        path.starts_with('/')
+            && !(proxy::is_operator(path) || (self.local_storage && edge::under(path, "/v1/storage")))
     }
 
     fn answer(&self, req: Request) -> BoxFuture<'static, Response> {

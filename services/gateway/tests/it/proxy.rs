@@ -100,7 +100,8 @@ async fn proxied_requests_are_named_by_their_service_prefix_in_metrics_and_limit
     assert_eq!(get(&gw, "/v1/fixture/whoami", Some(&t), &[]).await.status(), 200);
     assert_eq!(get(&gw, "/v1/fixture/whoami?n=2", Some(&t), &[]).await.status(), 200);
     assert_problem(get(&gw, "/v1/fixture/notes/3", Some(&t), &[]).await, 429).await;
-    assert_problem(get(&gw, "/v1/nothing/here", Some(&t), &[]).await, 404).await;
+    let res = gw.client.delete(gw.url("/v1/nothing/here")).bearer_auth(&t).send().await.unwrap();
+    assert_problem(res, 404).await;
     let metrics = get(&gw, "/metrics", None, &[]).await.text().await.unwrap();
     let series = |name: &str| -> Vec<String> {
         metrics.lines().filter(|l| l.starts_with(name)).map(str::to_string).collect()
@@ -114,8 +115,10 @@ async fn proxied_requests_are_named_by_their_service_prefix_in_metrics_and_limit
         );
     }
     assert!(
-        durations.iter().any(|l| l.contains("route=\"unmatched\"") && l.contains("status_code=\"404\"")),
-        "{durations:?}"
+        durations.iter().any(|l| l.contains("method=\"DELETE\"")
+            && l.contains("route=\"unmatched\"")
+            && l.contains("status_code=\"404\"")),
+        "a path no service owns is unmatched: {durations:?}"
     );
     let hits = series("rate_limit_hits_total");
     assert!(hits.iter().any(|l| l.contains("endpoint=\"/v1/fixture/{*path}\"")), "{hits:?}");
@@ -123,6 +126,68 @@ async fn proxied_requests_are_named_by_their_service_prefix_in_metrics_and_limit
     for line in durations.iter().chain(&hits) {
         assert!(!line.contains("notes/3") && !line.contains("nothing/here"), "no series per URL: {line}");
     }
+    gw.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxy_front_keeps_the_routers_rules_for_head_bodies_preflights_and_odd_targets() {
+    let upstream = TestApp::spawn().await;
+    let gw = gateway_for(
+        &[&upstream],
+        &[("SIGNPOST_BODY_LIMIT", "1024"), ("SIGNPOST_CORS_ORIGINS", "https://app.example")],
+    )
+    .await;
+    let t = token(&claims(&gw, TenantId::new()));
+    let authority = gw.address.trim_start_matches("http://").to_string();
+
+    // HEAD over HTTP/2 (prior knowledge): the GET answer's headers, no body.
+    let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let head = axum::http::Request::head(gw.url("/v1/fixture/whoami"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = h2.send_request(head).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("content-length").is_some_and(|v| v != "0"), "the GET answer's length");
+    let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    assert!(body.is_empty(), "no body to a HEAD: {body:?}");
+
+    // The body guard: a declared body over SIGNPOST_BODY_LIMIT is 413, after authentication.
+    let big = gw
+        .client
+        .post(gw.url("/v1/fixture/notes"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2048]);
+    let anonymous = big.try_clone().unwrap().send().await.unwrap();
+    assert_problem(anonymous, 401).await;
+    assert_problem(big.bearer_auth(&t).send().await.unwrap(), 413).await;
+
+    // Preflights are the edge's, allowed origin or not.
+    let preflight = |origin: &'static str| {
+        gw.client
+            .request(reqwest::Method::OPTIONS, gw.url("/v1/fixture/notes"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let res = preflight("https://app.example").await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(res.headers()["access-control-allow-origin"], "https://app.example");
+    assert_problem(preflight("https://evil.example").await.unwrap(), 403).await;
+
+    // `OPTIONS *` names no path: nothing is proxied.
+    let mut s = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
     gw.stop().await;
     upstream.stop().await;
 }
