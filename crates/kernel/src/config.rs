@@ -164,7 +164,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "SIGNPOST_UPSTREAMS",
         "upstreams",
-        "SERVICE=URL|URL;… instances per service, http:// or h2c://: the gateway's upstreams (proxy mode), and where a service finds another (routing → links) [default: none, in-process]",
+        "SERVICE=URL|URL;… instances per service, http:// or h2c://: the gateway's upstreams (proxy mode: the gateway runs alone, not under `up`), and where a service finds another (routing → links) [default: none, in-process]",
     ),
     (
         "SIGNPOST_ROUTES",
