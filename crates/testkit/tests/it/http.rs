@@ -123,11 +123,18 @@ async fn request_id_is_propagated_or_generated() {
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "generated id is a UUID: {generated}");
     let res = crate::get_with(&app, "/healthz", &[("x-request-id", "bad id with spaces")]).await;
     assert_ne!(res.headers()["x-request-id"], "bad id with spaces", "unsafe ids are replaced");
-    // The handler sees the id the client gets back, whether kept, made or replaced.
-    for sent in [None, Some("abc-123"), Some("bad id with spaces")] {
-        let headers: Vec<(&str, &str)> = sent.map(|v| ("x-request-id", v)).into_iter().collect();
+    // The handler sees the id the client gets back, whether kept, made or
+    // replaced; two ids sent are one too many, and both are replaced.
+    let cases: [&[&str]; 4] = [&[], &["abc-123"], &["bad id with spaces"], &["one", "two"]];
+    for sent in cases {
+        let headers: Vec<(&str, &str)> = sent.iter().map(|v| ("x-request-id", *v)).collect();
         let res = crate::get_with(&app, "/v1/fixture/whoami", &headers).await;
         let given = res.headers()["x-request-id"].to_str().unwrap_or("").to_string();
+        if sent == ["abc-123"] {
+            assert_eq!(given, "abc-123", "a single plain id is kept");
+        } else {
+            assert!(uuid::Uuid::parse_str(&given).is_ok(), "a new id replaces {sent:?}: {given}");
+        }
         let seen: serde_json::Value = res.json().await.unwrap_or_default();
         assert_eq!(seen["headers"]["x-request-id"], given.as_str(), "sent {sent:?}");
     }
