@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use gateway::GatewayService;
 use kernel::TenantId;
+use kernel::storage::{ObjectKey, UrlMethod};
 use serde_json::{Value, json};
 use testkit::TestApp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -188,6 +189,26 @@ async fn the_proxy_front_keeps_the_routers_rules_for_head_bodies_preflights_and_
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
+    gw.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxying_gateway_answers_its_own_signed_storage_urls() {
+    let upstream = TestApp::spawn().await;
+    let gw = gateway_for(&[&upstream], &[]).await;
+    let s = &gw.kernel.storage;
+    let key = ObjectKey::for_tenant(TenantId::new(), "via-gateway.bin").unwrap();
+    // With local storage the URLs are the gateway's own `/v1/storage/…`, which
+    // no service behind it owns; with S3 they are presigned against S3.
+    let put = s.signed_url(UrlMethod::Put, &key, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(put.starts_with(&gw.address), s.serves_signed_urls(), "{put}");
+    let res = gw.client.put(&put).body("kept by the gateway").send().await.unwrap();
+    assert!(res.status().is_success(), "PUT {}: {}", res.status(), res.text().await.unwrap_or_default());
+    let get = s.signed_url(UrlMethod::Get, &key, Duration::from_secs(300)).await.unwrap();
+    let res = gw.client.get(&get).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "kept by the gateway");
     gw.stop().await;
     upstream.stop().await;
 }
