@@ -56,6 +56,12 @@ pub(crate) fn under(path: &str, prefix: &str) -> bool {
 /// Routes whose bodies are not JSON (uploads, CSV imports).
 const NON_JSON_PREFIXES: &[&str] = &["/v1/storage/", "/v1/assets/", "/v1/links/import"];
 
+/// In proxy mode, whether anything but the 404 fallback answers `path`: a
+/// service owns it (`owned`), or it is public (short links, the kernel's own).
+pub(crate) fn proxied_match(owned: bool, path: &str) -> bool {
+    owned || access(path) == Access::Public
+}
+
 /// Classifies a path.
 pub fn access(path: &str) -> Access {
     if PUBLIC_EXACT.contains(&path) || !path.starts_with("/v1/") {
@@ -256,7 +262,7 @@ async fn admit(
     // In proxy mode every path reaches the proxy handler: "matched" means a service owns it.
     let matched = match (known_matched, g.proxying()) {
         (Some(known), _) => known,
-        (None, Some(p)) => p.service_for(path).is_some() || access(path) == Access::Public,
+        (None, Some(p)) => proxied_match(p.service_for(path).is_some(), path),
         (None, None) => req.extensions().get::<MatchedPath>().is_some(),
     };
     let access = access(path);

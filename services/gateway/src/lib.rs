@@ -140,7 +140,7 @@ impl kernel::server::Front for ProxyFront {
         // The path is looked up once, for the name, the edge and the proxy.
         let path = req.uri().path();
         let found = self.proxy.route(path);
-        let matched = found.is_some() || access(path) == Access::Public;
+        let matched = edge::proxied_match(found.is_some(), path);
         let (service, route) = (found.map(|(id, _)| id), found.map(|(_, label)| label.clone()));
         let (proxy, limit) = (self.proxy.clone(), self.body_limit);
         let inner = tower::service_fn(move |req: Request| {
